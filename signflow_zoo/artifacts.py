@@ -1,0 +1,128 @@
+"""The zoo cache: trained checkpoints and their ONNX artifacts, content-addressed and reused.
+
+Layout under ``$SIGNFLOW_ZOO_HOME`` (default ``./.signflow-zoo``)::
+
+    checkpoints/<preset>-<key>.pt          key = hash(preset config, classes, data fingerprint, training config)
+    artifacts/<ckpt sha[:16]>-<exporter>/  model.onnx, model.optimized.onnx, info.json
+    results/                               one JSON per bench invocation (written before any tracking)
+
+A cached file that fails to load is reported with its path; it is never silently retrained over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ModelFileError
+from .export import OPSET, export_to_onnx, file_sha256, optimize_onnx_model, read_metadata
+from .features import FEATURE_VERSION, SEQ_LEN
+from .runners import Artifacts
+
+HOME_ENV_VAR = "SIGNFLOW_ZOO_HOME"
+
+
+def zoo_home() -> Path:
+    return Path(os.environ.get(HOME_ENV_VAR) or ".signflow-zoo")
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def checkpoint_path(entry, num_classes: int, data_fingerprint: str, training_key: dict[str, Any],
+                    home: Path | None = None) -> Path:
+    cfg = {k: v for k, v in entry.to_dict().items() if k not in ("source", "use_case")}
+    key = stable_hash({"entry": cfg, "classes": num_classes, "data": data_fingerprint, "train": training_key,
+                       "features": FEATURE_VERSION})
+    return (home or zoo_home()) / "checkpoints" / f"{entry.name}-{key}.pt"
+
+
+def serving_metadata(ckpt_meta: dict[str, Any]) -> dict[str, Any]:
+    """What a model file carries so that it can be served alone."""
+    kwargs = ckpt_meta.get("model_kwargs", {})
+    return {
+        "preset": ckpt_meta.get("preset", ""),
+        "labels": ckpt_meta.get("labels") or [str(i) for i in range(kwargs.get("num_classes", 0))],
+        "num_classes": kwargs.get("num_classes"),
+        "feature_version": ckpt_meta.get("feature_version", FEATURE_VERSION),
+        "seq_len": SEQ_LEN,
+        "model_kwargs": kwargs,
+        "data_fingerprint": ckpt_meta.get("data_fingerprint", ""),
+    }
+
+
+def build_artifacts(checkpoint: str | Path, exporter: str = "dynamo", home: Path | None = None,
+                    optimize: bool = True, log=print) -> Artifacts:
+    """Export the checkpoint to ONNX once (verified at several shapes) and derive the optimized graph."""
+    from .checkpoint import load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    model, meta = load_checkpoint(checkpoint)
+    sha = file_sha256(checkpoint)
+    folder = (home or zoo_home()) / "artifacts" / f"{sha[:16]}-{exporter}-op{OPSET}"
+    onnx_path, opt_path, info_path = folder / "model.onnx", folder / "model.optimized.onnx", folder / "info.json"
+    info: dict[str, Any] = {}
+    if info_path.is_file() and onnx_path.is_file():
+        info = json.loads(info_path.read_text())
+        if file_sha256(onnx_path) != info.get("export", {}).get("sha256"):
+            raise ModelFileError(
+                f"{onnx_path}: cached ONNX artifact does not match its recorded hash (modified or corrupt); "
+                f"delete {folder} to export again"
+            )
+    else:
+        log(f"exporting {meta.get('preset')} to ONNX ({exporter} exporter, opset {OPSET}) and verifying ...")
+        export = export_to_onnx(model, onnx_path, metadata=serving_metadata(meta), exporter=exporter)
+        info = {"export": export.to_dict(), "checkpoint_sha256": sha}
+        info_path.write_text(json.dumps(info, indent=1))
+    if optimize and not opt_path.is_file():
+        kw = meta["model_kwargs"]
+        log("optimizing the ONNX graph (transformer fusions + ORT offline extended optimization) ...")
+        rep = optimize_onnx_model(onnx_path, opt_path, num_heads=kw["nhead"], hidden_size=kw["d_model"])
+        info["optimize"] = rep.to_dict()
+        info_path.write_text(json.dumps(info, indent=1))
+    hashes = {"torch": sha, "onnx": info["export"]["sha256"]}
+    if opt_path.is_file():
+        hashes["onnx-optimized"] = info.get("optimize", {}).get("sha256") or file_sha256(opt_path)
+    sm = serving_metadata(meta)
+    return Artifacts(
+        preset=sm["preset"], num_classes=sm["num_classes"], labels=sm["labels"], model_kwargs=sm["model_kwargs"],
+        checkpoint=checkpoint, onnx=onnx_path, onnx_optimized=opt_path if opt_path.is_file() else None,
+        workdir=folder, hashes=hashes, info=info,
+    )
+
+
+def artifacts_from_model_file(path: str | Path) -> Artifacts:
+    """Artifacts for a single model file (``.onnx`` or ``.pt``), read from the file's own metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        meta = read_metadata(path)
+        if "labels" not in meta:
+            raise ModelFileError(f"{path}: ONNX file has no signflow-zoo metadata (labels); export it with signflow-zoo")
+        kind = "onnx-optimized" if meta.get("optimized") else "onnx"
+        art = Artifacts(preset=str(meta.get("preset", "")), num_classes=int(meta.get("num_classes") or len(meta["labels"])),
+                        labels=list(meta["labels"]), model_kwargs=meta.get("model_kwargs", {}), workdir=path.parent,
+                        hashes={kind: file_sha256(path)})
+        art.onnx = path
+        if kind == "onnx-optimized":
+            art.onnx_optimized = path
+        return art
+    if suffix in (".pt", ".pth"):
+        from .checkpoint import read_checkpoint
+
+        _, meta = read_checkpoint(path)
+        sm = serving_metadata(meta)
+        return Artifacts(preset=sm["preset"], num_classes=sm["num_classes"], labels=sm["labels"],
+                         model_kwargs=sm["model_kwargs"], checkpoint=path, workdir=path.parent,
+                         hashes={"torch": file_sha256(path)})
+    raise ModelFileError(f"{path}: unknown model file type {suffix!r}; expected .onnx or .pt")
+
+
+__all__ = ["zoo_home", "checkpoint_path", "build_artifacts", "artifacts_from_model_file", "serving_metadata",
+           "CheckpointError"]
