@@ -1,0 +1,108 @@
+"""What the three ONNX Runtime backends share: session creation and the honest provider check."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from signflow_zoo.runners import Availability, BackendUnavailable, Runner
+
+
+@lru_cache(maxsize=None)
+def probe_provider(provider: str) -> Availability:
+    """Create a tiny session with ``provider`` first and report what ORT really bound.
+
+    ``get_available_providers()`` lists CUDA for the onnxruntime-gpu build even on a machine without
+    a GPU; session creation then logs an error and silently runs on CPU. Only ``get_providers()`` on a
+    live session tells the truth.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return Availability.no(f"onnxruntime is not importable: {exc}")
+    if provider not in ort.get_available_providers():
+        return Availability.no(
+            f"this onnxruntime build ({ort.__version__}) has no {provider}"
+            + ("; install onnxruntime-gpu instead of onnxruntime" if provider == "CUDAExecutionProvider" else "")
+        )
+    if provider == "CUDAExecutionProvider" and hasattr(ort, "preload_dlls"):
+        try:  # finds CUDA/cuDNN libraries shipped with PyTorch or the nvidia-* wheels
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - session creation below reports the real failure
+            pass
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # the fallback error is what we report ourselves
+    try:
+        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    except Exception as exc:  # noqa: BLE001
+        return Availability.no(f"{provider} failed to create a session: {str(exc).splitlines()[0][:200]}")
+    bound = sess.get_providers()
+    if bound[0] != provider:
+        return Availability.no(f"ORT lists {provider} but bound {bound[0]} (no usable device or driver/CUDA libraries)")
+    return Availability.yes(f"{provider} bound")
+
+
+class OrtRunner(Runner):
+    """Base for ONNX Runtime runners: subclasses choose provider and artifact."""
+
+    provider = "CPUExecutionProvider"
+    provider_options: dict = {}
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return probe_provider(cls.provider)
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if self.options.threads:
+            so.intra_op_num_threads = int(self.options.threads)
+            so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return so
+
+    def prepare(self, artifacts) -> None:
+        import onnxruntime as ort
+
+        from signflow_zoo.export import _session
+
+        self.ort = ort
+        path = artifacts.path_for(self.artifact)
+        providers = [(self.provider, dict(self.provider_options))]
+        if self.provider != "CPUExecutionProvider":
+            providers.append(("CPUExecutionProvider", {}))
+        self.session = _session(path, ort, self.session_options(), providers)
+        bound = self.session.get_providers()
+        if bound[0] != self.provider:
+            raise BackendUnavailable(
+                f"ONNX Runtime bound {bound[0]} instead of {self.provider}; refusing to report a CPU run as {self.name}"
+            )
+        self.path = path
+        inp = self.session.get_inputs()[0]
+        self.input_dim = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 469
+        self.prepared = True
+
+    def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"features": features, "mask": mask})[0]
+
+    def describe(self) -> dict:
+        so = self.session.get_session_options()
+        return {
+            "backend": self.name, "precision": self.precision, "provider": self.session.get_providers()[0],
+            "providers": self.session.get_providers(), "threads": so.intra_op_num_threads or "default",
+            "onnxruntime": self.ort.__version__, "model": self.path.name,
+        }
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,64 @@
+"""torch-eager: the PyTorch fp32 reference, on CUDA when torch sees a GPU, else CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from signflow_zoo.hookspecs import hookimpl
+from signflow_zoo.runners import Availability, Runner
+
+
+class TorchEagerRunner(Runner):
+    name = "torch-eager"
+    artifact = "torch"
+    precision = "fp32"
+    summary = "PyTorch eager mode, fp32 (the parity reference); CUDA if available"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            import torch
+        except ImportError as exc:
+            return Availability.no(f"PyTorch is not importable: {exc}")
+        return Availability.yes("cuda" if torch.cuda.is_available() else "cpu")
+
+    def prepare(self, artifacts) -> None:
+        import torch
+
+        self.torch = torch
+        dev = self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(dev)
+        self.asynchronous = self.device.type == "cuda"
+        if self.options.threads:
+            torch.set_num_threads(int(self.options.threads))
+        self.model = artifacts.torch_model(device=str(self.device)).eval()
+        self.input_dim = self.model.input_dim
+        self.prepared = True
+
+    def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(features).to(self.device, non_blocking=True)
+            m = torch.from_numpy(mask).to(self.device, non_blocking=True)
+            return self.model(x, m).float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def describe(self) -> dict:
+        torch = self.torch
+        d = {"backend": self.name, "precision": self.precision, "provider": f"torch-{self.device.type}",
+             "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+        if self.device.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self.device)
+            d["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        return d
+
+    def close(self) -> None:
+        self.model = None
+
+
+@hookimpl
+def register_runners(register):
+    register(TorchEagerRunner)
