@@ -1,0 +1,405 @@
+"""Tables and plots from bench records kept in a real (SQLite) MLflow store."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from signflow_zoo import report
+from signflow_zoo.cli_report import register
+from signflow_zoo.errors import SignFlowError, TrackingError
+from signflow_zoo.report import ReportError
+
+PRESETS = ("baseline", "large")
+BACKENDS = ("torch-eager", "onnx-cpu", "onnx-cuda")
+HOSTS = ("cpu-box", "gpu-box")
+PARAMS = {"baseline": 2.55e6, "large": 12.5e6}
+ACC = {"baseline": 0.80, "large": 0.85}
+# p50 at batch 1 on each host; batch 32 is 8x that. onnx-cuda is unavailable on cpu-box.
+P50 = {
+    ("baseline", "torch-eager", "cpu-box"): 4.0, ("baseline", "onnx-cpu", "cpu-box"): 2.0,
+    ("large", "torch-eager", "cpu-box"): 16.0, ("large", "onnx-cpu", "cpu-box"): 10.0,
+    ("baseline", "torch-eager", "gpu-box"): 1.0, ("baseline", "onnx-cpu", "gpu-box"): 1.5,
+    ("baseline", "onnx-cuda", "gpu-box"): 0.5, ("large", "torch-eager", "gpu-box"): 1.2,
+    ("large", "onnx-cpu", "gpu-box"): 6.0, ("large", "onnx-cuda", "gpu-box"): 0.4,
+}
+STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "cpu", "gpu",
+               "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created")
+CUDA_REASON = "CUDAExecutionProvider is not available: ONNX Runtime bound CPUExecutionProvider after session creation"
+
+
+def flat_record(preset, backend, host, invocation="inv-new", p50_override=None):
+    """A flat record as the bench builds it in memory (numbers as numbers, no start_time)."""
+    rec = {
+        "preset": preset, "backend": backend, "host": host, "plugin": "signflow_zoo.default_plugins",
+        "provider": "", "precision": "fp32", "status": "ok", "reason": "", "cpu": "EPYC", "gpu": "",
+        "threads": "2", "batch_sizes": "1,32", "exporter": "legacy", "opset": "17", "artifact_sha256": "abc",
+        "invocation_id": f"{invocation}-{host}", "result_id": f"{invocation}-{host}-{preset}-{backend}",
+        "created": "2026-11-26T10:00:00Z",
+        "num_params": PARAMS[preset], "d_model": {"baseline": 192, "large": 384}[preset],
+        "heads": {"baseline": 6, "large": 8}[preset], "layers": {"baseline": 4, "large": 6}[preset],
+        "dim_ff": {"baseline": 768, "large": 1536}[preset],
+        "train_seconds": {"baseline": 60.0, "large": 300.0}[preset],
+    }
+    p50 = p50_override if p50_override is not None else P50.get((preset, backend, host))
+    if p50 is None:
+        rec.update(status="unavailable", reason=CUDA_REASON)
+        return rec
+    if preset == "large" and backend == "onnx-cuda":
+        rec.update(status="parity-failed", reason="max abs error 0.02 > tolerance 0.001 for fp32")
+    rec.update(accuracy_top1=ACC[preset], accuracy_top5=0.97, agreement_top1=0.999, parity_max_abs=2e-6,
+               parity_max_rel=1e-5, parity_top1_agreement=1.0, parity_ok=1.0, memory_mb=300.0)
+    for b, scale in ((1, 1.0), (32, 8.0)):
+        v = p50 * scale
+        noisy = preset == "large" and backend == "onnx-cpu" and host == "cpu-box" and b == 32
+        rec.update({f"latency_p50_ms_b{b}": v, f"latency_p90_ms_b{b}": v * 1.1, f"latency_p99_ms_b{b}": v * 1.3,
+                    f"latency_mean_ms_b{b}": v * 1.02, f"latency_stdev_ms_b{b}": v * 0.05,
+                    f"latency_cv_b{b}": 0.4 if noisy else 0.05, f"throughput_seq_s_b{b}": b * 1000.0 / v,
+                    f"noisy_b{b}": 1.0 if noisy else 0.0, f"iterations_b{b}": 100.0})
+    return rec
+
+
+def _use_store(mp, uri):
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    # mlflow.set_tracking_uri() elsewhere in the session would win over the environment variable.
+    mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None, raising=False)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite MLflow store with 2 presets x 3 backends x 2 hosts, plus one older duplicate run."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        _use_store(mp, uri)
+        client = MlflowClient()
+        exp = client.create_experiment("signflow-zoo")
+        now = int(time.time() * 1000)
+
+        def log(rec, parent, start):
+            tags = {"signflow_zoo.kind": "bench-record", "signflow_zoo.result_id": rec["result_id"],
+                    "signflow_zoo.invocation_id": rec["invocation_id"], "mlflow.parentRunId": parent,
+                    **{k: rec[k] for k in ("preset", "backend", "host", "status")}}
+            run = client.create_run(exp, start_time=start, tags=tags, run_name=f"{rec['preset']}/{rec['backend']}")
+            now_ms = int(time.time() * 1000)
+            client.log_batch(run.info.run_id,
+                             params=[Param(k, str(v)) for k, v in rec.items() if k in STRING_KEYS],
+                             metrics=[Metric(k, float(v), now_ms, 0) for k, v in rec.items() if k not in STRING_KEYS])
+            client.set_terminated(run.info.run_id)
+
+        def parent_run(inv, host, start):
+            run = client.create_run(exp, start_time=start, tags={"signflow_zoo.kind": "bench-invocation",
+                                                                 "signflow_zoo.invocation_id": f"{inv}-{host}"})
+            return run.info.run_id
+
+        old_start = now - 10 * 86_400_000
+        old_parent = parent_run("inv-old", "cpu-box", old_start)
+        log(flat_record("baseline", "onnx-cpu", "cpu-box", invocation="inv-old", p50_override=3.0), old_parent, old_start)
+        for i, host in enumerate(HOSTS):
+            start = now - 3_600_000 + i * 1000
+            parent = parent_run("inv-new", host, start)
+            for preset in PRESETS:
+                for backend in BACKENDS:
+                    log(flat_record(preset, backend, host), parent, start + 10)
+        yield {"uri": uri, "tmp": tmp}
+
+
+@pytest.fixture
+def tracking(store, monkeypatch):
+    _use_store(monkeypatch, store["uri"])
+    return store
+
+
+@pytest.fixture
+def records(tracking):
+    return report.collect_records()
+
+
+def find(rows, **match):
+    out = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    assert len(out) == 1, (match, out)
+    return out[0]
+
+
+# -- collect_records ---------------------------------------------------------------------------------
+
+
+def test_collect_keeps_newest_per_preset_backend_host(records, tracking):
+    assert len(records) == 12
+    rec = find(records, preset="baseline", backend="onnx-cpu", host="cpu-box")
+    assert rec["latency_p50_ms_b1"] == 2.0  # the newer run, not the older 3.0 one
+    assert isinstance(rec["start_time"], int) and rec["run_id"] and rec["parent_run_id"]
+    assert rec["batch_sizes"] == "1,32" and rec["status"] == "ok"
+    assert all(r["start_time"] >= records[-1]["start_time"] for r in records)  # newest first
+
+    every = report.collect_records(latest=False)
+    assert len(every) == 13
+    assert sorted(r["latency_p50_ms_b1"] for r in every
+                  if (r["preset"], r["backend"], r["host"]) == ("baseline", "onnx-cpu", "cpu-box")) == [2.0, 3.0]
+
+
+def test_collect_filters(tracking):
+    assert {r["preset"] for r in report.collect_records(preset="large")} == {"large"}
+    assert len(report.collect_records(preset="large")) == 6
+    two = report.collect_records(backend="torch-eager, onnx-cpu")
+    assert len(two) == 8 and {r["backend"] for r in two} == {"torch-eager", "onnx-cpu"}
+    one = report.collect_records(preset="baseline", backend="onnx-cpu", host="cpu-box", latest=False)
+    assert len(one) == 2
+    assert len(report.collect_records(since="7d", latest=False)) == 12  # the 10-day-old run is out
+    assert len(report.collect_records(since="30d", latest=False)) == 13
+    assert report.collect_records(host="nowhere") == []
+
+
+def test_collect_paginates(tracking, monkeypatch):
+    monkeypatch.setattr(report, "PAGE_SIZE", 5)
+    assert len(report.collect_records(latest=False)) == 13
+    assert len(report.collect_records()) == 12
+
+
+def test_parse_since_forms():
+    from datetime import datetime, timezone
+
+    assert report.parse_since("2026-11-01") == int(datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    assert abs(report.parse_since("24h") - (time.time() - 86400) * 1000) < 5000
+    assert report.parse_since(None) is None
+    with pytest.raises(ReportError, match="7d"):
+        report.parse_since("last tuesday")
+
+
+def test_missing_experiment_says_run_bench(tracking):
+    with pytest.raises(TrackingError, match="no bench results exist yet.*signflow-zoo bench"):
+        report.collect_records(experiment="never-benched")
+
+
+def test_missing_sqlite_file_and_unreachable_server(tmp_path, monkeypatch):
+    _use_store(monkeypatch, f"sqlite:///{tmp_path}/absent.db")
+    with pytest.raises(TrackingError, match="signflow-zoo bench"):
+        report.collect_records()
+    assert not (tmp_path / "absent.db").exists()  # reporting must not create a store
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again on exit: nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable"):
+        report.collect_records()
+    assert time.monotonic() - t0 < 5
+
+
+# -- comparison_table ------------------------------------------------------------------------------
+
+
+def test_terminal_table_speedups_noise_and_status(records):
+    text = report.comparison_table(records)
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("baseline") and "onnx-cpu" in line and "cpu-box" in line)
+    assert "2.00x" in row and "12.8M" not in row and "2.55M" in row  # eager 4.0 ms / onnx-cpu 2.0 ms
+    large = next(line for line in lines if line.startswith("large") and "onnx-cpu" in line and "cpu-box" in line)
+    assert "1.60x" in large  # b1: 16 / 10
+    assert "~80.0" in large and "~1.60x" in large  # b32 is flagged noisy: latency and its speedup are marked
+    assert report.NOISY_LEGEND in text
+    unavailable = next(line for line in lines if "onnx-cuda" in line and "cpu-box" in line)
+    assert "unavailable: CUDAExecutionProvider is not" in unavailable and CUDA_REASON not in unavailable
+    assert "parity-failed: max abs error" in text
+    # zoo order, then torch-eager first: baseline rows precede large rows
+    presets = [line.split()[0] for line in lines[2:] if line.split() and line.split()[0] in PRESETS]
+    assert presets == ["baseline"] * 6 + ["large"] * 6
+    first = lines[2].split()
+    assert first[:3] == ["baseline", "torch-eager", "cpu-box"]
+
+
+def test_markdown_table_parses(records):
+    text = report.comparison_table(records, fmt="markdown", batch_sizes=[1])
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert set("-:|") >= set(table[1].replace(" ", ""))
+    assert {"preset", "backend", "host", "status", "params", "p50 ms b1", "vs eager b1", "top-1"} <= set(header)
+    assert "p50 ms b32" not in header
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in table[2:]]
+    assert len(rows) == 12
+    r = find(rows, preset="large", backend="onnx-cuda", host="gpu-box")
+    assert r["vs eager b1"] == "3.00x" and r["top-1"] == "85.0%"
+
+
+def test_csv_and_json_hold_raw_numbers(records):
+    rows = list(csv.DictReader(io.StringIO(report.comparison_table(records, fmt="csv"))))
+    assert len(rows) == 12
+    r = find(rows, preset="baseline", backend="onnx-cpu", host="cpu-box")
+    assert float(r["speedup_b1"]) == pytest.approx(2.0) and float(r["p50_ms_b32"]) == pytest.approx(16.0)
+    assert find(rows, preset="large", backend="onnx-cpu", host="cpu-box")["noisy_b32"] == "True"
+
+    data = json.loads(report.comparison_table(records, fmt="json"))
+    assert len(data) == 12
+    j = find(data, preset="large", backend="onnx-cpu", host="cpu-box")
+    assert j["speedup_b1"] == pytest.approx(1.6) and j["noisy_b32"] is True and j["accuracy_top1"] == 0.85
+    assert j["num_params"] == 12_500_000
+    cuda = find(data, preset="baseline", backend="onnx-cuda", host="cpu-box")
+    assert cuda["status"] == "unavailable" and cuda["reason"] == CUDA_REASON and cuda["p50_ms_b1"] is None
+
+
+def test_table_from_in_memory_records_and_all_runs():
+    # What the bench hands over: no start_time, numbers as ints/floats, one host.
+    mem = [flat_record(p, b, "cpu-box") for p in PRESETS for b in BACKENDS]
+    text = report.comparison_table(mem)
+    assert "host" not in text.splitlines()[0] and "2.00x" in text
+    dup = mem + [flat_record("baseline", "onnx-cpu", "cpu-box", invocation="inv-old", p50_override=3.0)]
+    dup[-1]["created"] = "2026-11-01T10:00:00Z"
+    text = report.comparison_table(dup)
+    assert "created" in text.splitlines()[0] and "2.00x" in text and "1.33x" in text
+    with pytest.raises(ReportError, match="format"):
+        report.comparison_table(mem, fmt="html")
+
+
+# -- compare_presets_table -------------------------------------------------------------------------
+
+
+def test_compare_presets_gain_column(records):
+    one_host = [r for r in records if r["host"] == "cpu-box"]
+    text = report.compare_presets_table(one_host, "baseline", "large", fmt="markdown")
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == ["metric", "baseline", "large", "gain/cost"]
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in table[2:])}
+    assert rows["params"][1:] == ["2.55M", "12.5M", "4.90x"]
+    assert rows["d_model"][3] == "2.00x" and rows["layers"][3] == "1.50x"
+    assert rows["training time"][1:] == ["60.0 s", "5.0 min", "5.00x"]
+    assert rows["top-1 accuracy"][1:] == ["80.0%", "85.0%", "+5.0 pts"]
+    assert rows["p50 latency b1, torch-eager"][1:] == ["4.00 ms", "16.0 ms", "4.00x"]
+    assert rows["p50 latency b1, onnx-cpu"][3] == "5.00x"
+    assert not any("onnx-cuda" in k for k in rows)  # no latency there on this host
+
+    both = json.loads(report.compare_presets_table(records, "baseline", "large", fmt="json"))
+    lat = {r["metric"]: r for r in both}
+    assert lat["p50 latency b1, onnx-cuda @ gpu-box"]["gain/cost"] == pytest.approx(0.8)
+    assert lat["top-1 accuracy"]["gain/cost"] == pytest.approx(5.0)
+
+
+def test_compare_presets_missing_preset(records):
+    with pytest.raises(ReportError, match="'xlarge'.*signflow-zoo bench --preset xlarge"):
+        report.compare_presets_table(records, "baseline", "xlarge")
+
+
+# -- plots -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "points, front",
+    [
+        ([], []),
+        ([(1.0, 50.0)], [0]),
+        ([(4.0, 80.0), (2.0, 80.0), (16.0, 85.0), (10.0, 85.0)], [1, 3]),  # equal accuracy: the faster wins
+        ([(1.0, 60.0), (2.0, 70.0), (3.0, 65.0), (4.0, 90.0), (0.5, 10.0)], [4, 0, 1, 3]),
+        ([(2.0, 70.0), (2.0, 75.0)], [1]),  # same latency: the more accurate wins
+        ([(1.0, 70.0), (1.0, 70.0), (3.0, 60.0)], [0, 1]),  # identical points are both kept
+    ],
+)
+def test_pareto_front(points, front):
+    assert report.pareto_front(points) == front
+
+
+def _check_png(path, min_kb=10):
+    from matplotlib.image import imread
+
+    assert path.exists() and path.stat().st_size > min_kb * 1024
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 300 and img.shape[2] in (3, 4)
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+    return img
+
+
+def test_plot_pareto(records, tmp_path):
+    one_host = [r for r in records if r["host"] == "cpu-box"]
+    path = report.plot_pareto(one_host, tmp_path / "pareto.png")
+    _check_png(path)
+    wide = _check_png(report.plot_pareto(records, tmp_path / "pareto_hosts", batch_size=32))  # two panels
+    assert wide.shape[1] > _check_png(path).shape[1]
+    with pytest.raises(ReportError, match="batch sizes 1, 32"):
+        report.plot_pareto(records, tmp_path / "none.png", batch_size=8)
+
+
+def test_plot_latency_distributions(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = {
+        "large / torch-eager / b1": list(rng.lognormal(np.log(16.0), 0.08, 200)),
+        "large / onnx-cpu / b1": list(rng.lognormal(np.log(10.0), 0.3, 200)),
+        "large / onnx-cuda / b1": list(rng.lognormal(np.log(0.4), 0.1, 200)),
+        "empty": [],
+    }
+    _check_png(report.plot_latency_distributions(samples, tmp_path / "latency.png", title="large, batch 1"))
+    with pytest.raises(ReportError):
+        report.plot_latency_distributions({"a": []}, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("n", [20, 100])
+def test_plot_confusion(tmp_path, n):
+    rng = np.random.default_rng(n)
+    cm = np.diag(rng.integers(20, 40, n)) + rng.integers(0, 3, (n, n))
+    labels = [f"sign_{i:03d}" for i in range(n)]
+    _check_png(report.plot_confusion(cm, labels, tmp_path / f"confusion_{n}.png"))
+    with pytest.raises(ReportError, match="one per class"):
+        report.plot_confusion(cm, labels[:-1], tmp_path / "bad.png")
+
+
+def test_write_report(records, tmp_path):
+    out = report.write_report(records, tmp_path / "report", "png",
+                              samples={"baseline / onnx-cpu / b1": [2.0, 2.1, 2.2, 1.9, 2.5]})
+    assert set(out) == {"table_markdown", "table_csv", "pareto", "latency"}
+    assert out["table_markdown"].read_text().startswith("| preset")
+    assert len(list(csv.DictReader(out["table_csv"].open()))) == 12
+    unavailable_only = [r for r in records if r["status"] == "unavailable"]
+    assert set(report.write_report(unavailable_only, tmp_path / "r2", "svg")) == {"table_markdown", "table_csv"}
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli():
+    parser = argparse.ArgumentParser(prog="signflow-zoo")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv):
+        args = parser.parse_args(["report", *argv])
+        return args.func(args)
+
+    return run
+
+
+def test_cli_report_end_to_end(tracking, cli, capsys, tmp_path):
+    assert cli("--format", "json", "--host", "cpu-box") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 6 and {r["host"] for r in data} == {"cpu-box"}
+
+    assert cli("--all-runs", "--preset", "baseline", "--backend", "onnx-cpu", "--format", "csv") == 0
+    assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 3
+
+    assert cli("--compare", "baseline,large", "--host", "cpu-box") == 0
+    out = capsys.readouterr().out
+    assert "gain/cost" in out and "4.90x" in out
+
+    assert cli("--plots", str(tmp_path / "plots"), "--since", "7d") == 0
+    out = capsys.readouterr().out
+    assert "vs eager b1" in out and "pareto_b1.png" in out
+    _check_png(tmp_path / "plots" / "pareto_b1.png")
+
+
+def test_cli_report_user_errors(tracking, cli):
+    with pytest.raises(ReportError, match="two presets"):
+        cli("--compare", "baseline")
+    with pytest.raises(ReportError, match="presets with results: baseline, large"):
+        cli("--preset", "xlarge")
+    with pytest.raises(TrackingError, match="signflow-zoo bench"):
+        cli("--experiment", "elsewhere")
+    with pytest.raises(SignFlowError):
+        cli("--since", "yesterday-ish")
