@@ -1,0 +1,165 @@
+"""MLflow tracking that never loses work: untracked runs go on with one warning.
+
+The store is MLflow's own default (SQLite ``./mlflow.db`` in MLflow 3) or ``MLFLOW_TRACKING_URI``.
+An HTTP store is probed on ``/health`` before use so that an unreachable server costs seconds, not the
+client's minutes of retries. Metrics go in batches (``log_batch``), never one HTTP call per value.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from .errors import TrackingError
+
+MAX_PARAM_LEN = 6000
+
+
+def tracking_uri() -> str:
+    try:
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    except ImportError:
+        return os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Raise :class:`TrackingError` when an HTTP tracking server does not answer ``/health``."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"tracking server {uri} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"tracking server {uri} is unreachable ({reason}); start it, or unset MLFLOW_TRACKING_URI "
+            "to use the local store"
+        ) from None
+
+
+class Tracker:
+    """A thin MLflow client wrapper. ``active`` is False when mlflow is missing, disabled or failing."""
+
+    def __init__(self, experiment: str, enabled: bool = True, quiet: bool = False):
+        self.experiment = experiment
+        self.active = False
+        self.reason = "tracking disabled"
+        self.quiet = quiet
+        self.client = None
+        self.experiment_id: str | None = None
+        if not enabled:
+            return
+        try:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+            import mlflow
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            self._disable(f"mlflow is not importable ({exc}); results are kept locally only")
+            return
+        try:
+            self.uri = mlflow.get_tracking_uri()
+            check_reachable(self.uri)
+            self.client = MlflowClient(self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            self.active = True
+            self.reason = ""
+        except Exception as exc:  # noqa: BLE001 - any store failure means: go on untracked
+            self._disable(_short(exc))
+
+    def _disable(self, reason: str) -> None:
+        if self.active or self.reason == "tracking disabled":
+            if not self.quiet:
+                warnings.warn(f"MLflow tracking off: {reason}", RuntimeWarning, stacklevel=3)
+        self.active = False
+        self.reason = reason
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        if not self.active:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            self._disable(f"{what} failed: {_short(exc)}")
+            return None
+
+    # -- runs -----------------------------------------------------------------------------------
+    def create_run(self, name: str, tags: dict[str, Any] | None = None, parent_id: str | None = None) -> str | None:
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self._guard("create run", self.client.create_run if self.client else None,
+                          self.experiment_id, run_name=name, tags=tags)
+        return run.info.run_id if run else None
+
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if run_id:
+            self._guard("end run", self.client.set_terminated, run_id, status)
+
+    @contextmanager
+    def run(self, name: str, tags: dict[str, Any] | None = None, parent_id: str | None = None) -> Iterator[str | None]:
+        run_id = self.create_run(name, tags, parent_id)
+        status = "FAILED"
+        try:
+            yield run_id
+            status = "FINISHED"
+        finally:
+            self.end_run(run_id, status)
+
+    # -- logging (batched) ------------------------------------------------------------------------
+    def log_batch(self, run_id: str | None, params: dict[str, Any] | None = None,
+                  metrics: dict[str, float] | None = None, step: int = 0, tags: dict[str, Any] | None = None) -> None:
+        if not run_id or not self.active:
+            return
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        p = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in (params or {}).items()]
+        m = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
+        t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        # MLflow caps one batch at 100 params, 100 tags and 1000 metrics.
+        chunks = max(-(-len(p) // 100), -(-len(m) // 1000), -(-len(t) // 100), 1)
+        for i in range(chunks):
+            self._guard("log_batch", self.client.log_batch, run_id, metrics=m[i * 1000:(i + 1) * 1000],
+                        params=p[i * 100:(i + 1) * 100], tags=t[i * 100:(i + 1) * 100])
+
+    def log_metric_history(self, run_id: str | None, history: list[dict[str, float]]) -> None:
+        """Per-step metrics in one batched call per 1000 values."""
+        if not run_id or not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, step) for step, row in enumerate(history) for k, v in row.items() if _is_number(v)]
+        for i in range(0, len(ms), 1000):
+            self._guard("log_batch", self.client.log_batch, run_id, metrics=ms[i:i + 1000])
+
+    def log_artifact(self, run_id: str | None, path: str, artifact_path: str | None = None) -> None:
+        if run_id:
+            self._guard("log_artifact", self.client.log_artifact, run_id, str(path), artifact_path)
+
+    def set_tag(self, run_id: str | None, key: str, value: Any) -> None:
+        if run_id:
+            self._guard("set_tag", self.client.set_tag, run_id, key, str(value))
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and f not in (float("inf"), float("-inf"))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
