@@ -1,0 +1,302 @@
+"""``signflow-zoo predict`` and ``signflow-zoo stream``: serve a model file on recorded clips.
+
+Thin: parse, call :mod:`signflow_zoo.pipeline`, print. Clip inputs:
+
+- a SignFlow recording: ``.npy`` [frames, 225];
+- one LSFB-ISOL instance: any of its files ``ROOT/poses/<left_hand|right_hand|pose>/ID.npy``, or the
+  data set root with ``--instance ID``;
+- a directory: every clip of a SignFlow recordings folder (``labels.csv``) or an LSFB-ISOL root
+  (``instances.csv``); the true labels are then printed next to the predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .features import RAW_DIM
+
+LSFB_PARTS = ("left_hand", "right_hand", "pose")
+
+
+@dataclass
+class ClipInput:
+    name: str
+    raw: np.ndarray
+    true_label: str | None = None
+
+
+# -- reading clips ---------------------------------------------------------------------------------
+def _load_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for bad files; name the file
+        raise DataError(f"{path}: not a readable .npy array ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise DataError(f"{path}: expected a single .npy array, found an .npz archive")
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{path}: expected numeric landmark values, got dtype {arr.dtype}")
+    return arr
+
+
+def _lsfb_label(root: Path, ident: str) -> str | None:
+    csv_path = root / "instances.csv"
+    if not csv_path.is_file():
+        return None
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            for row in csv.DictReader(fh):
+                if (row.get("id") or "").strip() == ident:
+                    return (row.get("sign") or "").strip() or None
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
+def _lsfb_instance(root: Path, ident: str) -> ClipInput:
+    from .errors import InputError
+    from .features import raw_from_parts
+
+    parts = {}
+    for part in LSFB_PARTS:
+        path = root / "poses" / part / f"{ident}.npy"
+        parts[part] = _load_array(path) if path.is_file() else None
+    if all(v is None for v in parts.values()):
+        raise DataError(f"{root}: no LSFB instance {ident!r} (expected poses/{{{','.join(LSFB_PARTS)}}}/{ident}.npy)")
+    try:
+        raw = raw_from_parts(parts["left_hand"], parts["right_hand"], parts["pose"])
+    except InputError as exc:
+        raise DataError(f"LSFB instance {ident!r} in {root}: {exc}") from None
+    return ClipInput(ident, raw, _lsfb_label(root, ident))
+
+
+def read_clips(path: str | Path, instance: str | None = None) -> list[ClipInput]:
+    """The clip(s) a ``predict``/``stream`` FILE argument names (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found")
+    if path.is_dir():
+        if instance is not None:
+            return [_lsfb_instance(path, instance)]
+        if (path / "instances.csv").is_file():
+            from .data import load_lsfb_isol
+
+            clips, names = load_lsfb_isol(path)
+        elif (path / "labels.csv").is_file():
+            from .data import load_signflow_recordings
+
+            clips, names = load_signflow_recordings(path)
+        else:
+            raise DataError(f"{path}: a directory must hold instances.csv (LSFB-ISOL) or labels.csv (SignFlow "
+                            "recordings); or pass a single .npy clip")
+        return [ClipInput(c.name or f"clip {i}", c.raw, names[c.label]) for i, c in enumerate(clips)]
+    if instance is not None:
+        raise DataError("--instance needs the LSFB-ISOL root directory as FILE")
+    if path.suffix.lower() != ".npy":
+        raise DataError(f"{path}: expected a .npy clip [frames, {RAW_DIM}] or a data set directory")
+    if path.parent.name in LSFB_PARTS + ("face",) and path.parent.parent.name == "poses":
+        return [_lsfb_instance(path.parent.parent.parent, path.stem)]
+    arr = _load_array(path)
+    if arr.ndim != 2 or arr.shape[1] != RAW_DIM or arr.shape[0] == 0:
+        raise DataError(f"{path}: has shape {arr.shape}, expected [frames, {RAW_DIM}] (a SignFlow recording: "
+                        "left hand 63, right hand 63, pose 99 values per frame)")
+    return [ClipInput(path.stem, arr.astype(np.float32))]
+
+
+# -- shared ----------------------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v > 0 and np.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _pipeline(args):
+    from .pipeline import PipelineConfig, SignFlowInferencePipeline
+
+    cfg = PipelineConfig(threads=args.threads)
+    if args.threshold is not None:
+        cfg.confidence_threshold = args.threshold
+    if getattr(args, "temperature", None) is not None:
+        cfg.temperature = args.temperature
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        pipe = SignFlowInferencePipeline(args.model, backend=args.backend, config=cfg.validate())
+    for w in caught:  # e.g. the PyTorch fallback: say it where the user looks
+        print(f"note: {w.message}", file=sys.stderr)
+    return pipe
+
+
+def _add_common(s) -> None:
+    s.add_argument("--model", required=True, metavar="PATH", help="model file: .onnx or .pt (carries labels etc.)")
+    s.add_argument("--backend", metavar="NAME", help="backend to run it (default: by file type: .onnx -> onnx-cpu, "
+                   ".pt -> torch-eager); any registered backend, see `signflow-zoo backends`")
+    s.add_argument("--instance", metavar="ID", help="LSFB-ISOL: the instance id, with the data set root as FILE")
+    s.add_argument("--format", choices=["text", "json"], default="text")
+    s.add_argument("--threshold", type=float, metavar="P", help="confidence threshold (default 0.7)")
+    s.add_argument("--temperature", type=_positive_float, metavar="T",
+                   help="softmax temperature (default: the model's calibration, else 1)")
+    s.add_argument("--threads", type=int, metavar="N", help="backend threads (default: the runtime's)")
+
+
+def _alts(pred, skip_first: bool = False) -> str:
+    alts = pred.alternatives[1:] if skip_first else pred.alternatives
+    return ", ".join(f"{label} {p:.3f}" for label, p in alts)
+
+
+# -- predict ---------------------------------------------------------------------------------------
+def cmd_predict(args) -> int:
+    clips = read_clips(args.file, args.instance)
+    pipe = _pipeline(args)
+    results = []
+    try:
+        for clip in clips:
+            pred = pipe.process_sequence(clip.raw)
+            results.append((clip, pred))
+    finally:
+        pipe.close()
+    known = [(c, p) for c, p in results if c.true_label is not None]
+    correct = sum(c.true_label == p.candidate for c, p in known)
+    if args.format == "json":
+        out = {"model": str(args.model), "backend": pipe.backend_name, "predictions": [
+            {"clip": c.name, "frames": int(len(c.raw)), "true_label": c.true_label, **p.to_dict()} for c, p in results]}
+        if known:
+            out["top1_accuracy"] = correct / len(known)
+        print(json.dumps(out, indent=1))
+        return 0
+    for clip, pred in results:
+        truth = f"  [true: {clip.true_label}{'' if clip.true_label == pred.candidate else ', WRONG'}]" \
+            if clip.true_label is not None else ""
+        if pred.accepted:
+            head = f"{pred.label} (confidence {pred.confidence:.3f})"
+        else:
+            head = f"NONE (best {pred.candidate} {pred.confidence:.3f} < threshold {pred.threshold:.2f})"
+        print(f"{clip.name}: {head}{truth}")
+        for rank, (label, p) in enumerate(pred.alternatives, 1):
+            print(f"  {rank}. {label:<40} {p:.3f}")
+    if len(known) > 1:
+        print(f"top-1 accuracy: {correct}/{len(known)} = {correct / len(known):.3f} (backend {pipe.backend_name})")
+    return 0
+
+
+# -- stream ----------------------------------------------------------------------------------------
+def cmd_stream(args) -> int:
+    from .payload import payload_from_raw
+    from .pipeline import _stats, stream_from_clips
+
+    clips = [c for f in args.file for c in read_clips(f, args.instance)]
+    pipe = _pipeline(args)
+    rows, spans = stream_from_clips([c.raw for c in clips], args.rest_frames, pipe.config.motion_threshold)
+    payloads = [payload_from_raw(r) for r in rows]
+    interval = 1.0 / args.fps
+    as_json = args.format == "json"
+    if not as_json:
+        mode = "real time" if args.realtime else "as fast as possible"
+        print(f"streaming {len(clips)} clip(s), {len(payloads)} frames at {args.fps:g} fps ({mode}) on "
+              f"{pipe.backend_name}, model {Path(args.model).name}")
+
+    def truth_at(frame: int) -> str | None:
+        for clip, (start, end) in zip(clips, spans):
+            if start <= frame < end + args.rest_frames:
+                return clip.true_label
+        return None
+
+    latencies, late, preds = [], 0, []
+
+    def show(pred) -> None:
+        latencies.append(pred.latency_ms)
+        preds.append(pred)
+        t = pred.frame_index / args.fps
+        if as_json:
+            line = {"t": round(t, 3), "true_label": truth_at(pred.frame_index), **pred.to_dict()}
+            print(json.dumps(line), flush=True)
+            return
+        if pred.accepted:
+            what = f"{pred.label} {pred.confidence:.3f}"
+        else:
+            what = f"NONE (best {pred.candidate} {pred.confidence:.3f} < {pred.threshold:.2f})"
+        truth = truth_at(pred.frame_index)
+        print(f"[frame {pred.frame_index:5d}  t={t:7.2f}s] {what}   top-3: {_alts(pred)}   "
+              f"latency {pred.latency_ms:.1f} ms (model {pred.inference_ms:.1f})   window {pred.frames} frames"
+              + (f"   [true: {truth}]" if truth else ""), flush=True)
+
+    start = time.perf_counter()
+    try:
+        for i, payload in enumerate(payloads):
+            if args.realtime:
+                due = start + i * interval
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                elif wait < -interval:
+                    late += 1
+            pred = pipe.process_frame(payload)
+            if pred.ended:
+                show(pred)
+        pred = pipe.flush()
+        if pred is not None:
+            show(pred)
+    finally:
+        pipe.close()
+    wall = time.perf_counter() - start
+    summary = {"frames": len(payloads), "signs": len(clips), "predictions": len(preds),
+               "accepted": sum(p.accepted for p in preds), "sentence": pipe.sentence,
+               "latency_ms": _stats(latencies), "wall_s": wall, "frames_per_s": len(payloads) / wall if wall else None,
+               "frames_late": late, "backend": pipe.backend_name}
+    if as_json:
+        print(json.dumps({"summary": summary}))
+        return 0
+    lat = summary["latency_ms"]
+    print(f"sentence: {' '.join(pipe.sentence) or '(empty)'}")
+    if lat["count"]:
+        print(f"latency, last frame of a sign -> prediction: p50 {lat['p50_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms, "
+              f"max {lat['max_ms']:.1f} ms over {lat['count']} sign(s)")
+    print(f"{len(payloads)} frames in {wall:.2f} s ({summary['frames_per_s']:.0f} frames/s)"
+          + (f"; {late} frame(s) processed more than one frame late" if late else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``predict`` and ``stream`` to the main CLI's subparsers."""
+    s = subparsers.add_parser("predict", help="classify a recorded clip (or every clip of a folder) with a model file",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("file", metavar="FILE", help="SignFlow .npy [frames, 225], LSFB poses/<part>/ID.npy, or a folder")
+    _add_common(s)
+    s.set_defaults(func=cmd_predict)
+
+    s = subparsers.add_parser("stream", help="replay clips frame by frame through the streaming pipeline",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("file", metavar="FILE", nargs="+", help="clip(s) to replay, in order, with rest frames between")
+    _add_common(s)
+    s.add_argument("--fps", type=_positive_float, default=30.0, help="frame rate of the replay (default 30)")
+    s.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
+                   help="pace frames at --fps like a camera (default), or --no-realtime: as fast as possible")
+    s.add_argument("--rest-frames", type=_non_negative_int, default=20,
+                   help="still frames before each clip and after the last (default 20)")
+    s.set_defaults(func=cmd_stream)
