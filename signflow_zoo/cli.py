@@ -1,0 +1,313 @@
+"""The ``signflow-zoo`` command: parses, calls the library, prints. User errors exit 2 with no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from . import __version__
+from .errors import SignFlowError
+
+ENV_TRACEBACK = "SIGNFLOW_ZOO_TRACEBACK"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return vals
+
+
+def _zoo(args):
+    from .zoo import Zoo
+
+    return Zoo.load(getattr(args, "zoo", None))
+
+
+# -- presets -------------------------------------------------------------------------------------
+def cmd_presets(args) -> int:
+    from tabulate import tabulate
+
+    from .model import build_model, count_parameters, estimate_gflops
+
+    rows = []
+    for e in _zoo(args):
+        params = count_parameters(build_model(e, num_classes=args.num_classes))
+        rows.append({"name": e.name, "d_model": e.d_model, "heads": e.heads, "layers": e.layers, "dim_ff": e.dim_ff,
+                     "params": params, "gflop_per_seq": round(estimate_gflops(e, args.num_classes), 3),
+                     "use_case": e.use_case})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        table = [{**r, "params": f"{r['params'] / 1e6:.2f}M"} for r in rows]
+        print(tabulate(table, headers="keys", tablefmt="simple"))
+        print(f"\nparams counted by instantiating SignTransformer with {args.num_classes} classes; "
+              "GFLOP per 64-frame sequence (2 x multiply-accumulates).")
+    return 0
+
+
+# -- backends ------------------------------------------------------------------------------------
+def backend_rows() -> tuple[list[dict], list[dict]]:
+    from .plugins import get_registry
+
+    reg = get_registry()
+    rows = []
+    for name, be in reg.runners.items():
+        av = be.cls.availability()
+        rows.append({"name": name, "plugin": be.plugin.name, "package": be.plugin.package, "artifact": be.cls.artifact,
+                     "precision": be.cls.precision, "device": be.cls.device_kind, "available": av.ok,
+                     "reason": "" if av.ok else av.reason, "detail": av.reason if av.ok else "",
+                     "summary": be.cls.summary})
+    broken = [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
+    return rows, broken
+
+
+def cmd_backends(args) -> int:
+    from tabulate import tabulate
+
+    rows, broken = backend_rows()
+    if args.json:
+        print(json.dumps({"backends": rows, "broken_plugins": broken}, indent=1))
+        return 0
+    table = [[r["name"], f"{r['plugin']} ({r['package']})", r["artifact"], r["precision"],
+              "yes" if r["available"] else f"no: {r['reason']}"] for r in rows]
+    print(tabulate(table, headers=["backend", "plugin", "artifact", "precision", "available here"], tablefmt="simple"))
+    for b in broken:
+        print(f"\nbroken plugin {b['plugin']} ({b['package']}): {b['error']}")
+    return 0
+
+
+# -- train / export ------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .artifacts import checkpoint_path, zoo_home
+    from .data import load_data
+    from .model import build_model, count_parameters
+    from .training import SignTrainer, TrainingConfig
+
+    entry = _zoo(args).get(args.preset)
+    splits = load_data(args.data, seed=args.seed)
+    cfg = TrainingConfig(num_epochs=args.epochs or entry.epochs, seed=args.seed, use_mlflow=not args.no_track,
+                         mlflow_run_name=f"train-{entry.name}", mlflow_tags={"preset": entry.name},
+                         **({"learning_rate": args.lr} if args.lr else {}),
+                         **({"batch_size": args.batch_size} if args.batch_size else {}))
+    model = build_model(entry, num_classes=len(splits.class_names))
+    print(f"training {entry.name} ({count_parameters(model) / 1e6:.2f}M params) for {cfg.num_epochs} epochs on "
+          f"{len(splits.train)} clips, validating on {len(splits.val)} ({splits.spec})", file=sys.stderr)
+    trainer = SignTrainer(model, cfg, class_names=list(splits.class_names),
+                          metadata={"preset": entry.name, "data_spec": splits.spec, "data_fingerprint": splits.fingerprint})
+    res = trainer.fit(splits.train, splits.val)
+    test = trainer.evaluate(splits.test)
+    out = args.output or checkpoint_path(entry, len(splits.class_names), splits.fingerprint, cfg.cache_key(), zoo_home())
+    trainer.save_model(out, extra={"test_accuracy": test["top1"]})
+    print(json.dumps({"preset": entry.name, "checkpoint": str(out), "train_seconds": round(res["train_seconds"], 1),
+                      "epochs_run": res["epochs_run"], "val_accuracy": round(res["val_accuracy"], 4),
+                      "test_accuracy": round(test["top1"], 4), "test_macro_f1": round(test["macro_f1"], 4),
+                      "mlflow_run_id": res.get("run_id")}, indent=1))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .artifacts import serving_metadata
+    from .checkpoint import load_checkpoint
+    from .export import export_to_onnx, optimize_onnx_model
+
+    model, meta = load_checkpoint(args.checkpoint)
+    out = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
+    info = export_to_onnx(model, out, metadata=serving_metadata(meta), exporter=args.exporter)
+    result = {"export": info.to_dict()}
+    if args.optimize:
+        kw = meta["model_kwargs"]
+        rep = optimize_onnx_model(out, os.path.splitext(out)[0] + ".optimized.onnx", kw["nhead"], kw["d_model"])
+        result["optimize"] = {k: v for k, v in rep.to_dict().items() if k not in ("ops_before", "ops_after")}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+# -- bench / sync ----------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from .harness import BenchConfig, run_bench
+    from .report import comparison_table
+    from .results import flat_records
+    from .timing import TimingConfig
+
+    kw = dict(presets=args.preset, backends=args.backends, threads=args.threads, data=args.data, seed=args.seed,
+              no_train=args.no_train, retrain=args.retrain, epochs=args.epochs, exporter=args.exporter,
+              json_path=args.json, experiment=args.experiment, track=not args.no_track, stream=not args.no_stream,
+              zoo_file=args.zoo, progress=not args.no_progress)
+    if args.batch_sizes:
+        kw["batch_sizes"] = args.batch_sizes
+    cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+    t = cfg.timing
+    cfg.timing = TimingConfig(
+        warmup=args.warmup if args.warmup is not None else t.warmup,
+        min_iters=args.min_iters if args.min_iters is not None else t.min_iters,
+        min_time=args.min_time if args.min_time is not None else t.min_time,
+        round_iters=t.round_iters, max_time=t.max_time)
+    doc = run_bench(cfg)
+    print(comparison_table(flat_records(doc), fmt="terminal"))
+    print(f"\nresults: {doc['result_file']}")
+    for path in doc.get("outputs", []):
+        print(f"         {path}")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from pathlib import Path
+
+    from .artifacts import zoo_home
+    from .results import sync
+
+    folder = Path(args.results or zoo_home() / "results")
+    done, pending, reason = sync(folder, args.experiment)
+    if pending:
+        print(f"uploaded {done} result file(s); {pending} still pending: {reason}", file=sys.stderr)
+        return 1
+    print(f"uploaded {done} result file(s); nothing pending in {folder}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(json_out=args.json)
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from .tracking import tracking_uri
+
+    uri = tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print("starting:", " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+# -- parser ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="signflow-zoo", description="Model zoo and benchmark harness for SignFlow's "
+                                "sign-language transformers: which preset, on which runtime, at what accuracy and latency.")
+    p.add_argument("--version", action="version", version=f"signflow-zoo {__version__}")
+    p.add_argument("--zoo", metavar="PATH", help="extra zoo file with [[entry]] tables (or $SIGNFLOW_ZOO_FILE)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("presets", help="list zoo entries with counted parameters and GFLOP")
+    s.add_argument("--num-classes", type=_positive_int, default=100)
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.set_defaults(func=cmd_presets)
+
+    s = sub.add_parser("backends", help="list registered backends, where they can run, and broken plugins")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_backends)
+
+    s = sub.add_parser("train", help="train a preset (tracked in MLflow) and save a weights-only checkpoint")
+    s.add_argument("--preset", required=True)
+    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--batch-size", type=_positive_int)
+    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache)")
+    s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("export", help="export a checkpoint to ONNX (verified) and optionally optimize it")
+    s.add_argument("checkpoint")
+    s.add_argument("--output", "-o")
+    s.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
+    s.add_argument("--optimize", action="store_true")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("bench", help="train/load, export, check parity, time and score presets x backends")
+    s.add_argument("--preset", default="lightweight", help="all | NAME | A,B (default: lightweight)")
+    s.add_argument("--backends", default="all", help="all | NAME | A,B (default: all)")
+    s.add_argument("--batch-sizes", type=_int_list, help="comma-separated (default 1,32; --quick: 1,8)")
+    s.add_argument("--threads", type=_positive_int, help="threads for every backend (default: all cores)")
+    s.add_argument("--warmup", type=int, help="untimed calls per backend (default 10)")
+    s.add_argument("--min-iters", type=_positive_int, help="timed calls per backend, at least (default 50)")
+    s.add_argument("--min-time", type=_non_negative_float, help="seconds of timed calls per backend, at least (default 1)")
+    s.add_argument("--quick", action="store_true", help="short timing for a smoke run")
+    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=_positive_int, help="override the preset's training epochs")
+    s.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint is cached")
+    s.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
+    s.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
+    s.add_argument("--json", metavar="PATH", help="also write the result JSON here")
+    s.add_argument("--experiment", default="signflow-zoo")
+    s.add_argument("--no-track", action="store_true", help="do not log to MLflow (results still saved as JSON)")
+    s.add_argument("--no-stream", action="store_true", help="skip the streaming-latency scenario")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("sync", help="upload result files that could not be tracked earlier (idempotent)")
+    s.add_argument("--results", metavar="DIR", help="results folder (default: $SIGNFLOW_ZOO_HOME/results)")
+    s.add_argument("--experiment", default="signflow-zoo")
+    s.set_defaults(func=cmd_sync)
+
+    s = sub.add_parser("doctor", help="check versions, tracking store, zoo, export and every backend")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("ui", help="start the MLflow UI on the current tracking store")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+    s.set_defaults(func=cmd_ui)
+
+    for modname in ("cli_report", "cli_serve"):
+        try:
+            mod = __import__(f"signflow_zoo.{modname}", fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.zoo:
+        os.environ["SIGNFLOW_ZOO_FILE"] = args.zoo
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return int(args.func(args) or 0)
+    except SignFlowError as exc:
+        if os.environ.get(ENV_TRACEBACK):
+            raise
+        print(f"signflow-zoo {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
