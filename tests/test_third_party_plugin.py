@@ -1,0 +1,61 @@
+"""The example third-party plugin, installed with pip into this environment like a user would."""
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "signflow-zoo-ort-int8"
+DIST = "signflow-zoo-ort-int8"
+
+
+@pytest.fixture(scope="module")
+def installed_plugin():
+    try:
+        metadata.version(DIST)
+        was_installed = True
+    except metadata.PackageNotFoundError:
+        was_installed = False
+    if not was_installed:
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+                               str(PLUGIN_DIR)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    yield
+    if not was_installed:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", DIST], capture_output=True, timeout=300)
+
+
+def test_backends_lists_the_installed_plugin(installed_plugin):
+    proc = subprocess.run([sys.executable, "-m", "signflow_zoo.cli", "backends", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["backends"]}
+    assert rows["onnx-int8"]["package"] == f"{DIST} 0.1.0" and rows["onnx-int8"]["plugin"] == "ort_int8"
+    assert rows["onnx-int8"]["precision"] == "int8" and rows["onnx-int8"]["available"]
+
+
+def test_plugin_passes_the_conformance_checks(installed_plugin, tmp_path, tiny_artifacts):
+    from signflow_zoo.plugins import PluginRegistry
+    from signflow_zoo.testing import check_runner
+
+    cls = PluginRegistry().load().get("onnx-int8").cls
+    report = check_runner(cls, tmp_path, artifacts=tiny_artifacts)
+    assert report.available and report.ok, report.problems
+    assert report.parity["max_abs"] > 0  # really quantized: not bit-identical to fp32
+
+
+def test_plugin_runs_through_bench_parity(installed_plugin, tiny_zoo_file, tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "signflow_zoo.cli", "--zoo", str(tiny_zoo_file), "bench", "--preset",
+                           "tiny", "--backends", "onnx-cpu,onnx-int8", "--data", "synthetic:classes=4,signers=6,clips=2,seed=1",
+                           "--quick", "--min-time", "0.05", "--exporter", "legacy", "--no-track", "--no-progress",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    recs = {r["backend"]: r for r in json.loads(out.read_text())["records"]}
+    int8 = recs["onnx-int8"]
+    assert int8["status"] in ("ok", "parity-failed") and int8["plugin"].startswith("ort_int8 (signflow-zoo-ort-int8")
+    assert int8["parity"]["precision"] == "int8" and int8["parity"]["samples"] > 0
+    assert int8["latency"]["1"]["p50_ms"] > 0
