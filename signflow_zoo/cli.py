@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-sizes", type=_int_list, help="comma-separated (default 1,32; --quick: 1,8)")
     s.add_argument("--threads", type=_positive_int, help="threads for every backend (default: all cores)")
     s.add_argument("--warmup", type=int, help="untimed calls per backend (default 10)")
-    s.add_argument("--min-iters", type=_positive_int, help="timed calls per backend, at least (default 50)")
+    s.add_argument("--min-iters", type=_positive_int, help="timed calls per backend, at least (default 20)")
     s.add_argument("--min-time", type=_non_negative_float, help="seconds of timed calls per backend, at least (default 1)")
     s.add_argument("--quick", action="store_true", help="short timing for a smoke run")
     s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")

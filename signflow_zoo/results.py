@@ -80,7 +80,7 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         flat["parity_ok"] = 1.0 if par.get("ok") else 0.0
     if record.get("memory_mb") is not None:
         flat["memory_mb"] = record["memory_mb"]
-    st = record.get("stream") or {}
+    st = (record.get("stream") or {}).get("latency_ms") or {}
     for k in ("p50_ms", "p99_ms"):
         if st.get(k) is not None:
             flat[f"stream_latency_{k}"] = st[k]

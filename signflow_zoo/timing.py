@@ -21,7 +21,7 @@ NOISY_TAIL = 4.0  # p99 / p50 above which a latency is flagged noisy
 @dataclass
 class TimingConfig:
     warmup: int = 10  # untimed calls per backend before timing
-    min_iters: int = 50  # timed calls per backend, at least
+    min_iters: int = 20  # timed calls per backend, at least
     min_time: float = 1.0  # seconds of timed calls per backend, at least
     round_iters: int = 10  # calls per backend per interleaved round
     max_time: float = 120.0  # hard cap per backend (a very slow backend stops here and is marked short)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 
 from signflow_zoo.hookspecs import hookimpl
@@ -29,15 +31,27 @@ class TorchEagerRunner(Runner):
         dev = self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(dev)
         self.asynchronous = self.device.type == "cuda"
+        if self.device.type == "cuda":
+            # declared precision is fp32: keep cuDNN convolutions and matmuls off TF32
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         if self.options.threads:
             torch.set_num_threads(int(self.options.threads))
         self.model = artifacts.torch_model(device=str(self.device)).eval()
         self.input_dim = self.model.input_dim
         self.prepared = True
 
+    # cuDNN's fp32 (TF32 off) Conv1d for the 469-channel stem took ~100 ms at batch 1 on an H100 for
+    # d_model >= 256, against ~2.5 ms with PyTorch's native convolution (same fp32 result); at batch 256
+    # cuDNN is faster. Measured at batch 1 and 256 only (benchmarks/gpu_torch_b1b.py); the cut-off between
+    # them is a guess.
+    CUDNN_MIN_BATCH = 32
+
     def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self.torch
-        with torch.inference_mode():
+        small_on_cuda = self.device.type == "cuda" and features.shape[0] < self.CUDNN_MIN_BATCH
+        conv = torch.backends.cudnn.flags(enabled=False, allow_tf32=False) if small_on_cuda else nullcontext()
+        with torch.inference_mode(), conv:
             x = torch.from_numpy(features).to(self.device, non_blocking=True)
             m = torch.from_numpy(mask).to(self.device, non_blocking=True)
             return self.model(x, m).float().cpu().numpy()
