@@ -59,18 +59,17 @@ def file_sha256(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_logs():
     """The exporters print progress banners and deprecation warnings; keep the user's terminal clean."""
     buf = io.StringIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        old = logging.getLogger("torch.onnx").level
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        logging.disable(logging.WARNING)  # ORT's optimizer logs through the root logger
         try:
             with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
                 yield buf
         finally:
-            logging.getLogger("torch.onnx").setLevel(old)
+            logging.disable(logging.NOTSET)
 
 
 def export_to_onnx(
@@ -99,7 +98,7 @@ def export_to_onnx(
     tmp = save_path.with_suffix(".tmp.onnx")
     t0 = time.perf_counter()
     try:
-        with _quiet() as log:
+        with quiet_logs() as log:
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=65536)
                 frames_dim = torch.export.Dim("frames", min=2, max=65536)
@@ -262,7 +261,7 @@ def optimize_onnx_model(
         try:
             from onnxruntime.transformers import optimizer as ort_optimizer
 
-            with _quiet():
+            with quiet_logs():
                 opt = ort_optimizer.optimize_model(
                     str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
                 )

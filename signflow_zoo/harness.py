@@ -7,6 +7,7 @@ JSON file after every preset and before any tracking call, so a failing tracking
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -215,6 +216,7 @@ class Bench:
                 rec.update(status="unavailable", reason=avail.reason)
                 self.log(f"{entry.name}/{cls.name}: unavailable: {avail.reason}")
                 continue
+            gc.collect()
             rss0 = _rss_mb()
             try:
                 runner = cls(RunnerOptions(threads=self.threads))
@@ -240,7 +242,9 @@ class Bench:
                     rec["accuracy"] = {"top1": rep["top1"], "top5": rep["top5"], "macro_f1": rep["macro_f1"],
                                        "agreement_top1": float((logits.argmax(1) == ref_pred).mean())}
                 runner.synchronize()
-                rec["memory_mb"] = round(_rss_mb() - rss0, 1)
+                # resident memory this backend added while preparing and running parity/accuracy: a lower
+                # bound (backends share one process and allocator pools), never negative
+                rec["memory_mb"] = round(max(0.0, _rss_mb() - rss0), 1)
                 runners[cls.name] = runner
             except BackendUnavailable as exc:
                 rec.update(status="unavailable", reason=str(exc))

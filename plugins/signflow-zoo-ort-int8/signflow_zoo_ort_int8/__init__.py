@@ -11,7 +11,7 @@ from pathlib import Path
 
 from signflow_zoo import hookimpl
 from signflow_zoo.default_plugins.ort_common import OrtRunner
-from signflow_zoo.export import file_sha256
+from signflow_zoo.export import quiet_logs, file_sha256
 from signflow_zoo.runners import Availability
 
 
@@ -38,7 +38,8 @@ class OnnxInt8Runner(OrtRunner):
         dst = folder / f"model.int8.{digest[:12]}.onnx"
         if not dst.is_file():
             tmp = dst.with_suffix(".tmp.onnx")
-            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+            with quiet_logs():  # the quantizer logs advice through the root logger
+                quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
             tmp.replace(dst)
         self.quantized_path = dst
         quantized = type(artifacts)(**{**artifacts.__dict__, "onnx": dst})
