@@ -19,7 +19,8 @@ def _check(results: list[dict], name: str, core: bool, fn) -> None:
         detail = fn()
         status = "ok"
     except Exception as exc:  # noqa: BLE001 - the doctor reports, it does not crash
-        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        detail = first if type(exc) is RuntimeError else f"{type(exc).__name__}: {first}"
         status = "FAIL" if core else "warn"
     results.append({"check": name, "status": status, "core": core, "detail": detail,
                     "seconds": round(time.perf_counter() - t0, 2)})
