@@ -340,8 +340,13 @@ class Bench:
         md.write_text(report.comparison_table(flat, fmt="markdown"))
         out.append(md)
         if self.cfg.plots:
-            for name, fn in (("pareto", lambda p: report.plot_pareto(flat, p, batch_size=self.cfg.batch_sizes[0])),
-                             ("latency", lambda p: report.plot_latency_distributions(self.samples, p))):
+            plots = [("pareto", lambda p: report.plot_pareto(flat, p, batch_size=self.cfg.batch_sizes[0]))]
+            for entry in self.entries:  # one latency figure per preset keeps each readable
+                samples = {k: v for k, v in self.samples.items() if k.startswith(f"{entry.name} / ")}
+                if samples:
+                    plots.append((f"latency-{entry.name}", lambda p, s=samples, n=entry.name:
+                                  report.plot_latency_distributions(s, p, title=f"Per-iteration latency: {n}")))
+            for name, fn in plots:
                 path = stem.with_name(f"{stem.name}-{name}.png")
                 try:
                     out.append(Path(fn(path)))

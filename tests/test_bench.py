@@ -68,7 +68,7 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, is
     parent = client.get_run(parent_id)
     assert parent.data.tags["host"] == socket.gethostname() and "cpu" in parent.data.tags
     arts = {a.path for a in client.list_artifacts(parent_id)}
-    assert any(a.endswith(".json") for a in arts) and any(a.endswith("pareto.png") for a in arts)
+    assert any(a.endswith(".json") for a in arts) and any(a.endswith("pareto.png") for a in arts) and any(a.endswith("latency-tiny.png") for a in arts)
     # report rebuilds the table from MLflow, not from memory
     assert main(["report", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
