@@ -152,7 +152,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     import onnxruntime as ort
 
     sess = _session(path, ort)
-    raw = sess.get_modelmeta().custom_metadata_map
+    return decode_metadata(sess.get_modelmeta().custom_metadata_map)
+
+
+def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    """metadata_props values are strings; JSON ones (labels, model_kwargs, numbers) are decoded."""
     out: dict[str, Any] = {}
     for k, v in raw.items():
         try:

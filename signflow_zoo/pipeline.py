@@ -206,18 +206,6 @@ def _onnxruntime_missing() -> str | None:
     return None
 
 
-def _decode(meta: Mapping[str, str]) -> dict[str, Any]:
-    import json
-
-    out: dict[str, Any] = {}
-    for k, v in meta.items():
-        try:
-            out[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            out[k] = v
-    return out
-
-
 def read_model_metadata(path: str | Path) -> dict[str, Any]:
     """The serving metadata a model file carries (preset, labels, feature_version, seq_len, ...).
 
@@ -241,7 +229,9 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
             why = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path}: not a loadable ONNX model ({why}); re-export it with `signflow-zoo export`"
                                  ) from None
-        return _decode({p.key: p.value for p in proto.metadata_props})
+        from .export import decode_metadata
+
+        return decode_metadata({p.key: p.value for p in proto.metadata_props})
     if suffix in (".pt", ".pth"):
         from .artifacts import serving_metadata
         from .checkpoint import read_checkpoint
