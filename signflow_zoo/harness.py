@@ -80,6 +80,47 @@ class BenchConfig:
         return d
 
 
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def load_splits_cached(spec: str, seed: int, home: Path):
+    """Synthetic data sets are derived purely from their spec: cache their features as .npz (no pickle).
+
+    File-based data sets are always read afresh (the files may change).
+    """
+    from .artifacts import stable_hash
+    from .data import DataSplits, SignDataset, load_data, parse_synthetic_spec
+    from .features import FEATURE_VERSION
+    from .synthetic import GENERATOR_VERSION
+
+    if not spec.strip().startswith("synthetic"):
+        return load_data(spec, seed=seed)
+    syn = parse_synthetic_spec(spec, seed)  # validates the spec before anything is cached
+    key = stable_hash({"spec": syn.to_dict(), "seed": seed, "generator": GENERATOR_VERSION, "features": FEATURE_VERSION})
+    path = home / "data" / f"synthetic-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = [str(x) for x in z["class_names"]]
+                parts = {p: SignDataset(z[f"{p}_features"], z[f"{p}_mask"], z[f"{p}_labels"], names,
+                                        [str(x) for x in z[f"{p}_signers"]]) for p in SPLIT_PARTS}
+                return DataSplits(**parts, class_names=names, spec=str(z["spec"]), fingerprint=str(z["fingerprint"]))
+        except (OSError, KeyError, ValueError):
+            pass  # a derived cache file: rebuild it below
+    splits = load_data(spec, seed=seed)
+    arrays = {"class_names": np.array(splits.class_names), "spec": np.array(splits.spec),
+              "fingerprint": np.array(splits.fingerprint)}
+    for p in SPLIT_PARTS:
+        ds = getattr(splits, p)
+        arrays.update({f"{p}_features": ds.features, f"{p}_mask": ds.mask, f"{p}_labels": ds.labels,
+                       f"{p}_signers": np.array(ds.signers)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return splits
+
+
 def _rss_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -116,10 +157,8 @@ class Bench:
     # -- data and checkpoints -------------------------------------------------------------------
     def splits(self):
         if self._splits is None:
-            from .data import load_data
-
             self.log(f"data: {self.cfg.data} (seed {self.cfg.seed})")
-            self._splits = load_data(self.cfg.data, seed=self.cfg.seed)
+            self._splits = load_splits_cached(self.cfg.data, self.cfg.seed, self.home)
         return self._splits
 
     def training_config(self, entry: ZooEntry):

@@ -20,7 +20,8 @@ NOISY_TAIL = 4.0  # p99 / p50 above which a latency is flagged noisy
 
 @dataclass
 class TimingConfig:
-    warmup: int = 10  # untimed calls per backend before timing
+    warmup: int = 10  # untimed calls per backend before timing, at most ...
+    warmup_time: float = 1.0  # ... or this many seconds of them (at least 2 calls), whichever comes first
     min_iters: int = 20  # timed calls per backend, at least
     min_time: float = 1.0  # seconds of timed calls per backend, at least
     round_iters: int = 10  # calls per backend per interleaved round
@@ -120,10 +121,13 @@ def measure_interleaved(
     names = list(calls)
     samples: dict[str, list[int]] = {n: [] for n in names}
     spent: dict[str, int] = {n: 0 for n in names}
-    for name in names:  # warm-up
+    for name in names:  # warm-up: a count, capped by time so that slow calls do not warm up for long
         fn, sync = calls[name]
-        for _ in range(config.warmup):
+        start = time.perf_counter()
+        for i in range(config.warmup):
             fn()
+            if i >= 1 and time.perf_counter() - start >= config.warmup_time:
+                break
         if sync and config.warmup:
             sync()
     min_ns, max_ns = int(config.min_time * 1e9), int(config.max_time * 1e9)

@@ -164,3 +164,23 @@ def test_unreachable_server_loses_nothing_then_sync_and_a_real_server(tiny_zoo_f
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_synthetic_splits_cache_round_trips_exactly(isolated_home):
+    import numpy as np
+
+    from signflow_zoo.harness import load_splits_cached
+
+    first = load_splits_cached(TINY_DATA, 0, isolated_home)
+    files = list((isolated_home / "data").glob("synthetic-*.npz"))
+    assert len(files) == 1
+    again = load_splits_cached(TINY_DATA, 0, isolated_home)
+    assert again.fingerprint == first.fingerprint and again.class_names == first.class_names
+    for part in ("train", "val", "test"):
+        a, b = getattr(first, part), getattr(again, part)
+        assert np.array_equal(a.features, b.features) and np.array_equal(a.mask, b.mask)
+        assert np.array_equal(a.labels, b.labels) and list(a.signers) == list(b.signers)
+        assert b.fingerprint() == a.fingerprint()
+    files[0].write_bytes(b"corrupt")  # a derived file: rebuilt, not an error
+    assert load_splits_cached(TINY_DATA, 0, isolated_home).fingerprint == first.fingerprint
+    assert load_splits_cached(TINY_DATA, 1, isolated_home).fingerprint != first.fingerprint

@@ -76,3 +76,17 @@ def test_parity_tolerance_depends_on_precision():
     assert res.max_abs > 0.5 and (res.ok == (res.top1_agreement >= 0.90))
     assert not compare(np.full_like(ref, np.nan), ref, "bf16").ok
     assert not compare(ref[:, :5], ref, "fp32").ok
+
+
+def test_warmup_is_capped_by_time_for_slow_calls():
+    import time as _t
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        _t.sleep(0.02)
+
+    measure_interleaved({"s": (slow, None)}, 1, TimingConfig(warmup=50, warmup_time=0.05, min_iters=1, min_time=0,
+                                                             round_iters=1))
+    assert 3 <= len(calls) - 1 <= 6  # 2..5 warm-up calls instead of 50, then one timed call
