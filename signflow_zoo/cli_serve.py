@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .argtypes import non_negative_int as _non_negative_int
+from .argtypes import positive_float as _positive_float
 from .errors import DataError
 from .features import RAW_DIM
 
@@ -115,26 +117,6 @@ def read_clips(path: str | Path, instance: str | None = None) -> list[ClipInput]
 
 
 # -- shared ----------------------------------------------------------------------------------------
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v > 0 and np.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def _pipeline(args):
     from .pipeline import PipelineConfig, SignFlowInferencePipeline
 
