@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive_int)
     s.add_argument("--lr", type=float)
     s.add_argument("--batch-size", type=_positive_int)
-    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--data", default="synthetic",
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache)")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -227,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-iters", type=_positive_int, help="timed calls per backend, at least (default 20)")
     s.add_argument("--min-time", type=_non_negative_float, help="seconds of timed calls per backend, at least (default 1)")
     s.add_argument("--quick", action="store_true", help="short timing for a smoke run")
-    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--data", default="synthetic",
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=_positive_int, help="override the preset's training epochs")
     s.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint is cached")
