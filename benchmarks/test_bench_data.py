@@ -1,8 +1,9 @@
 """Training from data on disk (pytest-benchmark): memory and throughput of the DataLoader path.
 
 An LSFB-ISOL-layout set of synthetic clips (no face files) is written under a temp dir, then each mode
-runs in a fresh process (so its peak RSS is its own): ``load_data("lsfb:DIR", in_memory=...)`` and one
-epoch of ``SignTrainer.fit`` with the lightweight preset (batch 32, no MLflow; validation on 64 clips).
+runs in a fresh process (so its peak RSS is its own): ``load_data("lsfb:DIR", in_memory=...)``, then
+``SignTrainer.fit`` for a fixed number of steps (one epoch over the first STEPS x 32 clips of the training
+split) with the lightweight preset (batch 32, no MLflow; validation on 64 clips).
 
 - ``disk``: the training split stays on disk, read batch by batch by DataLoader workers (the default count);
 - ``disk-0w``, ``disk-2w``: the same with no worker (features computed in the training process) or two;
@@ -10,7 +11,7 @@ epoch of ``SignTrainer.fit`` with the lightweight preset (batch 32, no MLflow; v
 
 Recorded in ``extra_info`` and printed: peak RSS of the training process (VmHWM) and of its largest
 worker (ru_maxrss of the reaped children, shared pages counted), the training split's features size, load
-time, and training throughput (clips/s over the epoch). Never asserted: timing asserts make flaky tests.
+time, and training throughput (clips/s over the fit, validation included). Never asserted: timing asserts make flaky tests.
 
 Full run:   flock /tmp/sfz-measure.lock pytest benchmarks/test_bench_data.py   (10,000 clips)
 Short mode: pytest benchmarks/test_bench_data.py --benchmark-disable             (300 clips, as a test)
@@ -25,8 +26,9 @@ import sys
 
 import pytest
 
-FULL_CLIPS = 10_000  # 20 signs x 25 signers x 20 takes
-SHORT_CLIPS = 300  # 5 signs x 6 signers x 10 takes
+FULL = (20, 25, 20)  # signs x signers x takes: 10,000 clips
+SHORT = (5, 6, 10)  # 300 clips
+STEPS = {"full": 60, "short": 4}
 
 WRITE = """
 import sys
@@ -48,13 +50,13 @@ from signflow_zoo.model import build_model
 from signflow_zoo.training import SignTrainer, TrainingConfig
 from signflow_zoo.zoo import get_model_config
 
-root, mode = sys.argv[1], sys.argv[2]
+root, mode, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 workers = int(mode[5:-1]) if mode.startswith("disk-") else None  # "disk-2w": 2 workers
 t = time.perf_counter()
 splits = load_data(f"lsfb:{root}", in_memory=mode == "memory")
 load_s = time.perf_counter() - t
-train, val = splits.train, splits.val.subset(range(min(64, len(splits.val))))
-del splits
+split_clips = len(splits.train)
+train, val = splits.train.subset(range(steps * 32)), splits.val.subset(range(min(64, len(splits.val))))
 torch.manual_seed(0)
 model = build_model(get_model_config("lightweight"), num_classes=len(val.class_names))
 cfg = TrainingConfig(num_epochs=1, batch_size=32, progress=False, use_mlflow=False, num_workers=workers, amp="off")
@@ -62,13 +64,13 @@ trainer = SignTrainer(model, cfg, val.class_names)
 t = time.perf_counter()
 trainer.fit(train, val)
 fit_s = time.perf_counter() - t
-del trainer
+del trainer, splits
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({
-    "mode": mode, "train_clips": len(train), "load_s": round(load_s, 2), "fit_s": round(fit_s, 2),
+    "mode": mode, "split_clips": split_clips, "steps": steps, "trained_clips": len(train), "load_s": round(load_s, 2), "fit_s": round(fit_s, 2),
     "clips_per_s": round(len(train) / fit_s, 1), "peak_rss_mb": round(hwm / 1024, 1),
     "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-    "train_features_mb": round(len(train) * SEQ_LEN * FEATURE_DIM * 4 / 2**20, 1),
+    "split_features_mb": round(split_clips * SEQ_LEN * FEATURE_DIM * 4 / 2**20, 1),
     "workers": default_workers(train) if workers is None else workers,
 }))
 """
@@ -81,22 +83,24 @@ def _short(config) -> bool:
 @pytest.fixture(scope="module")
 def lsfb_on_disk(request, tmp_path_factory):
     """The set, written by a separate process so that generating it costs the benchmark nothing."""
-    shape = (5, 6, 10) if _short(request.config) else (20, 25, 20)
+    shape = SHORT if _short(request.config) else FULL
     root = tmp_path_factory.mktemp("bench-data") / "lsfb"
     subprocess.run([sys.executable, "-c", WRITE, str(root), *map(str, shape)], check=True)
     return root
 
 
 @pytest.mark.parametrize("mode", ["disk", "disk-0w", "disk-2w", "memory"])
-def test_train_one_epoch_from_disk(benchmark, lsfb_on_disk, mode):
+def test_train_from_disk(benchmark, request, lsfb_on_disk, mode):
     result = {}
 
     def run():
-        out = subprocess.run([sys.executable, "-c", TRAIN, str(lsfb_on_disk), mode], capture_output=True, text=True)
+        steps = STEPS["short" if _short(request.config) else "full"]
+        out = subprocess.run([sys.executable, "-c", TRAIN, str(lsfb_on_disk), mode, str(steps)], capture_output=True,
+                             text=True)
         assert out.returncode == 0, out.stderr[-3000:]
         result.update(json.loads(out.stdout.strip().splitlines()[-1]))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     print(f"\n{json.dumps(result)}")
-    assert result["train_clips"] > 0 and result["clips_per_s"] > 0
+    assert result["trained_clips"] == result["steps"] * 32 and result["clips_per_s"] > 0

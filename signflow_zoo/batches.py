@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .errors import SignFlowError
+
 # Workers for an on-disk set when the config does not say (measured: benchmarks/RESULTS.md, "Training
 # from disk"); one core stays with the training process.
 MAX_DEFAULT_WORKERS = 4
@@ -49,15 +51,37 @@ def _as_tensors(batch):
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in batch)
 
 
+class Batches:
+    """The batches of a DataLoader, pass after pass (``iter()`` once per pass). A user error raised in a
+    worker (a file that changed since loading) comes out as the same one-line error, not wrapped in the
+    worker's traceback text."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except SignFlowError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            original = text.rstrip().splitlines()[-1].partition(": ")[2]
+            raise type(exc)(f"{original} (read by a DataLoader worker)") from None
+
+
 def batch_loader(dataset, batch_size: int, rng: np.random.Generator | None = None, num_workers: int | None = None,
-                 pin_memory: bool = False) -> DataLoader:
-    """A DataLoader yielding (features, mask, labels) tensors per batch; ``rng`` shuffles each pass.
+                 pin_memory: bool = False) -> Batches:
+    """(features, mask, labels) tensors per batch, through a DataLoader; ``rng`` shuffles each pass.
 
     Workers (``num_workers``, default :func:`default_workers`) persist across passes.
     """
     workers = default_workers(dataset) if num_workers is None else int(num_workers)
     # Its own generator: each pass draws a worker seed from it, which must not advance torch's global RNG
     # (dropout and the model would then see other random numbers than without a DataLoader).
-    return DataLoader(dataset, sampler=EpochBatches(len(dataset), batch_size, rng), batch_size=None,
-                      collate_fn=_as_tensors, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=pin_memory, generator=torch.Generator())
+    return Batches(DataLoader(dataset, sampler=EpochBatches(len(dataset), batch_size, rng), batch_size=None,
+                              collate_fn=_as_tensors, num_workers=workers, persistent_workers=workers > 0,
+                              pin_memory=pin_memory, generator=torch.Generator()))

@@ -125,3 +125,20 @@ def test_short_fit_on_every_format(tmp_path, fmt):
         assert len(trainer.history) == 2 and np.isfinite(trainer.history[-1]["train_loss"])
         report = trainer.evaluate(splits.test)
         assert report["confusion"].sum() == len(splits.test) and 0 <= report["top1"] <= 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_file_broken_after_loading_is_a_one_line_error(tmp_path, recordings, workers):
+    from signflow_zoo.errors import DataError
+
+    clips, names = recordings["clips"], recordings["names"]
+    root = write_signflow_fixture(tmp_path / "rec", clips, names)
+    disk = load_data(f"signflow:{root}", in_memory=False)
+    broken = disk.train.refs[0].files[0]
+    broken.write_bytes(b"changed since")
+    with pytest.raises(DataError) as info:
+        for _ in batch_loader(disk.train, 4, np.random.default_rng(0), num_workers=workers):
+            pass
+    message = str(info.value)
+    assert message.startswith(f"{broken}: not a valid .npy array file") and "\n" not in message
+    assert "Traceback" not in message and ("DataLoader worker" in message) == (workers > 0)
