@@ -79,9 +79,13 @@ def test_epoch_batches_cover_every_item_once_per_pass():
     assert [b.tolist() for b in EpochBatches(5, 2)] == [[0, 1], [2, 3], [4]]
 
 
-def test_workers_by_default_only_for_data_on_disk(recordings):
-    assert default_workers(recordings["memory"].train) == 0
-    assert default_workers(recordings["disk"].train) >= 1
+def test_workers_by_default_only_for_data_on_disk(recordings, monkeypatch):
+    import os
+
+    for cores, workers in ((1, 0), (2, 0), (3, 1), (4, 2), (16, 4)):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        assert default_workers(recordings["memory"].train) == 0
+        assert default_workers(recordings["disk"].train) == workers
     assert TrainingConfig(num_workers=3).cache_key() == TrainingConfig().cache_key()  # speed, not weights
 
 
