@@ -18,11 +18,10 @@ from torch.utils.data import DataLoader, Sampler
 
 from .errors import SignFlowError
 
-# Workers for an on-disk set when the config does not say: the cores but two (they stay with the training
-# process), up to 4. On 2 cores that is none: there a worker took a core from the model and training from
-# disk was slower with it (benchmarks/RESULTS.md, "Training from disk").
+# Workers for an on-disk set when the config does not say: the cores but one, at least one, up to 4. With a
+# GPU the features must be computed beside it; on the 2-core development machine 0, 1 and 2 workers were
+# within run-to-run noise of each other (benchmarks/RESULTS.md, "Training from disk").
 MAX_DEFAULT_WORKERS = 4
-KEPT_CORES = 2
 
 
 class EpochBatches(Sampler):
@@ -43,10 +42,10 @@ class EpochBatches(Sampler):
 
 
 def default_workers(dataset) -> int:
-    """0 for a set in memory (slicing beats any worker); for one on disk, the cores but two, up to 4."""
+    """0 for a set in memory (slicing beats any worker); for one on disk, the cores but one (1 to 4)."""
     if getattr(dataset, "in_memory", True):
         return 0
-    return max(0, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) - KEPT_CORES))
+    return max(1, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) - 1))
 
 
 def _as_tensors(batch):

@@ -82,7 +82,7 @@ def test_epoch_batches_cover_every_item_once_per_pass():
 def test_workers_by_default_only_for_data_on_disk(recordings, monkeypatch):
     import os
 
-    for cores, workers in ((1, 0), (2, 0), (3, 1), (4, 2), (16, 4)):
+    for cores, workers in ((1, 1), (2, 1), (3, 2), (8, 4), (16, 4)):
         monkeypatch.setattr(os, "cpu_count", lambda: cores)
         assert default_workers(recordings["memory"].train) == 0
         assert default_workers(recordings["disk"].train) == workers
