@@ -40,12 +40,10 @@ class CopyOfCopy(Copy):
     source = "onnx-copy"
 
 
-class TwoFiles(ArtifactKind):
+class TwoFiles(Copy):
     """Like an OpenVINO IR: a main file and a weights file beside it."""
 
     name = "two-files"
-    source = "onnx"
-    version = "1"
     main_file = "model.xml"
 
     def build(self, ctx: BuildContext) -> dict:
