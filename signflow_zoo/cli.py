@@ -11,6 +11,7 @@ import warnings
 from . import __version__
 from .argtypes import int_list as _int_list
 from .argtypes import non_negative_float as _non_negative_float
+from .argtypes import positive_float as _positive_float
 from .argtypes import positive_int as _positive_int
 from .errors import SignFlowError
 
@@ -125,10 +126,11 @@ def cmd_export(args) -> int:
 
 # -- bench / sync ----------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
+    from dataclasses import replace
+
     from .harness import BenchConfig, run_bench
-    from .report import comparison_table
+    from .report import comparison_table, timing_check_table
     from .results import flat_records
-    from .timing import TimingConfig
 
     kw = dict(presets=args.preset, backends=args.backends, threads=args.threads, data=args.data, seed=args.seed,
               no_train=args.no_train, retrain=args.retrain, epochs=args.epochs, exporter=args.exporter,
@@ -137,14 +139,15 @@ def cmd_bench(args) -> int:
     if args.batch_sizes:
         kw["batch_sizes"] = args.batch_sizes
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
-    t = cfg.timing
-    cfg.timing = TimingConfig(
-        warmup=args.warmup if args.warmup is not None else t.warmup,
-        min_iters=args.min_iters if args.min_iters is not None else t.min_iters,
-        min_time=args.min_time if args.min_time is not None else t.min_time,
-        round_iters=t.round_iters, max_time=t.max_time)
+    cfg.check_timing = args.check_timing
+    overrides = {"warmup": args.warmup, "min_iters": args.min_iters, "min_time": args.min_time,
+                 "schedule": args.schedule, "timeout": args.timeout}
+    cfg.timing = replace(cfg.timing, **{k: v for k, v in overrides.items() if v is not None})
     doc = run_bench(cfg)
-    print(comparison_table(flat_records(doc), fmt="terminal"))
+    flat = flat_records(doc)
+    print(comparison_table(flat, fmt="terminal"))
+    if args.check_timing:
+        print("\n" + timing_check_table(flat, fmt="terminal"))
     print(f"\nresults: {doc['result_file']}")
     for path in doc.get("outputs", []):
         print(f"         {path}")
@@ -228,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-iters", type=_positive_int, help="timed calls per backend, at least (default 20)")
     s.add_argument("--min-time", type=_non_negative_float, help="seconds of timed calls per backend, at least (default 1)")
     s.add_argument("--quick", action="store_true", help="short timing for a smoke run")
+    s.add_argument("--schedule", choices=["interleaved", "sequential"],
+                   help="interleaved (default): backends take turns in long blocks with a settling gap; "
+                        "sequential: one backend after the other")
+    s.add_argument("--check-timing", action="store_true",
+                   help="also time every backend alone and report solo vs scheduled p50/p99 per batch size")
+    s.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                   help="seconds a backend may take beyond plan for one request before its worker is stopped "
+                        "and its row marked timeout (default 300)")
     s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=_positive_int, help="override the preset's training epochs")

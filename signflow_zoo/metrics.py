@@ -44,3 +44,18 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, num_classes: i
         "weighted_f1": weighted,
         "confusion": cm,
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion: honest at small n and near 0 or 1.
+
+    On 320 clips one clip is 0.3 points and the interval around 80% is about +-4.4 points: two
+    accuracies whose intervals overlap this much are not a measured difference.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
