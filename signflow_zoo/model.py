@@ -7,8 +7,9 @@ deliberate differences that change no parameter count:
   invisible (masked frames are zeroed before every temporal mixing step);
 * a hand-written pre-norm attention block (``nn.TransformerEncoder`` with a float mask bakes the frame
   count into an exported graph);
-* positions and distances built from ``torch.arange`` on the input's own length, so both ONNX exporters
-  keep batch and frame axes dynamic.
+* positions and distances built from ``torch.arange`` on the input's own length and no Python-side
+  shape branching, so both ONNX exporters keep batch and frame axes dynamic (a one-frame input goes
+  through the stem and the smoothing, which the original skipped for it).
 """
 
 from __future__ import annotations
