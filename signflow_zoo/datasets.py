@@ -24,10 +24,12 @@ DEFAULT_VAL_FRACTION = 0.15
 DEFAULT_TEST_FRACTION = 0.15
 
 
-def _as_indices(index) -> np.ndarray | None:
-    """None for a single integer index, else the indices as int64."""
+def _as_indices(index, n: int) -> np.ndarray | None:
+    """None for a single integer index, else the indices (of ``n`` items) as int64."""
     if isinstance(index, (int, np.integer)):
         return None
+    if isinstance(index, slice):
+        return np.arange(n)[index]
     idx = np.asarray(index)
     return np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
 
@@ -58,7 +60,7 @@ class SignDataset:
         return len(self.labels)
 
     def __getitem__(self, index):
-        idx = _as_indices(index)
+        idx = _as_indices(index, len(self))
         if idx is None:
             return self.features[index], self.mask[index], int(self.labels[index])
         return self.features[idx], self.mask[idx], self.labels[idx].astype(np.int64)
@@ -69,7 +71,7 @@ class SignDataset:
 
     def subset(self, idx) -> SignDataset:
         """The clips at ``idx`` (indices or a boolean mask), with the same class list."""
-        idx = _as_indices(np.asarray(idx))
+        idx = _as_indices(np.asarray(idx), len(self))
         return SignDataset(
             features=self.features[idx],
             mask=self.mask[idx],
@@ -125,15 +127,24 @@ class ClipFileDataset:
             raise DataError(str(exc)) from None
 
     def __getitem__(self, index):
-        idx = _as_indices(index)
+        idx = _as_indices(index, len(self))
         if idx is None:
             features, mask = self._prepare(np.array([index]))
             return features[0], mask[0], int(self.labels[index])
         features, mask = self._prepare(idx)
         return features, mask, self.labels[idx]
 
+    @property
+    def features(self) -> _Prepared:
+        """``features[i:j]`` (or any index): those clips' features, prepared when asked for."""
+        return _Prepared(self, 0)
+
+    @property
+    def mask(self) -> _Prepared:
+        return _Prepared(self, 1)
+
     def subset(self, idx) -> ClipFileDataset:
-        idx = _as_indices(np.asarray(idx))
+        idx = _as_indices(np.asarray(idx), len(self))
         return ClipFileDataset([self.refs[i] for i in idx], self.labels[idx], self.class_names, self.seq_len)
 
     def fingerprint(self) -> str:
@@ -147,6 +158,24 @@ class ClipFileDataset:
         """All clips read and prepared into memory."""
         features, mask = self._prepare(np.arange(len(self)))
         return SignDataset(features, mask, self.labels.copy(), list(self.class_names), list(self.signers))
+
+
+class _Prepared:
+    """One column (features or mask) of a ClipFileDataset, indexable like the SignDataset array it stands for."""
+
+    def __init__(self, dataset: ClipFileDataset, column: int):
+        self._dataset, self._column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n, t = len(self._dataset), self._dataset.seq_len
+        return (n, t, FEATURE_DIM) if self._column == 0 else (n, t)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self._dataset[index][self._column]
 
 
 @dataclass

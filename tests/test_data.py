@@ -644,6 +644,12 @@ def test_training_split_on_disk_holds_the_same_clips_as_in_memory(tmp_path, six_
     np.testing.assert_array_equal(held.mask, memory.train.mask)
     for a, b in zip(disk.train[[3, 1]], memory.train[[3, 1]]):
         np.testing.assert_array_equal(a, b)
+    for a, b in zip(disk.train[2:5], memory.train[2:5]):
+        np.testing.assert_array_equal(a, b)
+    # code written for arrays (slices of .features / .mask) reads the same values from disk
+    np.testing.assert_array_equal(disk.train.features[1:4], memory.train.features[1:4])
+    np.testing.assert_array_equal(disk.train.mask[1:4], memory.train.mask[1:4])
+    assert disk.train.features.shape == memory.train.features.shape and len(disk.train.mask) == len(memory.train)
     x, m, y = disk.train[2]
     assert x.shape == (F.SEQ_LEN, F.FEATURE_DIM) and x.dtype == np.float32 and m.shape == (F.SEQ_LEN,)
     assert m.dtype == bool and isinstance(y, int) and y == memory.train[2][2]
