@@ -85,6 +85,7 @@ class BenchConfig:
 
 
 SPLIT_PARTS = ("train", "val", "test")
+SPLITS_CACHE_VERSION = 2  # bump when what DataSplits holds (or how its fingerprint is made) changes
 
 
 def load_splits_cached(spec: str, seed: int, home: Path):
@@ -100,7 +101,8 @@ def load_splits_cached(spec: str, seed: int, home: Path):
     if not spec.strip().startswith("synthetic"):
         return load_data(spec, seed=seed)
     syn = parse_synthetic_spec(spec, seed)  # validates the spec before anything is cached
-    key = stable_hash({"spec": syn.to_dict(), "seed": seed, "generator": GENERATOR_VERSION, "features": FEATURE_VERSION})
+    key = stable_hash({"spec": syn.to_dict(), "seed": seed, "generator": GENERATOR_VERSION, "features": FEATURE_VERSION,
+                       "cache": SPLITS_CACHE_VERSION})
     path = home / "data" / f"synthetic-{key}.npz"
     if path.is_file():
         try:
@@ -108,12 +110,13 @@ def load_splits_cached(spec: str, seed: int, home: Path):
                 names = [str(x) for x in z["class_names"]]
                 parts = {p: SignDataset(z[f"{p}_features"], z[f"{p}_mask"], z[f"{p}_labels"], names,
                                         [str(x) for x in z[f"{p}_signers"]]) for p in SPLIT_PARTS}
-                return DataSplits(**parts, class_names=names, spec=str(z["spec"]), fingerprint=str(z["fingerprint"]))
+                return DataSplits(**parts, class_names=names, spec=str(z["spec"]), fingerprint=str(z["fingerprint"]),
+                                  split=str(z["split"]))
         except (OSError, KeyError, ValueError):
             pass  # a derived cache file: rebuild it below
     splits = load_data(spec, seed=seed)
     arrays = {"class_names": np.array(splits.class_names), "spec": np.array(splits.spec),
-              "fingerprint": np.array(splits.fingerprint)}
+              "fingerprint": np.array(splits.fingerprint), "split": np.array(splits.split)}
     for p in SPLIT_PARTS:
         ds = getattr(splits, p)
         arrays.update({f"{p}_features": ds.features, f"{p}_mask": ds.mask, f"{p}_labels": ds.labels,
