@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -112,8 +113,8 @@ def load_splits_cached(spec: str, seed: int, home: Path):
                 parts = {p: SignDataset(z[f"{p}_features"], z[f"{p}_mask"], z[f"{p}_labels"], names,
                                         [str(x) for x in z[f"{p}_signers"]]) for p in SPLIT_PARTS}
                 return DataSplits(**parts, class_names=names, spec=str(z["spec"]), fingerprint=str(z["fingerprint"]))
-        except (OSError, KeyError, ValueError):
-            pass  # a derived cache file: rebuild it below
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # a derived cache file (truncated, corrupt): rebuild it below
     splits = load_data(spec, seed=seed)
     arrays = {"class_names": np.array(splits.class_names), "spec": np.array(splits.spec),
               "fingerprint": np.array(splits.fingerprint)}

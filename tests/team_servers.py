@@ -209,14 +209,15 @@ class MlflowServer:
 
 # -- a reverse proxy that requires basic auth ------------------------------------------------------
 class BasicAuthProxy:
-    """Forwards every request to ``upstream`` when it carries ``user:password`` as basic auth; 401
-    otherwise. Counts what it refused and what it passed, and records every request line it saw."""
+    """Forwards every request to ``upstream`` when it carries ``user:password`` as basic auth (any request
+    when ``user`` is None); 401 otherwise. Counts what it refused and passed, keeps every request line."""
 
-    def __init__(self, upstream_port: int, user: str, password: str):
-        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    def __init__(self, upstream_port: int, user: str | None, password: str = ""):
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if user else None
         proxy = self
         self.refused = 0
         self.passed = 0
+        self.down = False
         self.request_lines: list[str] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -226,9 +227,12 @@ class BasicAuthProxy:
                 pass
 
             def _forward(self):
+                if proxy.down:  # the line is cut: drop the connection without an answer
+                    self.close_connection = True
+                    return
                 proxy.request_lines.append(self.requestline)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Authorization") != expected:
+                if expected and self.headers.get("Authorization") != expected:
                     proxy.refused += 1
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
@@ -258,6 +262,11 @@ class BasicAuthProxy:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def cut(self) -> None:
+        """From now on every request, on a new or a kept-alive connection, is dropped unanswered."""
+        self.down = True
+
     def close(self) -> None:
+        self.down = True
         self.server.shutdown()
         self.server.server_close()
