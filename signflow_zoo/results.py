@@ -302,7 +302,7 @@ def sync(results_dir: Path, experiment: str | None = None) -> SyncReport:
         tr = doc.setdefault("tracking", {})
         name = tr.get("experiment") or doc.get("config", {}).get("experiment") or experiment or EXPERIMENT
         tracker = trackers.get(name)
-        if tracker is None or not tracker.active:
+        if tracker is None:  # one attempt per store and experiment: a store that is down costs one probe
             tracker = trackers[name] = Tracker(name, quiet=True)
         if not tracker.active:
             rep.pending.append((p, tracker.reason))

@@ -393,6 +393,12 @@ def test_weights_trained_on_one_host_are_pulled_by_another(store, request, tmp_p
     assert mv.tags["trained_on"] == "host-a" and mv.tags["data_fingerprint"]
     if store != "sqlite":
         return
+    # `train --from-registry` pulls the same weights into another cache instead of training
+    monkeypatch.setenv("SIGNFLOW_ZOO_HOME", str(tmp_path / "host-d"))
+    assert main(["--zoo", str(zoo), "train", "--preset", name, "--data", TINY_DATA, "--epochs", "1",
+                 "--from-registry"]) == 0
+    assert (tmp_path / "host-d" / "checkpoints" / ckpt_a.name).read_bytes() == ckpt_a.read_bytes()
+    assert json.loads(capsys.readouterr().out)["from_registry"] is True
     # a registered file that no longer matches its sha256 is an error naming it, never used
     weights = Path(client.get_run(mv.run_id).info.artifact_uri) / "weights" / ckpt_a.name
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
