@@ -4,7 +4,7 @@ Cross-host comparisons only mean something when every host measures the same wei
 (or ``train``) trains a checkpoint, its file and its ONNX export are logged as artifacts of a run in
 experiment ``signflow-training`` and registered as a version of ``signflow-zoo-<preset>`` (alias
 ``latest-trained``), tagged with the zoo cache key (preset config, classes, data fingerprint, training
-config, feature version), its parts, and the sha256 of every file. A bench elsewhere that misses the
+config, feature and model version), its parts, and the sha256 of every file. A bench elsewhere that misses the
 checkpoint in its own cache asks the registry for a version with the same cache key and pulls it into
 its cache, at the path :func:`signflow_zoo.artifacts.checkpoint_path` expects (and the ONNX export
 next to it when it came from the same exporter), instead of training again. Every pulled file is
@@ -74,7 +74,8 @@ def register(tracker: Tracker, checkpoint: Path, arts, meta: dict[str, Any], log
     tags = {
         KEY_TAG: key, "preset": preset, "data_fingerprint": meta.get("data_fingerprint", ""),
         "training_config": json.dumps(meta.get("training", {}), sort_keys=True),
-        "feature_version": str(meta.get("feature_version", "")), "checkpoint_format": meta.get("format", ""),
+        "feature_version": str(meta.get("feature_version", "")), "model_version": str(meta.get("model_version", "")),
+        "checkpoint_format": meta.get("format", ""),
         "checkpoint_file": Path(checkpoint).name, "checkpoint_sha256": arts.hashes["torch"],
         "onnx_sha256": arts.hashes["onnx"], "exporter": export.get("exporter", ""),
         "opset": str(export.get("opset", OPSET)), "trained_on": host_name(),

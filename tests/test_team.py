@@ -390,7 +390,8 @@ def test_weights_trained_on_one_host_are_pulled_by_another(store, request, tmp_p
     client = MlflowClient(uri)
     mv = client.get_model_version_by_alias(f"signflow-zoo-{name}", "latest-trained")
     assert mv.tags["checkpoint_sha256"] == sha(doc_a)["torch-eager"] and mv.tags["onnx_sha256"] == sha(doc_a)["onnx-cpu"]
-    assert mv.tags["trained_on"] == "host-a" and mv.tags["data_fingerprint"]
+    assert mv.tags["trained_on"] == "host-a" and mv.tags["data_fingerprint"] and mv.tags["model_version"]
+    assert mv.tags["feature_version"] and json.loads(mv.tags["training_config"])["num_epochs"] == 1
     if store != "sqlite":
         return
     # `train --from-registry` pulls the same weights into another cache instead of training
