@@ -218,11 +218,11 @@ def cmd_doctor(args) -> int:
 def cmd_ui(args) -> int:
     import subprocess
 
-    from .tracking import tracking_uri
+    from .tracking import redact, tracking_uri
 
     uri = tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print("starting:", " ".join(cmd), file=sys.stderr)
+    print("starting:", redact(" ".join(cmd)), file=sys.stderr)
     return subprocess.call(cmd)
 
 

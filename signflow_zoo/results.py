@@ -24,7 +24,7 @@ from typing import Any
 from .cachefiles import atomic_write_text, exclusive, is_locked, lock_path
 from .errors import TrackingError
 from .records import BenchDocument
-from .tracking import Tracker, _short
+from .tracking import Tracker, short_error
 
 COMPLETE_TAG = "signflow_zoo.complete"  # set last on a run: without it the run does not count
 
@@ -181,7 +181,7 @@ def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: 
         tracker.call(tracker.client.set_terminated, parent, "FINISHED")
         tracker.call(tracker.client.set_tag, parent, COMPLETE_TAG, "1")
     except Exception as exc:  # noqa: BLE001 - the store failed: the file stays pending for `sync`
-        tracker._disable(f"upload failed: {_short(exc)}")
+        tracker.disable(f"upload failed: {short_error(exc)}")
     ok = tracker.active
     tr.update({"uri": tracker.uri, "experiment": tracker.experiment, "uploaded": ok})
     if path is not None:

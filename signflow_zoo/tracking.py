@@ -151,7 +151,7 @@ class Tracker:
             import mlflow
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
-            self._disable(f"mlflow is not importable ({exc}); results are kept locally only")
+            self.disable(f"mlflow is not importable ({exc}); results are kept locally only")
             return
         try:
             raw = mlflow.get_tracking_uri()
@@ -168,7 +168,7 @@ class Tracker:
             self.active = True
             self.reason = ""
         except Exception as exc:  # noqa: BLE001 - any store failure means: go on untracked
-            self._disable(_short(exc))
+            self.disable(short_error(exc))
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -197,7 +197,8 @@ class Tracker:
             finally:
                 self._locked = False
 
-    def _disable(self, reason: str) -> None:
+    def disable(self, reason: str) -> None:
+        """Stop tracking (one warning, unless quiet); ``reason`` says why, without any password."""
         reason = redact(reason)
         if self.active or self.reason == "tracking disabled":
             if not self.quiet:
@@ -222,7 +223,7 @@ class Tracker:
         try:
             return self.call(fn, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            self._disable(f"{what} failed: {_short(exc)}")
+            self.disable(f"{what} failed: {short_error(exc)}")
             return None
 
     # -- runs -----------------------------------------------------------------------------------
@@ -268,6 +269,6 @@ def _is_number(v: Any) -> bool:
     return f == f and f not in (float("inf"), float("-inf"))
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = redact(str(exc)).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
