@@ -19,8 +19,10 @@ from signflow_zoo.api import Availability, BackendError, BackendUnavailable, Run
 from signflow_zoo.default_plugins import fixed_shapes, onnx_cuda, provider_libraries
 from signflow_zoo.default_plugins.fixed_shapes import fixed_shape_model, shape_ops_left
 from signflow_zoo.default_plugins.onnx_cuda import OnnxCudaGraphRunner, capture_refusal
-from signflow_zoo.default_plugins.torch_compile import CPU_OPT_IN, TorchCompileRunner, convs_as_matmul
+from signflow_zoo.default_plugins.torch_compile import (CPU_OPT_IN, TorchCompileBf16Runner, convs_as_matmul,
+                                                       model_forward)
 from signflow_zoo.ort import probe_provider
+from signflow_zoo.parity import compare
 from signflow_zoo.plugins import PluginRegistry
 from signflow_zoo.testing import check_runner
 
@@ -234,25 +236,84 @@ def test_stem_convolutions_as_matmul_give_the_same_logits(tiny_artifacts):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_autocast_forward_stays_within_the_bf16_tolerance(tiny_artifacts):
+    """The bf16 variant's forward (uncompiled here): autocast, since model.to(bfloat16) cannot run this model."""
+    model = tiny_artifacts.torch_model("cpu").eval()
+    with pytest.raises(RuntimeError, match="dtype"):
+        with torch.inference_mode():
+            model_copy = tiny_artifacts.torch_model("cpu").eval().to(torch.bfloat16)
+            model_copy(torch.zeros(1, 8, 469, dtype=torch.bfloat16), torch.ones(1, 8, dtype=torch.bool))
+    forward = model_forward(model, "cpu", "bfloat16")
+    x, m = _rand(8, 64)
+    with torch.inference_mode():
+        got = forward(torch.from_numpy(x), torch.from_numpy(m))
+    want = _reference(tiny_artifacts, x, m)
+    assert got.dtype == torch.float32
+    res = compare(got.numpy(), want, "bf16")
+    assert res.ok and res.max_abs > 0, res.message  # bf16 arithmetic did happen, within its tolerance
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="inductor on CPU needs a C++ compiler")
 def test_torch_compile_runs_on_cpu_when_opted_in(monkeypatch, tiny_artifacts):
-    """One dynamic compile serves every batch >= 2 and frame count; its time is reported (slow: inductor
-    compiles C++ kernels, tens of seconds on 2 cores without a warm cache)."""
+    """One dynamic compile (bf16 autocast, freezing) serves every batch >= 2 and frame count; its time is
+    reported (slow: inductor compiles C++ kernels, about a minute on 2 cores without a warm cache; the
+    bf16 variant, because autocast is the part the tf32 variant lacks)."""
     from torch._dynamo.utils import counters
 
+    cls = TorchCompileBf16Runner
     monkeypatch.setenv(CPU_OPT_IN, "1")
-    assert TorchCompileRunner.availability().ok
-    runner = TorchCompileRunner(RunnerOptions(threads=2, extra={"compile_shapes": [(2, 16)]}))
+    assert cls.availability().ok
+    runner = cls(RunnerOptions(threads=2, device="cpu", extra={"compile_shapes": [(2, 16)]}))
     runner.prepare(tiny_artifacts)
     graphs = counters["stats"]["unique_graphs"]
+    outs, refs = [], []
     for b, t in [(2, 16), (3, 40), (5, 64)]:
         x, m = _rand(b, t)
-        assert np.abs(runner.run(x, m) - _reference(tiny_artifacts, x, m)).max() < 1e-4
+        outs.append(runner.run(x, m))
+        refs.append(_reference(tiny_artifacts, x, m))
     assert counters["stats"]["unique_graphs"] == graphs  # no recompile for new sizes
+    res = compare(np.concatenate(outs), np.concatenate(refs), cls.precision)
+    assert res.ok, res.message
     d = runner.describe()
-    assert d["compile_s"]["2x16"] > 0 and d["mode"] == "default" and d["provider"] == "torch-inductor-cpu"
-    assert d["stem"] == "3 Conv1d as unfold + matmul" and d["dtype"] == "float32"
+    assert d["compile_s"]["2x16"] > 0 and d["cuda_graphs"] is False and d["provider"] == "torch-inductor-cpu"
+    assert d["inductor_options"]["freezing"] is True and d["autocast"] == "bfloat16"
+    assert d["stem"] == "3 Conv1d as unfold + matmul"
+    runner.close()
+
+
+# -- on a GPU ------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+@pytest.mark.parametrize("backend", ["onnx-cuda-graph", "onnx-cuda-graph-fp16", "torch-compile", "torch-compile-bf16"])
+def test_on_a_gpu_the_graph_backends_really_capture(backend, tiny_artifacts, tmp_path):
+    from dataclasses import replace
+
+    from signflow_zoo.api import ensure_artifact
+
+    reg = PluginRegistry(entry_points=False, environment=False)
+    av = reg.availability(backend)
+    if not av.ok:
+        pytest.skip(f"{backend} is unavailable here: {av.reason}")
+    cls = reg.get(backend).cls
+    arts = replace(tiny_artifacts, paths=dict(tiny_artifacts.paths), hashes=dict(tiny_artifacts.hashes),
+                   info=dict(tiny_artifacts.info))
+    ensure_artifact(arts, cls.artifact, reg, home=tmp_path, log=lambda msg: None)
+    runner = cls()
+    runner.prepare(arts)
+    outs, refs = [], []
+    for b, t, seed in [(1, 64, 1), (1, 64, 2), (3, 64, 3), (1, 64, 4)]:  # replays at 1x64 with fresh inputs
+        x, m = _rand(b, t, seed)
+        outs.append(runner.run(x, m))
+        refs.append(_reference(tiny_artifacts, x, m))
+    res = compare(np.concatenate(outs), np.concatenate(refs), cls.precision)
+    assert res.ok, res.message
+    d = runner.describe()
+    if backend.startswith("onnx"):
+        assert d["provider"] == "CUDAExecutionProvider" and d["cuda_graph"] is True
+        assert set(d["fixed_shapes"]) == {"1x64", "3x64"}
+        assert all(v["replay_check"] == "ok" for v in d["fixed_shapes"].values()), d["fixed_shapes"]
+    else:
+        assert d["provider"] == "torch-inductor-cuda" and d["cuda_graphs"] is True and d["compile_total_s"] > 0
     runner.close()
 
 

@@ -1,20 +1,25 @@
-"""torch-compile: the PyTorch model compiled by TorchInductor; on CUDA with ``mode="reduce-overhead"``
-(CUDA graphs, one recorded per input shape on first use), so that a batch-1 call is a graph replay.
+"""torch-compile: the PyTorch model compiled by TorchInductor; on CUDA with CUDA graphs (what
+``mode="reduce-overhead"`` turns on: one graph recorded per input shape on first use), so that a batch-1
+call is a graph replay.
 
 * ``torch-compile``: float32 weights, TF32 matmuls and convolutions (precision ``tf32``).
-* ``torch-compile-bf16``: bfloat16 weights and activations, float32 logits (precision ``bf16``).
+* ``torch-compile-bf16``: bfloat16 autocast (matmuls and convolutions in bf16; norms, softmax and the
+  positional encoding in fp32), float32 logits (precision ``bf16``). Not ``model.to(bfloat16)``: the
+  model builds its positional encoding in float32 from ``torch.arange``, which then meets bf16 weights.
 
-Compilation is ``dynamic=True`` and ``fullgraph=True``: one graph for every batch >= 2 and frame count
-(batch 1 is specialised, PyTorch's rule for size-1 dimensions), compiled at prepare for [1, 64] and
-[2, 64] (``RunnerOptions.extra["compile_shapes"]``); how long that took is ``describe()["compile_s"]``.
-A graph break or a recompile past dynamo's limit raises instead of silently running eager code.
+Inductor options: ``triton.cudagraphs`` on CUDA, and ``freezing`` (weights become constants, so the bf16
+casts and weight layouts are folded once at compile time instead of on every call). Compilation is
+``dynamic=True`` and ``fullgraph=True``: one graph for every batch >= 2 and frame count (batch 1 is
+specialised, PyTorch's rule for size-1 dimensions), compiled at prepare for [1, 64] and [2, 64]
+(``RunnerOptions.extra["compile_shapes"]``); how long that took is ``describe()["compile_s"]``. A graph
+break or a recompile past dynamo's limit raises instead of silently running eager code.
 
 The multiscale Conv1d stem runs as one matmul over unfolded windows (:class:`Conv1dAsMatmul`, same result):
 on an H100, cuDNN's kernels for its 469 input channels took ~100 ms (fp32) / 6.3 ms (TF32) at batch 1
 (benchmarks/RESULTS.md), against a model whose other layers take well under a millisecond.
 
-On the CPU inductor does not pay: lightweight at batch 1 was 1.2x over eager after a 72 s compile
-(2-core EPYC, shared, 2026-11-26); there the backend is unavailable unless ``SIGNFLOW_ZOO_TORCH_COMPILE_CPU=1``.
+On the CPU inductor does not pay for itself (CPU_FINDING below, measured with
+``benchmarks/compile_cpu.py``); there the backend is unavailable unless ``SIGNFLOW_ZOO_TORCH_COMPILE_CPU=1``.
 """
 
 from __future__ import annotations
@@ -76,13 +81,28 @@ def convs_as_matmul(model) -> int:
     return swapped
 
 
+def model_forward(model, device_type: str, autocast: str | None):
+    """What gets compiled: the model, under autocast when asked, returning float32 logits."""
+    import torch
+
+    if autocast is None:
+        return model
+    dtype = getattr(torch, autocast)
+
+    def forward(features, mask):
+        with torch.autocast(device_type, dtype=dtype):
+            return model(features, mask).float()
+
+    return forward
+
+
 class TorchCompileRunner(Runner):
     name = "torch-compile"
     artifact = "torch"
     precision = "tf32"
     device_kind = "gpu"
     summary = "PyTorch compiled by TorchInductor, CUDA graphs (reduce-overhead), TF32; CUDA only unless opted in"
-    dtype: ClassVar[str] = "float32"
+    autocast: ClassVar[str | None] = None  # "bfloat16": run under torch.autocast with that dtype
 
     @classmethod
     def availability(cls) -> Availability:
@@ -115,17 +135,14 @@ class TorchCompileRunner(Runner):
         dynamo = torch._dynamo.config
         if hasattr(dynamo, "fail_on_recompile_limit_hit"):
             dynamo.fail_on_recompile_limit_hit = True  # never fall back to eager under this backend's name
-        dtype = getattr(torch, self.dtype)
         model = artifacts.torch_model("cpu").eval()
         self.convs_swapped = convs_as_matmul(model)
-        self.model = model.to(device=self.device, dtype=dtype)
-        self.mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        self.model = model.to(self.device)
         self.input_dim = self.model.input_dim
-
-        def forward(features, mask, model=self.model):
-            return model(features.to(dtype), mask).float()
-
-        self.compiled = torch.compile(forward, mode=self.mode, dynamic=True, fullgraph=True)
+        self.cudagraphs = self.device.type == "cuda"
+        self.inductor = {"triton.cudagraphs": self.cudagraphs, "freezing": True}
+        forward = model_forward(self.model, self.device.type, self.autocast)
+        self.compiled = torch.compile(forward, dynamic=True, fullgraph=True, options=self.inductor)
         self.compile_s: dict[str, float] = {}
         rng = np.random.default_rng(0)
         for b, t in [tuple(s) for s in (self.options.extra or {}).get("compile_shapes", COMPILE_SHAPES)]:
@@ -143,7 +160,7 @@ class TorchCompileRunner(Runner):
         with torch.inference_mode():
             x = torch.from_numpy(features).to(self.device)
             m = torch.from_numpy(mask).to(self.device)
-            if self.mode == "reduce-overhead":
+            if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()  # the last call's outputs were already copied out
             return self.compiled(x, m).cpu().numpy()
 
@@ -151,7 +168,8 @@ class TorchCompileRunner(Runner):
         torch = self.torch
         d = {"backend": self.name, "precision": self.precision, "provider": f"torch-inductor-{self.device.type}",
              "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-             "dtype": self.dtype, "mode": self.mode, "dynamic": True, "fullgraph": True,
+             "autocast": self.autocast or "off", "inductor_options": dict(self.inductor), "cuda_graphs": self.cudagraphs,
+             "dynamic": True, "fullgraph": True,
              "compile_s": dict(self.compile_s), "compile_total_s": round(sum(self.compile_s.values()), 2),
              "stem": f"{self.convs_swapped} Conv1d as unfold + matmul"}
         if self.device.type == "cuda":
@@ -166,8 +184,8 @@ class TorchCompileRunner(Runner):
 class TorchCompileBf16Runner(TorchCompileRunner):
     name = "torch-compile-bf16"
     precision = "bf16"
-    dtype: ClassVar[str] = "bfloat16"
-    summary = "torch-compile with bfloat16 weights and activations (float32 logits)"
+    autocast: ClassVar[str | None] = "bfloat16"
+    summary = "torch-compile under bfloat16 autocast (float32 logits)"
 
 
 @hookimpl
