@@ -133,6 +133,18 @@ def test_a_replay_that_ignores_fresh_inputs_is_refused(tiny_artifacts, monkeypat
     assert not runner.prepared
 
 
+def test_a_fixed_shape_graph_that_does_not_open_is_an_error_naming_it(tiny_artifacts, monkeypatch):
+    def broken(model, b, t):
+        fixed = fixed_shape_model(model, b, t)
+        fixed.graph.node[0].op_type = "NoSuchOp"
+        return fixed
+
+    monkeypatch.setattr(onnx_cuda, "fixed_shape_model", broken)
+    runner = CpuGraphRunner()
+    with pytest.raises(BackendError, match=r"could not open the fixed-shape graph on CPUExecutionProvider: .*NoSuchOp"):
+        runner.prepare(tiny_artifacts)
+
+
 def test_the_fp16_artifact_keeps_float32_inputs_and_logits(tiny_artifacts, tmp_path):
     from signflow_zoo.api import ensure_artifact
 

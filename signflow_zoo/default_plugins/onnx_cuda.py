@@ -135,17 +135,21 @@ class OnnxCudaGraphRunner(OrtRunner):
         if graph and self.capture:
             opts["enable_cuda_graph"] = "1"  # ORT refuses it at session creation if a node is not on CUDA
         providers = [(self.provider, opts)] + ([("CPUExecutionProvider", {})] if self.device == "cuda" else [])
-        try:
-            sess = self.ort.InferenceSession(model_bytes, so, providers=providers)
+        try:  # enable_fallback=0: ORT's Python layer would otherwise retry a failed session on other providers
+            sess = self.ort.InferenceSession(model_bytes, so, providers=providers, enable_fallback=0)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types; the reason is the message
-            if not graph:
-                raise BackendError(f"{self.path}: ONNX Runtime could not open the graph on {self.provider}: "
-                                   f"{str(exc).splitlines()[0][:300]}") from None
-            raise BackendUnavailable(capture_refusal(exc, model_bytes)) from None
+            if graph and self.capture:
+                raise BackendUnavailable(capture_refusal(exc, model_bytes)) from None
+            raise BackendError(f"{self.path}: ONNX Runtime could not open the {'fixed-shape ' if graph else ''}graph "
+                               f"on {self.provider}: {str(exc).splitlines()[0][:300]}") from None
         bound = sess.get_providers()
         if bound[0] != self.provider:
             raise BackendUnavailable(f"ONNX Runtime bound {bound[0]} instead of {self.provider}; "
                                      f"refusing to report a CPU run as {self.name}")
+        live = sess.get_provider_options().get(self.provider, {})
+        if graph and self.capture and live.get("enable_cuda_graph") != "1":
+            raise BackendUnavailable(f"ONNX Runtime opened the session without CUDA graphs (enable_cuda_graph="
+                                     f"{live.get('enable_cuda_graph')!r}); refusing to time it as {self.name}")
         return sess
 
     def _capture(self, shape: tuple[int, int], features: np.ndarray, mask: np.ndarray) -> np.ndarray:
