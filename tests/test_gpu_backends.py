@@ -194,6 +194,32 @@ def test_graph_backend_reports_silent_cpu_fallback_with_the_missing_library(monk
         runner.prepare(tiny_artifacts)
 
 
+@pytest.mark.skipif(HAS_CUDA_EP, reason="real GPU providers present: the CPU fallback cannot be provoked")
+def test_tensorrt_prepare_refuses_a_cpu_session_and_asks_for_one_engine_over_all_batches(tiny_artifacts):
+    from signflow_zoo.default_plugins.onnx_tensorrt import OnnxTensorrtRunner
+
+    runner = OnnxTensorrtRunner(RunnerOptions(device="cuda:1", extra={"max_batch": 64}))
+    with pytest.raises(BackendUnavailable, match="bound CPUExecutionProvider instead of TensorrtExecutionProvider"):
+        runner.prepare(tiny_artifacts)
+    opts = runner.provider_options
+    assert opts["device_id"] == 1 and opts["trt_fp16_enable"] == "True"
+    assert opts["trt_profile_min_shapes"] == "features:1x2x469,mask:1x2"
+    assert opts["trt_profile_opt_shapes"] == "features:1x64x469,mask:1x64"
+    assert opts["trt_profile_max_shapes"] == "features:64x256x469,mask:64x256"
+    assert Path(opts["trt_engine_cache_path"]) == tiny_artifacts.workdir / "tensorrt"
+
+
+def test_torch_compile_on_a_gpu_without_triton_says_so(monkeypatch):
+    """A CUDA device is faked (none exists here); the missing compiler backend is what gets reported."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    av = TorchCompileBf16Runner.availability()
+    assert not av.ok and av.reason == "inductor on CUDA needs triton, which is not installed"
+
+
 def test_elf_needed_reads_a_real_library():
     lib = next((Path(ort.__file__).parent / "capi").glob("onnxruntime_pybind11_state*.so"))
     needed = provider_libraries.elf_needed(lib)
