@@ -103,6 +103,8 @@ def cmd_train(args) -> int:
     print(json.dumps({"preset": entry.name, "checkpoint": str(out), "train_seconds": round(res["train_seconds"], 1),
                       "epochs_run": res["epochs_run"], "val_accuracy": round(res["val_accuracy"], 4),
                       "test_accuracy": round(test["top1"], 4), "test_macro_f1": round(test["macro_f1"], 4),
+                      **{k: None if res.get(k) is None else round(res[k], 4) for k in ("ece_before", "ece_after",
+                                                                                        "temperature")},
                       "mlflow_run_id": res.get("run_id")}, indent=1))
     return 0
 
