@@ -291,11 +291,18 @@ class Bench:
             if not self._ensure_kind(arts, cls, rec):
                 continue
             try:
-                lane.worker = BackendWorker(cls.name, WorkerSpec(cls, RunnerOptions(threads=self.threads), arts),
+                lane.worker = BackendWorker(cls.name, WorkerSpec(cls, self._options(), arts),
                                             self.cfg.timing.timeout)
             except BackendError as exc:
                 rec.fail("failed", str(exc))
         return lanes
+
+    def _options(self) -> RunnerOptions:
+        """The same options for every backend: threads, and the input shapes the bench will time (backends
+        with fixed-shape graphs build them at prepare instead of during the first timed calls)."""
+        frames = int(self.splits().test.features.shape[1])
+        return RunnerOptions(threads=self.threads, extra={"graph_shapes": [(int(b), frames) for b in self.cfg.batch_sizes],
+                                                          "compile_shapes": [(int(b), frames) for b in self.cfg.batch_sizes]})
 
     def _ensure_kind(self, arts, cls, rec: BenchRecord) -> bool:
         """Build (or find cached) the artifact kind this backend consumes; record its hash, or why it failed."""
