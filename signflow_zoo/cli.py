@@ -50,14 +50,15 @@ def backend_rows() -> tuple[list[dict], list[dict]]:
     from .plugins import get_registry
 
     reg = get_registry()
-    rows = []
+    rows, broken = [], [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
     for name, be in reg.runners.items():
-        av = be.cls.availability()
+        av = reg.availability(name)
         rows.append({"name": name, "plugin": be.plugin.name, "package": be.plugin.package, "artifact": be.cls.artifact,
                      "precision": be.cls.precision, "device": be.cls.device_kind, "available": av.ok,
                      "reason": "" if av.ok else av.reason, "detail": av.reason if av.ok else "",
                      "summary": be.cls.summary})
-    broken = [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
+        if av.broken:
+            broken.append({"plugin": be.plugin.name, "package": be.plugin.package, "error": f"{name}: {av.reason}"})
     return rows, broken
 
 

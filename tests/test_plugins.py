@@ -16,7 +16,7 @@ REGISTERED = get_registry().names()
 
 
 def test_builtins_are_registered_as_plugins():
-    reg = PluginRegistry().load()
+    reg = PluginRegistry()
     for name in BUILTIN:
         assert name in reg.names()
         assert reg.get(name).plugin.package == "built-in"
@@ -50,7 +50,7 @@ def test_onnx_cuda_reports_silent_cpu_fallback(monkeypatch):
     """onnxruntime-gpu on a machine without CUDA lists the provider and then falls back to CPU."""
     import onnxruntime as ort
 
-    from signflow_zoo.default_plugins import ort_common
+    from signflow_zoo import ort as ort_common
 
     real = ort.get_available_providers()
     if "CUDAExecutionProvider" in real:
@@ -99,7 +99,7 @@ class _Plugin:
 
 
 def _load_with(monkeypatch, *plugins):
-    return PluginRegistry(extra=plugins).load()
+    return PluginRegistry(plugins=plugins)
 
 
 def test_registration_rejects_non_runner_and_duplicates(monkeypatch):
@@ -146,15 +146,15 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(tmp_path, monkey
         register(Copy)
     """
     monkeypatch.syspath_prepend(str(_fake_distribution(tmp_path, src)))
-    reg = PluginRegistry().load()
+    reg = PluginRegistry()
     assert reg.get("onnx-cpu-copy").plugin.package == "fakeplug 0.3"
     monkeypatch.setenv("SIGNFLOW_ZOO_BLOCK_PLUGINS", "fakeplug")
-    assert "onnx-cpu-copy" not in PluginRegistry().load().names()
+    assert "onnx-cpu-copy" not in PluginRegistry().names()
 
 
 def test_broken_entry_point_plugin_is_reported_and_others_work(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(_fake_distribution(tmp_path, "raise ImportError('missing dependency xyz')\n", "brokenplug")))
-    reg = PluginRegistry().load()
+    reg = PluginRegistry()
     assert [b.name for b in reg.broken] == ["brokenplug"] and "missing dependency xyz" in reg.broken[0].error
     assert set(BUILTIN) <= set(reg.names())
     import signflow_zoo.plugins as P
@@ -167,7 +167,7 @@ def test_broken_entry_point_plugin_is_reported_and_others_work(tmp_path, monkeyp
 
 def test_blocking_a_builtin_by_name(monkeypatch):
     monkeypatch.setenv("SIGNFLOW_ZOO_BLOCK_PLUGINS", "onnx_cuda")
-    assert "onnx-cuda" not in PluginRegistry().load().names()
+    assert "onnx-cuda" not in PluginRegistry().names()
 
 
 def test_unknown_backend_is_a_clear_error(capsys):

@@ -45,6 +45,6 @@ def test_plugin_walkthrough_code_is_a_valid_plugin(tmp_path):
 
     module = types.ModuleType("my_backend")
     module.__dict__.update(ns)
-    reg = PluginRegistry(extra=[module]).load()
+    reg = PluginRegistry(plugins=[module])
     report = check_runner(reg.get("my-backend").cls, tmp_path)
     assert report.ok, report.problems

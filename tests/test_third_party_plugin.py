@@ -41,7 +41,7 @@ def test_plugin_passes_the_conformance_checks(installed_plugin, tmp_path, tiny_a
     from signflow_zoo.plugins import PluginRegistry
     from signflow_zoo.testing import check_runner
 
-    cls = PluginRegistry().load().get("onnx-int8").cls
+    cls = PluginRegistry().get("onnx-int8").cls
     report = check_runner(cls, tmp_path, artifacts=tiny_artifacts)
     assert report.available and report.ok, report.problems
     assert report.parity["max_abs"] > 0  # really quantized: not bit-identical to fp32
