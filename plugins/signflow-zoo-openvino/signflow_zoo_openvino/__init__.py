@@ -6,7 +6,7 @@ int8 quantization are artifact kinds built from the ONNX export (``kinds.py``); 
 
 from .kinds import KINDS
 from .runners import RUNNERS
-from .zoo import hookimpl
+from signflow_zoo.api import hookimpl
 
 
 @hookimpl
@@ -15,7 +15,7 @@ def register_runners(register):
         register(cls)
 
 
+@hookimpl
 def register_artifact_kinds(register):
-    """Marked as a hook implementation once signflow-zoo's plugin API has this hook."""
     for kind in KINDS:
         register(kind)

@@ -1,6 +1,6 @@
 """Artifact kinds: the ONNX export converted to OpenVINO IR, and that IR quantized to int8 by NNCF.
 
-Built once per source file by the harness (content-addressed); runners only read them.
+Built once per source file by signflow-zoo (content-addressed, ``ensure_artifact``); runners only read them.
 """
 
 from __future__ import annotations
@@ -8,24 +8,21 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from itertools import islice
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from .zoo import BuildContext, quiet_logs
+from signflow_zoo.api import ArtifactKind, BuildContext
 
-CALIBRATION_BATCH = 8
-CALIBRATION_SAMPLES = 512  # sequences from the training split
+CALIBRATION_CLIPS = 512  # sequences from the training split
 
 
-class OpenVinoIR:
+class OpenVinoIR(ArtifactKind):
     """fp32 OpenVINO IR (model.xml + model.bin) converted from the plain ONNX export, weights kept fp32."""
 
-    name: ClassVar[str] = "openvino-ir"
-    source: ClassVar[str] = "onnx"
-    version: ClassVar[str] = "1"
-    main_file: ClassVar[str] = "model.xml"
-    needs_calibration: ClassVar[bool] = False
+    name = "openvino-ir"
+    source = "onnx"
+    version = "1"
+    main_file = "model.xml"
 
     def build(self, ctx: BuildContext) -> dict[str, Any]:
         import openvino as ov
@@ -36,7 +33,7 @@ class OpenVinoIR:
         return {"openvino": ov.get_version(), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-class OpenVinoInt8IR:
+class OpenVinoInt8IR(ArtifactKind):
     """int8 IR: NNCF post-training quantization of the fp32 IR, calibrated on training batches.
 
     NNCF's default model type and the PERFORMANCE preset (symmetric activations): with
@@ -45,12 +42,11 @@ class OpenVinoInt8IR:
     child process, so a graph that crashes the compiler fails the build instead of the harness.
     """
 
-    name: ClassVar[str] = "openvino-int8"
-    source: ClassVar[str] = "openvino-ir"
-    source_kind = OpenVinoIR
-    version: ClassVar[str] = "1"
-    main_file: ClassVar[str] = "model.xml"
-    needs_calibration: ClassVar[bool] = True
+    name = "openvino-int8"
+    source = "openvino-ir"
+    version = "2"
+    main_file = "model.xml"
+    needs_calibration = True
 
     def build(self, ctx: BuildContext) -> dict[str, Any]:
         import nncf
@@ -59,16 +55,14 @@ class OpenVinoInt8IR:
         if ctx.calibration is None:
             raise ValueError("openvino-int8 needs calibration batches from the training split")
         t0 = time.perf_counter()
-        items = list(islice(ctx.calibration(CALIBRATION_BATCH), max(1, CALIBRATION_SAMPLES // CALIBRATION_BATCH)))
+        items = list(ctx.calibration(CALIBRATION_CLIPS))
         dataset = nncf.Dataset(items, lambda item: {"features": item[0], "mask": item[1]})
         model = ov.Core().read_model(str(ctx.source))
-        with quiet_logs():
-            quantized = nncf.quantize(model, dataset, subset_size=len(items) * CALIBRATION_BATCH,
-                                      preset=nncf.QuantizationPreset.PERFORMANCE)
+        quantized = nncf.quantize(model, dataset, subset_size=len(items), preset=nncf.QuantizationPreset.PERFORMANCE)
         ov.save_model(quantized, str(ctx.dest / self.main_file), compress_to_fp16=False)
         check_compiles(ctx.dest / self.main_file)
-        return {"openvino": ov.get_version(), "nncf": nncf.__version__, "calibration_sequences": sum(len(i[0]) for i in items),
-                "seconds": round(time.perf_counter() - t0, 2)}
+        return {"openvino": ov.get_version(), "nncf": nncf.__version__, "preset": "performance",
+                "calibration_clips": sum(len(i[0]) for i in items), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def check_compiles(path: Path, timeout: float = 300.0) -> None:

@@ -7,14 +7,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .kinds import OpenVinoInt8IR, OpenVinoIR
-from .zoo import Availability, Runner, kind_path
+from signflow_zoo.api import Availability, Runner
 
 
 class OpenVinoRunner(Runner):
     """Compiles an IR kind with PERFORMANCE_HINT=LATENCY, one stream, the harness's thread count, pinned."""
 
-    artifact = "onnx"  # the harness's kind; the IR kind below is derived from it
-    kind: ClassVar[type] = OpenVinoIR
+    artifact = OpenVinoIR.name
     inference_precision: ClassVar[str] = "f32"
 
     @classmethod
@@ -43,7 +42,7 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         self.ov = ov
-        self.path = kind_path(artifacts, self.kind)
+        self.path = artifacts.path_for(self.artifact)
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", self.config())
         self.request = self.compiled.create_infer_request()
@@ -58,9 +57,9 @@ class OpenVinoRunner(Runner):
         get = self.compiled.get_property
         return {"backend": self.name, "precision": self.precision, "provider": "openvino-CPU",
                 "openvino": self.ov.get_version(), "threads": get("INFERENCE_NUM_THREADS"),
-                "inference_precision": str(get("INFERENCE_PRECISION_HINT")), "streams": get("NUM_STREAMS"),
+                "inference_precision": get("INFERENCE_PRECISION_HINT").get_type_name(), "streams": get("NUM_STREAMS"),
                 "performance_hint": str(get("PERFORMANCE_HINT")), "cpu_pinning": get("ENABLE_CPU_PINNING"),
-                "model": f"{self.kind.name}/{self.path.name}"}
+                "model": f"{self.artifact}/{self.path.name}"}
 
     def close(self) -> None:
         self.request = self.compiled = None
@@ -82,7 +81,7 @@ class OpenVinoBf16Runner(OpenVinoRunner):
 class OpenVinoInt8Runner(OpenVinoRunner):
     name = "openvino-int8"
     precision = "int8"
-    kind = OpenVinoInt8IR
+    artifact = OpenVinoInt8IR.name
     inference_precision = "bf16"  # the layers NNCF leaves in float run in bf16 where the CPU has it
     summary = "OpenVINO CPU, NNCF int8 post-training quantization calibrated on training data"
 
