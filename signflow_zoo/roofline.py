@@ -197,7 +197,8 @@ def measure(threads: int, shapes=None, repeats: int = 5, min_time: float = 0.1) 
             best[r["precision"]] = r
     return {
         "format": FORMAT_VERSION, "cpu": ident, "threads": threads, "seconds": round(time.perf_counter() - t_start, 1),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_avg_1min": round(os.getloadavg()[0], 2),
+        "versions": _versions(),
         "ceilings": {p: r["gflops"] for p, r in sorted(best.items())},
         "ceiling_engines": {p: f"{r['engine']} at {r['m']}x{r['k']}x{r['n']}" for p, r in sorted(best.items())},
         "measurements": rows,
