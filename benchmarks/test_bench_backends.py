@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from signflow_zoo.artifact_kinds import ensure_artifact
 from signflow_zoo.plugins import get_registry
 from signflow_zoo.runners import RunnerOptions
 from signflow_zoo.timing import TimingConfig, measure_interleaved
@@ -24,6 +25,7 @@ def batch1():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_latency_lightweight_b1(benchmark, backend, lightweight_artifacts, batch1):
     runner = get_registry().get(backend).cls(RunnerOptions(threads=THREADS))
+    ensure_artifact(lightweight_artifacts, runner.artifact, get_registry(), home=lightweight_artifacts.workdir)
     runner.prepare(lightweight_artifacts)
     x, m = batch1
     out = benchmark(runner.run, x, m)

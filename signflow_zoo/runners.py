@@ -159,9 +159,9 @@ class Runner:
 
 def _marks_prepared(prepare):
     @functools.wraps(prepare)
-    def marked(self: Runner, artifacts: Artifacts) -> None:
+    def marked(self: Runner, *args: Any, **kwargs: Any) -> None:
         try:
-            prepare(self, artifacts)
+            prepare(self, *args, **kwargs)
         except BaseException:
             self.prepared = False  # also when a subclass fails after its base's prepare() succeeded
             raise

@@ -33,18 +33,3 @@ def test_serving_example_runs(tmp_path):
     exec(compile(block, "README.md", "exec"), ns)
     assert ns["pipe"].labels == arts.labels
 
-
-def test_plugin_walkthrough_code_is_a_valid_plugin(tmp_path):
-    from signflow_zoo.plugins import PluginRegistry
-    from signflow_zoo.testing import check_runner
-
-    block = next(b for b in _blocks() if "class MyRunner" in b)
-    ns: dict = {"__name__": "my_backend"}
-    exec(compile(block, "README.md", "exec"), ns)
-    import types
-
-    module = types.ModuleType("my_backend")
-    module.__dict__.update(ns)
-    reg = PluginRegistry(plugins=[module])
-    report = check_runner(reg.get("my-backend").cls, tmp_path)
-    assert report.ok, report.problems
