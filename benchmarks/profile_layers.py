@@ -1,6 +1,8 @@
-"""Where ONNX Runtime's time goes in one model: per op type and per node group, from ORT's own profiler.
+"""Where the time goes in one model: per op type and node group (ONNX Runtime's profiler), or per layer
+type and kernel (OpenVINO's performance counters).
 
-    python benchmarks/ort_profile.py MODEL.onnx [--batch 1] [--threads 2] [--iters 50]
+    python benchmarks/profile_layers.py MODEL.onnx [--batch 1] [--threads 2] [--iters 50]
+    python benchmarks/profile_layers.py MODEL.xml --precision bf16    # OpenVINO IR, PERF_COUNT on
 
 Groups, over the graph ORT really runs (its optimized form, saved and read back): weight GEMMs (an operand
 is a weight, incl. quantized ones), attention GEMMs (q k^T and p v), softmax, layout ops, the conv stem,
@@ -85,14 +87,48 @@ def group(name: str, op: str, weight_ops: set[str]) -> str:
     return "other elementwise/norm"
 
 
+def openvino_profile(path: str, batch: int, threads: int, iters: int, precision: str = "f32", frames: int = 64) -> dict:
+    """OpenVINO per-layer counters: share of time per layer type and per kernel (exec_type says whether a
+    layer ran as int8, bf16 or fp32, e.g. ``brgemm_avx512_I8`` or ``jit_avx512_bf16``)."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU", {
+        "PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": precision})
+    req = compiled.create_infer_request()
+    rng = np.random.default_rng(0)
+    feeds = {"features": rng.standard_normal((batch, frames, 469)).astype(np.float32),
+             "mask": np.ones((batch, frames), bool)}
+    by_type, by_kernel = defaultdict(float), defaultdict(float)
+    for i in range(iters + 5):
+        req.infer(feeds)
+        if i < 5:
+            continue
+        for info in req.profiling_info:
+            us = info.real_time.total_seconds() * 1e6
+            by_type[info.node_type] += us
+            by_kernel[f"{info.node_type}:{info.exec_type}"] += us
+    total = sum(by_type.values())
+    return {"batch": batch, "threads": threads, "iters": iters, "precision": precision,
+            "layers_ms": total / iters / 1e3,
+            "by_type_pct": {k: round(100 * v / total, 1) for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:12]},
+            "by_kernel_pct": {k: round(100 * v / total, 1) for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:12]}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--precision", default="f32", help="OpenVINO INFERENCE_PRECISION_HINT (f32, bf16)")
     args = ap.parse_args(argv)
-    print(json.dumps(profile(args.model, args.batch, args.threads, args.iters), indent=1))
+    if args.model.endswith(".xml"):
+        out = openvino_profile(args.model, args.batch, args.threads, args.iters, args.precision)
+    else:
+        out = profile(args.model, args.batch, args.threads, args.iters)
+    print(json.dumps(out, indent=1))
     return 0
 
 
