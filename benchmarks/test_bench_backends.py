@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from signflow_zoo.artifact_kinds import ensure_artifact
+from signflow_zoo.testing import RandomCalibration
 from signflow_zoo.plugins import get_registry
 from signflow_zoo.runners import RunnerOptions
 from signflow_zoo.timing import TimingConfig, measure_interleaved
@@ -25,7 +26,9 @@ def batch1():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_latency_lightweight_b1(benchmark, backend, lightweight_artifacts, batch1):
     runner = get_registry().get(backend).cls(RunnerOptions(threads=THREADS))
-    ensure_artifact(lightweight_artifacts, runner.artifact, get_registry(), home=lightweight_artifacts.workdir)
+    # untrained weights and no data set here: calibrated kinds (static int8) get the conformance kit's clips
+    ensure_artifact(lightweight_artifacts, runner.artifact, get_registry(), home=lightweight_artifacts.workdir,
+                    calibration=RandomCalibration())
     runner.prepare(lightweight_artifacts)
     x, m = batch1
     out = benchmark(runner.run, x, m)
