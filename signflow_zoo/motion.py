@@ -66,6 +66,34 @@ def pair_motion(prev, cur, ignore_tracking_jumps: bool = True) -> np.ndarray:
     return total / HAND_VALUES
 
 
+class FrameHands:
+    """One finite raw row's hands, hip centre and what was detected: what :meth:`motion_to` needs, computed
+    once per frame. The streaming path (one frame at a time); :func:`pair_motion` is the same measure over
+    arrays of frames."""
+
+    __slots__ = ("hands", "present", "hips", "centre")
+
+    def __init__(self, row: np.ndarray):
+        hands = row[:HAND_VALUES].astype(np.float64).reshape(2, NUM_HAND_POINTS, 3)
+        self.hands = hands
+        present = part_present(row)
+        self.present = (bool(present["left"]), bool(present["right"]))
+        self.hips = bool(_hips_present(row))
+        self.centre = hip_centre(row)
+
+    def motion_to(self, cur: "FrameHands", ignore_tracking_jumps: bool = True) -> float:
+        """Motion energy from this frame to ``cur`` (see the module docstring)."""
+        if not ignore_tracking_jumps:
+            delta = (cur.hands - cur.centre) - (self.hands - self.centre)
+            return float(np.abs(delta).sum()) / HAND_VALUES
+        shift = cur.centre - self.centre if self.hips and cur.hips else 0.0
+        total = 0.0
+        for side in (0, 1):
+            if self.present[side] == cur.present[side]:
+                total += float(np.abs(cur.hands[side] - self.hands[side] - shift).sum())
+        return total / HAND_VALUES
+
+
 def _hips_present(arr: np.ndarray) -> np.ndarray:
     return (arr[..., _LEFT_HIP] != 0).any(axis=-1) & (arr[..., _RIGHT_HIP] != 0).any(axis=-1)
 
@@ -101,5 +129,5 @@ def clip_quality(raw, ignore_tracking_jumps: bool = True) -> tuple[float, float,
     return vis / len(arr), float(motion.mean()), float(motion[-1])
 
 
-__all__ = ["centred_hands", "hip_centre", "pair_motion", "visibility", "motion_profile", "clip_quality",
+__all__ = ["FrameHands", "centred_hands", "hip_centre", "pair_motion", "visibility", "motion_profile", "clip_quality",
            "HAND_VALUES", "VISIBLE_EPS"]

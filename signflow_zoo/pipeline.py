@@ -74,7 +74,7 @@ import numpy as np
 from .errors import BackendError, InputError, ModelFileError, SignFlowError
 from .features import FEATURE_DIM, FEATURE_VERSION, RAW_DIM, prepare_clip, raw_from_parts, validate_raw
 from .modelfile import MAX_SEQ_LEN, ServingInfo, plan_backend, read_model_metadata, serving_info
-from .motion import centred_hands, clip_quality, motion_profile, pair_motion, visibility
+from .motion import FrameHands, centred_hands, clip_quality, motion_profile, visibility
 from .payload import parse_payload
 from .runners import Runner, RunnerOptions
 
@@ -388,7 +388,7 @@ class SignFlowInferencePipeline:
         self._rest = 0
         self._start = -1
         self._recent: deque[np.ndarray] = deque(maxlen=self.config.preroll_frames)
-        self._prev_row: np.ndarray | None = None
+        self._prev_hands: FrameHands | None = None
         self._visibility: deque[float] = deque(maxlen=self.seq_len)
         self._motions: deque[float] = deque(maxlen=self.seq_len)
         self._tracking = 1.0
@@ -469,9 +469,9 @@ class SignFlowInferencePipeline:
     def _step(self, row: np.ndarray, tracking: float) -> Prediction:
         cfg = self.config
         self._frame_index += 1
-        prev = self._prev_row
-        motion = 0.0 if prev is None else float(pair_motion(prev, row, cfg.ignore_tracking_jumps))
-        self._prev_row = row
+        hands, prev = FrameHands(row), self._prev_hands
+        motion = 0.0 if prev is None else prev.motion_to(hands, cfg.ignore_tracking_jumps)
+        self._prev_hands = hands
         vis = self._frame_visibility(row, tracking)
         self._visibility.append(vis)
         self._motions.append(motion)
@@ -502,7 +502,7 @@ class SignFlowInferencePipeline:
     def _end_recording(self) -> None:
         self.state, self._n, self._recorded, self._rest = IDLE, 0, 0, 0
         self._recent.clear()
-        self._prev_row = None  # the original cleared its frame buffer: the next frame has no motion
+        self._prev_hands = None  # the original cleared its frame buffer: the next frame has no motion
 
     def _window(self) -> tuple[np.ndarray, int]:
         """The recorded window trimmed as the original trims it, and its first frame's stream index."""

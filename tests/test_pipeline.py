@@ -182,6 +182,18 @@ def test_motion_is_measured_on_hip_centred_coordinates():
     assert motion_profile(hips)[1] == pytest.approx(42 * 0.04 / 126)
 
 
+@pytest.mark.parametrize("ignore", [True, False])
+def test_the_stream_measures_motion_as_motion_profile_does(ignore):
+    rng = np.random.default_rng(0)
+    rows = script_rows(*SIGN) + rng.normal(0, 0.003, (70, 225)).astype(np.float32)
+    rows[rng.random(70) < 0.2, :63] = 0  # hands and the pose lost now and then
+    rows[rng.random(70) < 0.2, 63:126] = 0
+    rows[rng.random(70) < 0.1, 126:] = 0
+    pipe, _ = make_pipe(motion_threshold=1.0, ignore_tracking_jumps=ignore)  # never starts: no sign ends
+    got = [p.motion for p in run_stream(pipe, rows)]
+    np.testing.assert_allclose(got, motion_profile(rows, ignore_tracking_jumps=ignore), rtol=1e-6, atol=1e-9)
+
+
 def test_a_hand_appearing_or_vanishing_is_not_motion():
     flicker = np.repeat(base_row()[None], 60, axis=0)
     flicker[::2, 63:126] = 0  # the right hand is lost every other frame, never moves
