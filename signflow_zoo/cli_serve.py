@@ -1,6 +1,7 @@
 """``signflow-zoo predict`` and ``signflow-zoo stream``: serve a model file on recorded clips.
 
-Thin: parse, call :mod:`signflow_zoo.pipeline`, print. Clip inputs:
+Thin: parse, call :mod:`signflow_zoo.pipeline` (``predict``) or :func:`signflow_zoo.replay.replay_stream`
+(``stream``), print. Clip inputs:
 
 - a SignFlow recording: ``.npy`` [frames, 225];
 - one LSFB-ISOL instance: any of its files ``ROOT/poses/<left_hand|right_hand|pose>/ID.npy``, or the

@@ -28,19 +28,16 @@ from signflow_zoo.synthetic import SyntheticSpec, generate
 
 
 class FirstClass(Runner):
-    """A model that costs nothing and always says class 0."""
+    """A model that costs nothing and always says class 0 (of ``num_classes``)."""
 
-    name = "test-first"
-    artifact = "onnx"
+    name, artifact = "test-first", "onnx"
 
     def __init__(self, num_classes: int):
         super().__init__()
-        self.out = np.zeros((1, num_classes), np.float32)
-        self.out[0, 0] = 5.0
-        self.prepared = True
+        self.prepared, self.num_classes = True, num_classes
 
     def infer(self, features, mask):
-        return self.out.repeat(len(features), 0)
+        return np.eye(self.num_classes, dtype=np.float32)[np.zeros(len(features), int)] * 5.0
 
 
 @pytest.fixture(scope="module")
