@@ -225,8 +225,9 @@ def cmd_stream(args) -> int:
     if lat["count"]:
         print(f"latency, last frame of a sign -> prediction: p50 {lat['p50_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms, "
               f"max {lat['max_ms']:.1f} ms over {lat['count']} sign(s)")
+    late = summary["frames_late"]
     print(f"{summary['frames']} frames in {summary['wall_s']:.2f} s ({summary['frames_per_s'] or 0:.0f} frames/s)"
-          + (f"; {summary['frames_late']} frame(s) processed more than one frame late" if summary["frames_late"] else ""))
+          + (f"; {late} frame(s) processed more than one frame late" if late else ""))
     return 0
 
 

@@ -289,9 +289,10 @@ class SignFlowInferencePipeline:
         plan = plan_backend(model_path, backend, registry)
         notes = list(plan.notes)
         if plan.info.default_labels:
-            notes.append(f"{plan.model_file}: the model file carries the default labels '0'..'{len(plan.info.labels) - 1}'"
-                         ", not sign names; export it with `export_to_onnx(model, path, labels=[...])` (or `signflow-zoo "
-                         "export`, which writes the training labels) to serve real labels")
+            last = len(plan.info.labels) - 1
+            notes.append(f"{plan.model_file}: the model file carries the default labels '0'..'{last}', not sign "
+                         "names; export it with `export_to_onnx(model, path, labels=[...])` (or `signflow-zoo export`, "
+                         "which writes the training labels) to serve real labels")
         for note in notes:
             warnings.warn(note, RuntimeWarning, stacklevel=2)
         runner = registry.get(plan.backend).cls(options or RunnerOptions(threads=config.threads))
@@ -656,5 +657,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["PipelineConfig", "PipelineConfigError", "Prediction", "SignFlowInferencePipeline", "plan_backend",
-           "read_model_metadata", "motion_profile", "stream_from_clips", "measure_stream_latency", "NONE_LABEL",
-           "RECORDING_LABEL", "MAX_SIGN_FRAMES"]
+           "read_model_metadata", "motion_profile", "NONE_LABEL", "RECORDING_LABEL", "MAX_SIGN_FRAMES"]

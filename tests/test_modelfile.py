@@ -169,7 +169,8 @@ def test_a_graph_returning_the_wrong_shape_at_run_time_fails_its_warm_up(tmp_pat
 
 
 def test_onnx_runtime_errors_in_the_warm_up_name_the_file(tmp_path):
-    path = _graph(tmp_path / "broken.onnx", 3, ["batch", 3], ["a", "b", "c"], reshape_to=[3, -1])  # 469 values of a batch of 1 do not split into 3 rows
+    # the 469 values of a batch of 1 do not split into 3 rows: only running the graph finds out
+    path = _graph(tmp_path / "broken.onnx", 3, ["batch", 3], ["a", "b", "c"], reshape_to=[3, -1])
     with pytest.raises(ModelFileError) as err:
         SignFlowInferencePipeline(path)
     message = str(err.value)

@@ -483,7 +483,8 @@ def test_defaults_are_the_original_ones():
     ({"motion_threshold": -1}, ["motion_threshold"]), ({"preroll_frames": -1}, ["preroll_frames"]),
     ({"min_rest_frames": 0}, ["min_rest_frames"]), ({"confidence_threshold": 1.5}, ["confidence_threshold"]),
     ({"temperature": 0}, ["temperature"]), ({"temperature": float("nan")}, ["temperature"]),
-    ({"top_k": 0}, ["top_k"]), ({"vote_window": 2.5}, ["vote_window"]), ({"min_sign_frames": True}, ["min_sign_frames"]),
+    ({"top_k": 0}, ["top_k"]), ({"vote_window": 2.5}, ["vote_window"]),
+    ({"min_sign_frames": True}, ["min_sign_frames"]),
     ({"seq_len": 5000}, ["seq_len"]), ({"max_sign_frames": 10**6}, ["max_sign_frames"]),
     ({"calibrate_confidence": "yes"}, ["calibrate_confidence"]),
     # combinations that cannot work
