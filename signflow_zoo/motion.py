@@ -39,8 +39,8 @@ def _finite(raw: np.ndarray) -> np.ndarray:
 
 def hip_centre(raw) -> np.ndarray:
     """[..., 225] -> the hip midpoint [..., 3] (a missing hip counts as the origin, as the original)."""
-    arr = _finite(raw)
-    return 0.5 * (arr[..., _LEFT_HIP] + arr[..., _RIGHT_HIP])
+    arr = np.asarray(raw)
+    return 0.5 * (_finite(arr[..., _LEFT_HIP]) + _finite(arr[..., _RIGHT_HIP]))
 
 
 def centred_hands(raw) -> np.ndarray:
