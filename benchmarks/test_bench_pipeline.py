@@ -274,13 +274,13 @@ def test_long_stream_memory_is_bounded(benchmark):
 
 
 REST = {"still": RestNoise(), "jitter": RestNoise(0.0024, 0.004, 0.02, seed=1),
-        "resting hand lost half the time": RestNoise(0.0024, 0.004, 0.5, seed=1)}
+        "hands lost on half the rest frames": RestNoise(0.0024, 0.004, 0.5, seed=1)}
 
 
 def test_presence_rule_segmentation(benchmark):
     """Signs detected and false starts (``segmentation_score``) with ``ignore_tracking_jumps`` on (this
     project) and off (the original's rule), on replays of 40 synthetic signs (20 classes, 2 signers, shuffled)
-    with still rest, jittery rest and rest where the resting hand is lost on half the frames."""
+    with still rest, jittery rest and jittery rest where each hand is lost on half the frames."""
     clips, names = generate(SyntheticSpec(num_classes=20, num_signers=2, clips_per_signer_per_class=1, seed=5))
     order = [clips[i] for i in np.random.default_rng(0).permutation(len(clips))]
     spans, _ = stream_spans(order)
