@@ -1,9 +1,86 @@
+"""Benchmark suites generated from the registries: every zoo preset x every backend available here.
+
+Modes (``--bench-mode``, or ``SIGNFLOW_ZOO_BENCH_MODE``): ``short`` (CI: lightweight and baseline, batch
+1 and 8) and ``full`` (every preset, batch 1 and 32). A new preset in ``zoo.toml`` or a newly installed
+backend plugin is benchmarked without editing a suite. Results: ``--benchmark-json PATH`` (CI writes
+``.ci-results/benchmarks.json``); a compact summary table and the gate's verdicts are printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
 import pytest
+
+import ratio_gate
+
+SHORT_PRESETS = ("lightweight", "baseline")
+BATCHES = {"short": (1, 8), "full": (1, 32)}
+THREADS = os.cpu_count() or 1
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("signflow-zoo benchmarks")
+    group.addoption("--bench-mode", choices=("short", "full"), default=os.environ.get("SIGNFLOW_ZOO_BENCH_MODE", "short"),
+                    help="short: lightweight and baseline, batch 1 and 8 (CI); full: every preset, batch 1 and 32")
+    group.addoption("--update-baseline", action="store_true",
+                    help="write the gate's measured ratios into benchmarks/baseline.json instead of judging them")
+    group.addoption("--gate-min-time", type=float, default=1.5,
+                    help="seconds of timed calls per backend and batch size in the gate (default 1.5)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gate: the ratio regression gate (python -m pytest benchmarks -m gate)")
+    config.addinivalue_line("markers", "gate_selftest: proves the gate fails on a deliberately slowed backend")
+    config._gate_checks = []
+
+
+def presets(config) -> list[str]:
+    from signflow_zoo.zoo import list_presets
+
+    names = list_presets()
+    return names if config.getoption("bench_mode") == "full" else [p for p in names if p in SHORT_PRESETS]
+
+
+def available_backends() -> list[str]:
+    from signflow_zoo.plugins import get_registry
+
+    reg = get_registry()
+    out = []
+    for name, be in reg.runners.items():
+        try:
+            ok = be.cls.availability().ok
+        except Exception:  # noqa: BLE001 - a broken plugin is not benchmarked (``backends`` lists it)
+            ok = False
+        if ok:
+            out.append(name)
+    return out
+
+
+def pytest_generate_tests(metafunc):
+    mode = metafunc.config.getoption("bench_mode")
+    if "preset" in metafunc.fixturenames:
+        metafunc.parametrize("preset", presets(metafunc.config))
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", available_backends())
+    if "batch" in metafunc.fixturenames:
+        metafunc.parametrize("batch", BATCHES[mode])
 
 
 @pytest.fixture(scope="session")
-def lightweight_artifacts(tmp_path_factory):
-    """The lightweight preset (untrained weights: timing does not depend on them) as every artifact."""
+def artifacts_by_preset(tmp_path_factory):
+    """Each preset's artifacts, built on first use (untrained weights: inference costs the same)."""
+    cache = {}
+
+    def get(preset: str):
+        if preset not in cache:
+            cache[preset] = build_artifacts(preset, tmp_path_factory.mktemp(f"bench-{preset}"))
+        return cache[preset]
+
+    return get
+
+
+def build_artifacts(preset: str, folder, num_classes: int = 20):
     import torch
 
     from signflow_zoo.artifacts import serving_metadata
@@ -13,14 +90,85 @@ def lightweight_artifacts(tmp_path_factory):
     from signflow_zoo.runners import Artifacts
     from signflow_zoo.zoo import get_model_config
 
-    folder = tmp_path_factory.mktemp("bench-artifacts")
     torch.manual_seed(0)
-    entry = get_model_config("lightweight")
-    model = build_model(entry, num_classes=20).eval()
-    labels = [f"s{i}" for i in range(20)]
-    ckpt = save_checkpoint(folder / "m.pt", model, {"preset": "lightweight", "labels": labels})
-    meta = serving_metadata({"preset": "lightweight", "labels": labels, "model_kwargs": model.init_kwargs})
+    entry = get_model_config(preset)
+    model = build_model(entry, num_classes=num_classes).eval()
+    labels = [f"s{i}" for i in range(num_classes)]
+    ckpt = save_checkpoint(folder / "m.pt", model, {"preset": preset, "labels": labels})
+    meta = serving_metadata({"preset": preset, "labels": labels, "model_kwargs": model.init_kwargs})
     export_to_onnx(model, folder / "m.onnx", metadata=meta, exporter="legacy", verify=False)
     optimize_onnx_model(folder / "m.onnx", folder / "m.opt.onnx", entry.heads, entry.d_model)
-    return Artifacts(preset="lightweight", num_classes=20, labels=labels, model_kwargs=model.init_kwargs,
+    return Artifacts(preset=preset, num_classes=num_classes, labels=labels, model_kwargs=model.init_kwargs,
                      checkpoint=ckpt, onnx=folder / "m.onnx", onnx_optimized=folder / "m.opt.onnx", workdir=folder)
+
+
+def synthetic_calibration(n_total: int = 0):
+    """Calibration batches for plugin kinds that need them (benchmarks time untrained weights: random
+    landmark-like features are as good a calibration set as any)."""
+    import numpy as np
+
+    def batches(n: int):
+        rng = np.random.default_rng(0)
+        for start in range(0, n, 16):
+            b = min(16, n - start)
+            yield rng.standard_normal((b, 64, 469)).astype(np.float32), np.ones((b, 64), bool)
+
+    batches.fingerprint = "benchmarks-synthetic-calibration-v1"
+    return batches
+
+
+def ensure_kind(arts, kind: str):
+    """Build the artifact kind a backend consumes (plugin kinds included) before it is prepared."""
+    from signflow_zoo.api import ensure_artifact
+    from signflow_zoo.plugins import get_registry
+
+    return ensure_artifact(arts, kind, get_registry(), home=arts.workdir, calibration=synthetic_calibration(),
+                           log=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def lightweight_artifacts(artifacts_by_preset):
+    return artifacts_by_preset("lightweight")
+
+
+@pytest.fixture
+def gate(request):
+    """Record a ratio: ``gate(name, kind, value, detail)`` -> the judged :class:`ratio_gate.Check`."""
+    baseline = ratio_gate.load_baseline()
+
+    def record(name: str, kind: str, value: float, detail: str = "") -> ratio_gate.Check:
+        check = ratio_gate.judge(name, kind, value, detail, baseline)
+        request.config._gate_checks.append(check)
+        return check
+
+    return record
+
+
+def pytest_sessionfinish(session, exitstatus):
+    cfg = session.config
+    if cfg.getoption("update_baseline") and cfg._gate_checks:
+        ratio_gate.write_baseline(cfg._gate_checks)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    checks = getattr(config, "_gate_checks", [])
+    bench = getattr(config, "_benchmarksession", None)
+    rows = []
+    for b in getattr(bench, "benchmarks", []) or []:
+        st = getattr(b, "stats", None)
+        if st is not None and getattr(st, "median", None):
+            rows.append((b.name, st.median * 1e3, st.iqr * 1e3, st.rounds))
+    if rows:
+        terminalreporter.section("benchmark summary (median ms per call)")
+        width = max(len(r[0]) for r in rows)
+        for name, med, iqr, rounds in rows:
+            terminalreporter.write_line(f"{name:<{width}}  {med:9.3f}  (IQR {iqr:.3f}, {rounds} rounds)")
+    if checks:
+        title = "gate: ratios written to benchmarks/baseline.json" if config.getoption("update_baseline") else \
+            "gate: ratios measured in this run vs benchmarks/baseline.json"
+        terminalreporter.section(title)
+        update = config.getoption("update_baseline")
+        for c in checks:
+            text = (f"{c.name}: {c.value:.3f} -> max {c.value * (1 + ratio_gate.MARGINS[c.kind]):.3f}" if update
+                    else f"[{c.verdict:>4}] {c.line()}")
+            terminalreporter.write_line(text + (f"  ({c.detail})" if c.detail else ""))

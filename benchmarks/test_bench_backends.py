@@ -1,66 +1,77 @@
-"""Per-backend latency of lightweight at batch 1 (pytest-benchmark; compare runs with --benchmark-compare),
-and the harness's own overhead against a bare ONNX Runtime loop, measured in one run."""
+"""Per-call latency of every preset x every available backend x batch size (pytest-benchmark), and the
+harness's timing loop against a bare ONNX Runtime loop.
 
-import os
+Absolute numbers, for users on a stable machine (``--benchmark-compare``, ``--benchmark-compare-fail``);
+the CI gate on ratios measured within one run is ``test_gate.py``. Each benchmark runs its backend alone
+in this process, calls back to back: the "solo" way of timing.
+"""
+
 import time
 
 import numpy as np
 import pytest
 
+from conftest import THREADS, ensure_kind
 from signflow_zoo.plugins import get_registry
 from signflow_zoo.runners import RunnerOptions
-from signflow_zoo.timing import TimingConfig, measure_interleaved
-
-BACKENDS = [n for n, be in get_registry().runners.items() if be.cls.availability().ok]
-THREADS = os.cpu_count() or 1
+from signflow_zoo.timing import time_block
 
 
-@pytest.fixture
-def batch1():
+def batch_of(batch: int):
     rng = np.random.default_rng(0)
-    return rng.standard_normal((1, 64, 469)).astype(np.float32), np.ones((1, 64), bool)
+    return rng.standard_normal((batch, 64, 469)).astype(np.float32), np.ones((batch, 64), bool)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_backend_latency_lightweight_b1(benchmark, backend, lightweight_artifacts, batch1):
+def test_backend_latency(benchmark, preset, backend, batch, artifacts_by_preset):
+    arts = artifacts_by_preset(preset)
     runner = get_registry().get(backend).cls(RunnerOptions(threads=THREADS))
-    runner.prepare(lightweight_artifacts)
-    x, m = batch1
-    out = benchmark(runner.run, x, m)
-    assert out.shape == (1, 20)
-    runner.close()
+    ensure_kind(arts, runner.artifact)
+    runner.prepare(arts)
+    x, m = batch_of(batch)
+    try:
+        out = benchmark.pedantic(runner.run, args=(x, m), rounds=max(5, 20 // batch), iterations=1,
+                                 warmup_rounds=3)
+        assert out.shape == (batch, arts.num_classes) and np.isfinite(out).all()
+        benchmark.extra_info.update({"preset": preset, "backend": backend, "batch": batch, "threads": THREADS,
+                                     "describe": runner.describe()})
+    finally:
+        runner.close()
 
 
-def test_harness_overhead_vs_bare_onnxruntime_loop(lightweight_artifacts, batch1, request):
-    """The harness (validation + interleaved timing) against `sess.run` in a plain loop, same session kind.
-
-    Target: <= 3% at lightweight batch 1. Asserted only when benchmarks are enabled (a real measurement);
-    with --benchmark-disable (CI's short mode) it runs once and reports.
-    """
+def harness_overhead(artifacts, blocks: int = 5, iters: int = 400) -> tuple[float, list[float]]:
+    """Median over alternating blocks of (harness timing loop mean) / (bare ``sess.run`` loop mean) - 1."""
     import onnxruntime as ort
 
-    x, m = batch1
+    x, m = batch_of(1)
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
-    sess = ort.InferenceSession(str(lightweight_artifacts.onnx), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(artifacts.onnx), so, providers=["CPUExecutionProvider"])
     feeds = {"features": x, "mask": m}
     runner = get_registry().get("onnx-cpu").cls(RunnerOptions(threads=THREADS))
-    runner.prepare(lightweight_artifacts)
-    disabled = request.config.getoption("benchmark_disable", False)
-    iters = 50 if disabled else 400
+    runner.prepare(artifacts)
     ratios = []
-    for _ in range(1 if disabled else 5):  # alternate bare and harness blocks so drift hits both
-        for _ in range(20):
-            sess.run(None, feeds)
-        t0 = time.perf_counter_ns()
-        for _ in range(iters):
-            sess.run(None, feeds)
-        bare_ms = (time.perf_counter_ns() - t0) / iters / 1e6
-        stats = measure_interleaved({"onnx-cpu": (lambda: runner.run(x, m), None)}, 1,
-                                    TimingConfig(warmup=20, min_iters=iters, min_time=0, round_iters=iters))
-        ratios.append(stats["onnx-cpu"].mean_ms / bare_ms)
-    overhead = float(np.median(ratios)) - 1.0
+    try:
+        for _ in range(blocks):  # alternate bare and harness blocks so drift hits both
+            for _ in range(20):
+                sess.run(None, feeds)
+            t0 = time.perf_counter_ns()
+            for _ in range(iters):
+                sess.run(None, feeds)
+            bare_ms = (time.perf_counter_ns() - t0) / iters / 1e6
+            samples, _ = time_block(lambda: runner.run(x, m), None, iters, 0.0, discard=20)
+            ratios.append(float(np.mean(samples)) / 1e6 / bare_ms)
+    finally:
+        runner.close()
+    return float(np.median(ratios)) - 1.0, ratios
+
+
+def test_harness_overhead_vs_bare_onnxruntime_loop(lightweight_artifacts, request):
+    """The timing loop every backend worker runs (runner validation + per-call clock) against a bare loop.
+
+    Target <= 3% at lightweight batch 1; the gate (test_gate.py) holds it against its baseline.
+    """
+    disabled = request.config.getoption("benchmark_disable", False)
+    overhead, ratios = harness_overhead(lightweight_artifacts, blocks=1 if disabled else 5, iters=50 if disabled else 400)
     print(f"\nharness overhead vs bare ORT loop (lightweight b1): {overhead * 100:+.2f}% (ratios {np.round(ratios, 4)})")
     request.node.user_properties.append(("harness_overhead", overhead))
-    if not disabled:
-        assert overhead <= 0.03, f"harness adds {overhead * 100:.1f}% over a bare ORT loop (target <= 3%)"
+    assert all(r > 0 for r in ratios)

@@ -11,6 +11,7 @@ import warnings
 from . import __version__
 from .argtypes import int_list as _int_list
 from .argtypes import non_negative_float as _non_negative_float
+from .argtypes import positive_float as _positive_float
 from .argtypes import positive_int as _positive_int
 from .errors import SignFlowError
 
@@ -50,14 +51,15 @@ def backend_rows() -> tuple[list[dict], list[dict]]:
     from .plugins import get_registry
 
     reg = get_registry()
-    rows = []
+    rows, broken = [], [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
     for name, be in reg.runners.items():
-        av = be.cls.availability()
+        av = reg.availability(name)
         rows.append({"name": name, "plugin": be.plugin.name, "package": be.plugin.package, "artifact": be.cls.artifact,
                      "precision": be.cls.precision, "device": be.cls.device_kind, "available": av.ok,
                      "reason": "" if av.ok else av.reason, "detail": av.reason if av.ok else "",
                      "summary": be.cls.summary})
-    broken = [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
+        if av.broken:
+            broken.append({"plugin": be.plugin.name, "package": be.plugin.package, "error": f"{name}: {av.reason}"})
     return rows, broken
 
 
@@ -101,6 +103,8 @@ def cmd_train(args) -> int:
     print(json.dumps({"preset": entry.name, "checkpoint": str(out), "train_seconds": round(res["train_seconds"], 1),
                       "epochs_run": res["epochs_run"], "val_accuracy": round(res["val_accuracy"], 4),
                       "test_accuracy": round(test["top1"], 4), "test_macro_f1": round(test["macro_f1"], 4),
+                      **{k: None if res.get(k) is None else round(res[k], 4) for k in ("ece_before", "ece_after",
+                                                                                        "temperature")},
                       "mlflow_run_id": res.get("run_id")}, indent=1))
     return 0
 
@@ -124,10 +128,11 @@ def cmd_export(args) -> int:
 
 # -- bench / sync ----------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
+    from dataclasses import replace
+
     from .harness import BenchConfig, run_bench
-    from .report import comparison_table
+    from .report import comparison_table, timing_check_table
     from .results import flat_records
-    from .timing import TimingConfig
 
     kw = dict(presets=args.preset, backends=args.backends, threads=args.threads, data=args.data, seed=args.seed,
               no_train=args.no_train, retrain=args.retrain, epochs=args.epochs, exporter=args.exporter,
@@ -136,14 +141,15 @@ def cmd_bench(args) -> int:
     if args.batch_sizes:
         kw["batch_sizes"] = args.batch_sizes
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
-    t = cfg.timing
-    cfg.timing = TimingConfig(
-        warmup=args.warmup if args.warmup is not None else t.warmup,
-        min_iters=args.min_iters if args.min_iters is not None else t.min_iters,
-        min_time=args.min_time if args.min_time is not None else t.min_time,
-        round_iters=t.round_iters, max_time=t.max_time)
+    cfg.check_timing = args.check_timing
+    overrides = {"warmup": args.warmup, "min_iters": args.min_iters, "min_time": args.min_time,
+                 "schedule": args.schedule, "timeout": args.timeout}
+    cfg.timing = replace(cfg.timing, **{k: v for k, v in overrides.items() if v is not None})
     doc = run_bench(cfg)
-    print(comparison_table(flat_records(doc), fmt="terminal"))
+    flat = flat_records(doc)
+    print(comparison_table(flat, fmt="terminal"))
+    if args.check_timing:
+        print("\n" + timing_check_table(flat, fmt="terminal"))
     print(f"\nresults: {doc['result_file']}")
     for path in doc.get("outputs", []):
         print(f"         {path}")
@@ -227,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-iters", type=_positive_int, help="timed calls per backend, at least (default 20)")
     s.add_argument("--min-time", type=_non_negative_float, help="seconds of timed calls per backend, at least (default 1)")
     s.add_argument("--quick", action="store_true", help="short timing for a smoke run")
+    s.add_argument("--schedule", choices=["interleaved", "sequential"],
+                   help="interleaved (default): backends take turns in long blocks with a settling gap; "
+                        "sequential: one backend after the other")
+    s.add_argument("--check-timing", action="store_true",
+                   help="also time every backend alone and report solo vs scheduled p50/p99 per batch size")
+    s.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                   help="seconds a backend may take beyond plan for one request before its worker is stopped "
+                        "and its row marked timeout (default 300)")
     s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=_positive_int, help="override the preset's training epochs")

@@ -62,15 +62,12 @@ def run_doctor(json_out: bool = False) -> int:
         return f"{len(z)} entries: {', '.join(z.names())}"
 
     def export():
-        import torch
-
         from .export import export_to_onnx
         from .model import SignTransformer
 
         m = SignTransformer(num_classes=5, d_model=24, nhead=2, num_layers=1, dim_feedforward=32).eval()
         with tempfile.TemporaryDirectory() as tmp:
             info = export_to_onnx(m, Path(tmp) / "m.onnx", exporter="legacy")
-        torch.set_num_threads(torch.get_num_threads())
         return f"exported and verified at {len(info.verified)} shapes, max abs error {info.max_abs_error:.1e}"
 
     def plugins():
@@ -89,9 +86,10 @@ def run_doctor(json_out: bool = False) -> int:
     try:
         from .plugins import get_registry
 
-        for name, be in get_registry().runners.items():
+        reg = get_registry()
+        for name, be in reg.runners.items():
             core = be.plugin.package == "built-in" and be.cls.device_kind == "cpu"
-            _check(results, f"backend {name}", core, lambda cls=be.cls: _avail(cls))
+            _check(results, f"backend {name}", core, lambda name=name: _avail(reg.availability(name)))
     except Exception:  # noqa: BLE001
         pass
     _check(results, "tracking store", False, tracking)
@@ -106,8 +104,9 @@ def run_doctor(json_out: bool = False) -> int:
     return 1 if failed else 0
 
 
-def _avail(cls) -> str:
-    av = cls.availability()
+def _avail(av) -> str:
+    if av.broken:
+        raise RuntimeError(f"broken: {av.reason}")
     if not av.ok:
         raise RuntimeError(f"unavailable: {av.reason}")
     return f"available ({av.reason})" if av.reason else "available"

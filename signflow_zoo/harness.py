@@ -1,17 +1,18 @@
 """The benchmark harness: train or load, export, check parity, measure latency and accuracy, track.
 
-``run_bench(BenchConfig(...))`` is what ``signflow-zoo bench`` calls. Results are written to a local
-JSON file after every preset and before any tracking call, so a failing tracking server loses nothing
-(``signflow-zoo sync`` uploads them later).
+``run_bench(BenchConfig(...))`` is what ``signflow-zoo bench`` calls. Per preset: the checkpoint
+(cached or trained), the artifacts (exported once, content-hashed), then every selected backend in its
+own worker process (:mod:`signflow_zoo.worker`): prepare, parity against the PyTorch fp32 reference,
+accuracy on held-out signers, latency in the configured schedule (:mod:`signflow_zoo.schedule`), the
+streaming scenario and the worker's memory (:mod:`signflow_zoo.scenarios`). A fixed reference workload is
+timed before, between and after the presets (drift). The result file is written after every preset and
+before any tracking call, so a failing tracking server loses nothing (``signflow-zoo sync`` uploads later).
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
-import time
-import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,16 +23,18 @@ import numpy as np
 from .artifacts import build_artifacts, checkpoint_path, zoo_home
 from .environment import environment
 from .errors import BackendError, CheckpointError, SignFlowError
+from .features import FEATURE_DIM
 from .model import count_parameters, estimate_gflops
-from .parity import compare
-from .plugins import get_registry
-from .results import EXPERIMENT, SCHEMA, flat_records, now_iso, upload, write_json_atomic
-from .runners import BackendUnavailable, RunnerOptions
-from .timing import TimingConfig, measure_interleaved
+from .plugins import PluginRegistry, get_registry
+from .records import BenchDocument, BenchRecord, Drift
+from .results import EXPERIMENT, flat_records, now_iso, upload, write_json_atomic, write_result
+from .runners import RunnerOptions
+from .timing import TimingConfig, reference_workload
 from .tracking import Tracker
 from .zoo import Zoo, ZooEntry
 
 PARITY_SAMPLES = 64
+REFERENCE_BACKEND = "torch-eager"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int | None = None  # None = all cores of this machine, for every backend alike
     timing: TimingConfig = field(default_factory=TimingConfig)
+    check_timing: bool = False  # also time every backend alone and store solo vs scheduled
     data: str = "synthetic"
     seed: int = 0
     no_train: bool = False
@@ -61,7 +65,7 @@ class BenchConfig:
         """Short timing for a smoke run; numbers are flagged by their low iteration counts."""
         cfg = cls(**kw)
         cfg.batch_sizes = kw.get("batch_sizes", (1, 8))
-        cfg.timing = TimingConfig(warmup=3, min_iters=10, min_time=0.2, round_iters=5)
+        cfg.timing = TimingConfig(warmup=3, min_iters=10, min_time=0.2, block_time=0.05, settle_time=0.005)
         return cfg
 
     def validate(self) -> "BenchConfig":
@@ -115,43 +119,38 @@ def load_splits_cached(spec: str, seed: int, home: Path):
         arrays.update({f"{p}_features": ds.features, f"{p}_mask": ds.mask, f"{p}_labels": ds.labels,
                        f"{p}_signers": np.array(ds.signers)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")  # unique: concurrent benches
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return splits
 
 
-def _rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
 
 class Bench:
-    def __init__(self, config: BenchConfig, log: Callable[[str], None] | None = None):
+    """One ``bench`` invocation. ``registry`` defaults to the process-wide plugin registry."""
+
+    def __init__(self, config: BenchConfig, log: Callable[[str], None] | None = None,
+                 registry: PluginRegistry | None = None):
         self.cfg = config.validate()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.zoo = Zoo.load(config.zoo_file)
         self.entries = self.zoo.select(config.presets)
-        self.registry = get_registry()
+        self.registry = registry or get_registry()
         self.selected = self.registry.select(config.backends)
         self.threads = config.threads or os.cpu_count() or 1
         self.home = zoo_home()
-        self.invocation_id = uuid.uuid4().hex[:12]
-        self.created = now_iso()
-        stamp = self.created.replace(":", "").replace("-", "")
-        self.json_path = self.home / "results" / f"bench-{stamp}-{self.invocation_id}.json"
-        self.doc: dict[str, Any] = {
-            "schema": SCHEMA, "invocation_id": self.invocation_id, "created": self.created,
-            "environment": environment(), "config": {**config.to_dict(), "threads": self.threads},
-            "records": [], "tracking": {"uploaded": False, "experiment": config.experiment},
-            "result_file": str(self.json_path),
-        }
-        self.samples: dict[str, list[float]] = {}
+        invocation = uuid.uuid4().hex[:12]
+        created = now_iso()
+        stamp = created.replace(":", "").replace("-", "")
+        self.json_path = self.home / "results" / f"bench-{stamp}-{invocation}.json"
+        self.doc = BenchDocument(
+            invocation_id=invocation, created=created, environment=environment(),
+            config={**config.to_dict(), "threads": self.threads},
+            tracking={"uploaded": False, "experiment": config.experiment}, result_file=str(self.json_path))
+        self.samples: dict[str, list[float]] = {}  # "preset / backend / bB" -> per-call ms (for the plots)
         self._splits = None
 
     # -- data and checkpoints -------------------------------------------------------------------
@@ -167,14 +166,17 @@ class Bench:
         return TrainingConfig(num_epochs=self.cfg.epochs or entry.epochs, seed=self.cfg.seed,
                               progress=self.cfg.progress, use_mlflow=self.cfg.track,
                               mlflow_run_name=f"train-{entry.name}",
-                              mlflow_tags={"preset": entry.name, "signflow_zoo.invocation_id": self.invocation_id})
+                              mlflow_tags={"preset": entry.name, "signflow_zoo.invocation_id": self.doc.invocation_id})
+
+    def checkpoint_file(self, entry: ZooEntry) -> Path:
+        splits = self.splits()
+        tcfg = self.training_config(entry)
+        return checkpoint_path(entry, len(splits.class_names), splits.fingerprint, tcfg.cache_key(), self.home)
 
     def checkpoint(self, entry: ZooEntry) -> tuple[Path, dict[str, Any]]:
         from .checkpoint import read_checkpoint
 
-        splits = self.splits()
-        tcfg = self.training_config(entry)
-        path = checkpoint_path(entry, len(splits.class_names), splits.fingerprint, tcfg.cache_key(), self.home)
+        path = self.checkpoint_file(entry)
         if path.exists() and not self.cfg.retrain:
             _, meta = read_checkpoint(path)  # a corrupt cache file is an error naming it, never a silent retrain
             self.log(f"{entry.name}: cached checkpoint {path}")
@@ -184,14 +186,15 @@ class Bench:
                 f"no cached checkpoint for preset {entry.name!r} with this data and training config ({path}); "
                 "run without --no-train to train it, or `signflow-zoo train --preset " + entry.name + "`"
             )
-        return self.train(entry, path, tcfg)
+        return self.train(entry, path)
 
-    def train(self, entry: ZooEntry, path: Path, tcfg) -> tuple[Path, dict[str, Any]]:
+    def train(self, entry: ZooEntry, path: Path) -> tuple[Path, dict[str, Any]]:
         from .checkpoint import read_checkpoint
         from .model import build_model
         from .training import SignTrainer
 
         splits = self.splits()
+        tcfg = self.training_config(entry)
         model = build_model(entry, num_classes=len(splits.class_names))
         self.log(f"{entry.name}: training {count_parameters(model) / 1e6:.2f}M params for {tcfg.num_epochs} epochs "
                  f"on {len(splits.train)} clips ({splits.spec}) ...")
@@ -204,8 +207,87 @@ class Bench:
         return path, read_checkpoint(path)[1]
 
     # -- one preset -----------------------------------------------------------------------------
-    def run_preset(self, entry: ZooEntry) -> list[dict[str, Any]]:
+    def _reference(self, arts, test) -> tuple[list, list, np.ndarray]:
+        """Parity inputs (random batches of two shapes + held-out clips) and the PyTorch fp32 reference."""
         import torch
+
+        torch.set_num_threads(self.threads)
+        ref_model = arts.torch_model("cpu")
+        rng = np.random.default_rng(self.cfg.seed)
+        inputs = [
+            (rng.standard_normal((3, 64, FEATURE_DIM)).astype(np.float32), rng.random((3, 64)) > 0.1),
+            (rng.standard_normal((2, 100, FEATURE_DIM)).astype(np.float32), np.ones((2, 100), bool)),
+            (np.ascontiguousarray(test.features[:PARITY_SAMPLES]), np.ascontiguousarray(test.mask[:PARITY_SAMPLES])),
+        ]
+        with torch.inference_mode():
+            refs = [ref_model(torch.from_numpy(x), torch.from_numpy(m)).numpy() for x, m in inputs]
+            ref_test = np.concatenate([ref_model(torch.from_numpy(test.features[i:i + 128]),
+                                                 torch.from_numpy(test.mask[i:i + 128])).numpy()
+                                       for i in range(0, len(test), 128)])
+        return inputs, refs, ref_test.argmax(1)
+
+    def _lanes(self, entry: ZooEntry, arts, base_params: dict[str, Any], training: dict[str, Any],
+               calibration: dict[str, Any]):
+        from .scenarios import Lane
+        from .worker import BackendWorker, WorkerSpec
+
+        lanes = []
+        for be in self.selected:
+            cls = be.cls
+            plugin = be.plugin.name + ("" if be.plugin.package == "built-in" else f" ({be.plugin.package})")
+            rec = BenchRecord(
+                result_id=uuid.uuid4().hex, preset=entry.name, backend=cls.name, plugin=plugin,
+                params={**base_params, "precision": cls.precision, "artifact": cls.artifact},
+                training=training, calibration=calibration)
+            lane = Lane(rec, None, cls.precision, getattr(cls, "tolerance", None))
+            lanes.append(lane)
+            avail = self.registry.availability(cls.name)  # never raises: a plugin's failure is "broken"
+            if not avail.ok:
+                rec.fail("broken" if getattr(avail, "broken", False) else "unavailable", avail.reason)
+                self.log(f"{entry.name}/{cls.name}: {rec.status}: {avail.reason}")
+                continue
+            if not self._ensure_kind(arts, cls, rec):
+                continue
+            try:
+                lane.worker = BackendWorker(cls.name, WorkerSpec(cls, RunnerOptions(threads=self.threads), arts),
+                                            self.cfg.timing.timeout)
+            except BackendError as exc:
+                rec.fail("failed", str(exc))
+        return lanes
+
+    def _ensure_kind(self, arts, cls, rec: BenchRecord) -> bool:
+        """Build (or find cached) the artifact kind this backend consumes; record its hash, or why it failed."""
+        from .artifact_kinds import ensure_artifact
+
+        try:
+            ensure_artifact(arts, cls.artifact, self.registry, home=self.home, calibration=self._calibration(),
+                            log=self.log)
+        except BackendError as exc:  # BackendUnavailable included: e.g. its converter is not installed
+            status = "unavailable" if type(exc).__name__ == "BackendUnavailable" else "failed"
+            rec.fail(status, f"artifact {cls.artifact!r}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a plugin's converter failing is that backend's row
+            rec.fail("failed", f"building artifact {cls.artifact!r} failed: {type(exc).__name__}: {exc}")
+        if rec.status != "ok":
+            self.log(f"{rec.preset}/{rec.backend}: {rec.status}: {rec.reason}")
+            return False
+        rec.params["artifact_sha256"] = arts.hashes.get(cls.artifact, "")
+        return True
+
+    def _calibration(self):
+        """Batches of training-split clips for artifact kinds that calibrate (static int8): never test data."""
+        train = self.splits().train
+
+        def batches(n: int):
+            n = min(int(n), len(train))
+            for i in range(0, n, 32):
+                j = min(n, i + 32)
+                yield np.ascontiguousarray(train.features[i:j]), np.ascontiguousarray(train.mask[i:j])
+
+        batches.fingerprint = f"{self.splits().fingerprint}:train"
+        return batches
+
+    def run_preset(self, entry: ZooEntry) -> list[BenchRecord]:
+        from . import scenarios
 
         ckpt, meta = self.checkpoint(entry)
         arts = build_artifacts(ckpt, exporter=self.cfg.exporter, home=self.home, log=self.log)
@@ -214,166 +296,130 @@ class Bench:
             self.log(f"{entry.name}: onnx-optimized: {opt_note}")
         splits = self.splits()
         test = splits.test
-        torch.set_num_threads(self.threads)
-        ref_model = arts.torch_model("cpu")
+        inputs, refs, ref_pred = self._reference(arts, test)
         base_params = {
-            "preset": entry.name, "num_params": count_parameters(ref_model),
+            "preset": entry.name, "num_params": count_parameters(arts.torch_model("cpu")),
             "gflops": round(estimate_gflops(entry, len(arts.labels)), 4), "d_model": entry.d_model,
             "heads": entry.heads, "layers": entry.layers, "dim_ff": entry.dim_ff, "threads": self.threads,
             "exporter": arts.info.get("export", {}).get("exporter"), "opset": arts.info.get("export", {}).get("opset"),
-            "num_classes": len(arts.labels), "data": splits.spec, "test_size": len(test),
+            "num_classes": len(arts.labels), "data": splits.spec, "data_split": getattr(splits, "split", ""),
+            "test_size": len(test),
         }
         training = {k: v for k, v in (meta.get("result") or {}).items() if k != "run_id"}
-        # parity inputs: random batches of several shapes + real held-out clips
-        rng = np.random.default_rng(self.cfg.seed)
-        parity_inputs = [
-            (rng.standard_normal((3, 64, 469)).astype(np.float32), rng.random((3, 64)) > 0.1),
-            (rng.standard_normal((2, 100, 469)).astype(np.float32), np.ones((2, 100), bool)),
-            (test.features[:PARITY_SAMPLES], test.mask[:PARITY_SAMPLES]),
-        ]
-        with torch.inference_mode():
-            refs = [ref_model(torch.from_numpy(x), torch.from_numpy(m)).numpy() for x, m in parity_inputs]
-            ref_test = np.concatenate([ref_model(torch.from_numpy(test.features[i:i + 128]),
-                                                 torch.from_numpy(test.mask[i:i + 128])).numpy()
-                                       for i in range(0, len(test), 128)])
-        ref_pred = ref_test.argmax(1)
-
-        records: list[dict[str, Any]] = []
-        runners: dict[str, Any] = {}
-        for be in self.selected:
-            cls = be.cls
-            rec: dict[str, Any] = {
-                "result_id": uuid.uuid4().hex, "preset": entry.name, "backend": cls.name, "status": "ok",
-                "reason": "", "plugin": be.plugin.name + ("" if be.plugin.package == "built-in" else f" ({be.plugin.package})"),
-                "params": {**base_params, "precision": cls.precision, "artifact": cls.artifact,
-                           "artifact_sha256": arts.hashes.get(cls.artifact, "")},
-                "latency": {}, "accuracy": {}, "parity": {}, "training": training, "describe": {}, "run_id": None,
-            }
-            records.append(rec)
-            avail = cls.availability()
-            if not avail.ok:
-                rec.update(status="unavailable", reason=avail.reason)
-                self.log(f"{entry.name}/{cls.name}: unavailable: {avail.reason}")
-                continue
-            gc.collect()
-            rss0 = _rss_mb()
-            try:
-                runner = cls(RunnerOptions(threads=self.threads))
-                runner.prepare(arts)
-                rec["describe"] = runner.describe()
-                rec["params"]["provider"] = rec["describe"].get("provider", "")
-                # parity
-                outs = [runner.run(x, m) for x, m in parity_inputs]
-                res = compare(np.concatenate([o.reshape(-1) for o in outs]).reshape(-1, outs[0].shape[1]),
-                              np.concatenate([r.reshape(-1) for r in refs]).reshape(-1, refs[0].shape[1]),
-                              cls.precision)
-                rec["parity"] = res.to_dict()
-                if not res.ok:
-                    rec.update(status="parity-failed", reason=res.message)
-                    self.log(f"{entry.name}/{cls.name}: PARITY FAILED: {res.message}")
-                # accuracy on the held-out split, through this backend
-                if self.cfg.accuracy:
-                    from .metrics import classification_report
-
-                    logits = np.concatenate([runner.run(test.features[i:i + 64], test.mask[i:i + 64])
-                                             for i in range(0, len(test), 64)])
-                    rep = classification_report(logits, test.labels, len(arts.labels))
-                    rec["accuracy"] = {"top1": rep["top1"], "top5": rep["top5"], "macro_f1": rep["macro_f1"],
-                                       "agreement_top1": float((logits.argmax(1) == ref_pred).mean())}
-                runner.synchronize()
-                # resident memory this backend added while preparing and running parity/accuracy: a lower
-                # bound (backends share one process and allocator pools), never negative
-                rec["memory_mb"] = round(max(0.0, _rss_mb() - rss0), 1)
-                runners[cls.name] = runner
-            except BackendUnavailable as exc:
-                rec.update(status="unavailable", reason=str(exc))
-                self.log(f"{entry.name}/{cls.name}: unavailable: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one broken backend must not stop the others
-                rec.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
-                rec["traceback"] = traceback.format_exc(limit=5)
-                self.log(f"{entry.name}/{cls.name}: FAILED: {type(exc).__name__}: {exc}")
-
-        # latency, interleaved across the prepared backends, per batch size
-        for batch in self.cfg.batch_sizes:
-            idx = np.arange(batch) % len(test)
-            x, m = np.ascontiguousarray(test.features[idx]), np.ascontiguousarray(test.mask[idx])
-            calls = {name: ((lambda r=r: r.run(x, m)), r.synchronize if r.asynchronous else None)
-                     for name, r in runners.items()}
-            if not calls:
-                break
-            self.log(f"{entry.name}: timing batch {batch} on {', '.join(calls)} (interleaved rounds) ...")
-            stats = measure_interleaved(calls, batch, self.cfg.timing)
-            for rec in records:
-                st = stats.get(rec["backend"])
-                if st is not None:
-                    rec["latency"][str(batch)] = st.to_dict()
-                    self.samples[f"{entry.name} / {rec['backend']} / b{batch}"] = st.samples_ms
-        if self.cfg.stream and runners:
-            self.stream_scenario(entry, runners, records, arts)
-        for r in runners.values():
-            r.close()
-        return records
-
-    def stream_scenario(self, entry, runners, records, arts) -> None:
-        """Time from a sign's last frame to its prediction, through the streaming pipeline, per backend."""
+        lanes = self._lanes(entry, arts, base_params, training, dict(meta.get("calibration") or {}))
         try:
-            from .pipeline import measure_stream_latency
-            from .synthetic import SyntheticSpec, generate
-        except ImportError:
-            return
-        n = max(1, min(len(arts.labels), 20))
+            for lane in lanes:
+                if lane.worker is not None:
+                    scenarios.prepare(lane, self.log)
+            for lane in lanes:
+                if lane.live:
+                    scenarios.parity(lane, inputs, refs, self.log)
+                if lane.live and self.cfg.accuracy:
+                    scenarios.accuracy(lane, test, len(arts.labels), ref_pred)
+            outcomes = {}
+            for batch in self.cfg.batch_sizes:
+                if not any(ln.live for ln in lanes):
+                    break
+                idx = np.arange(batch) % len(test)
+                x, m = np.ascontiguousarray(test.features[idx]), np.ascontiguousarray(test.mask[idx])
+                names = ", ".join(ln.record.backend for ln in lanes if ln.live)
+                self.log(f"{entry.name}: timing batch {batch} on {names} ({self.cfg.timing.schedule} schedule"
+                         + (", and each alone" if self.cfg.check_timing else "") + ") ...")
+                outcomes[batch] = scenarios.latency(lanes, batch, x, m, self.cfg.timing, self.cfg.check_timing, self.log)
+                for name, o in outcomes[batch].items():
+                    self.samples[f"{entry.name} / {name} / b{batch}"] = [v / 1e6 for b in o.blocks for v in b]
+            scenarios.speedups([ln.record for ln in lanes], outcomes, REFERENCE_BACKEND)
+            if self.cfg.stream:
+                clips = self._stream_clips(len(arts.labels))
+                for lane in lanes:
+                    if lane.live:
+                        scenarios.streaming(lane, arts.labels, clips)
+            for lane in lanes:
+                if lane.live:
+                    scenarios.memory(lane)
+        finally:
+            for lane in lanes:
+                if lane.worker is not None:
+                    lane.worker.close()
+                    lane.worker = None
+        return [ln.record for ln in lanes]
+
+    def _stream_clips(self, num_labels: int) -> list:
+        from .synthetic import SyntheticSpec, generate
+
+        n = max(1, min(num_labels, 20))
         clips, _ = generate(SyntheticSpec(num_classes=n, num_signers=1, clips_per_signer_per_class=max(1, 24 // n),
                                           seed=self.cfg.seed + 7))
+        return [c.raw for c in clips]
+
+    # -- drift ------------------------------------------------------------------------------------
+    def read_reference(self, at: str) -> float:
+        ms = reference_workload()
+        self.doc.drift.readings.append({"at": at, "ms": ms, "time": now_iso()})
+        return ms
+
+    @staticmethod
+    def normalize(records: list[BenchRecord], before_ms: float, after_ms: float) -> None:
+        """p50 / mean of the reference readings around this preset: comparable across runs on a drifting machine."""
+        ref = (before_ms + after_ms) / 2
         for rec in records:
-            r = runners.get(rec["backend"])
-            if r is None:
-                continue
-            try:
-                rec["stream"] = measure_stream_latency(r, arts.labels, clips)
-            except Exception as exc:  # noqa: BLE001
-                rec["stream"] = {"error": f"{type(exc).__name__}: {exc}"}
+            for b, lat in rec.latency.items():
+                rec.normalized_p50[b] = lat.p50_ms / ref
 
     # -- whole invocation -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         if self.cfg.no_train:  # fail before any work when a checkpoint is missing
             for entry in self.entries:
-                splits = self.splits()
-                tcfg = self.training_config(entry)
-                p = checkpoint_path(entry, len(splits.class_names), splits.fingerprint, tcfg.cache_key(), self.home)
+                p = self.checkpoint_file(entry)
                 if not p.exists():
                     raise CheckpointError(f"--no-train: no cached checkpoint for preset {entry.name!r} ({p}); "
                                           "run bench without --no-train once to train it")
+        before = self.read_reference("start")
         for entry in self.entries:
-            self.doc["records"].extend(self.run_preset(entry))
-            write_json_atomic(self.json_path, self.doc)  # saved before any tracking call
+            records = self.run_preset(entry)
+            after = self.read_reference(f"after {entry.name}")
+            self.normalize(records, before, after)
+            before = after
+            self.doc.records.extend(records)
+            write_result(self.doc)  # saved before any tracking call
+        self.doc.drift.readings[-1]["at"] += " (end)"
+        self._report_drift()
+        doc = self.doc.to_dict()
+        write_result(doc)
         if self.cfg.json_path:
-            write_json_atomic(Path(self.cfg.json_path), self.doc)
-        extra = self.outputs()
+            write_json_atomic(Path(self.cfg.json_path), doc)
+        extra = self.outputs(doc)
         if self.cfg.track:
             tracker = Tracker(self.cfg.experiment)
             if tracker.active:
-                ok = upload(self.doc, self.json_path, tracker, artifacts=extra)
+                ok = upload(doc, self.json_path, tracker, artifacts=extra)
                 if not ok:
                     self.log(f"warning: tracking failed ({tracker.reason}); results kept in {self.json_path}; "
                              "run `signflow-zoo sync` once the store is back")
                 else:
                     self.log(f"tracked in MLflow ({tracker.uri}), experiment {self.cfg.experiment!r}, "
-                             f"parent run {self.doc['tracking']['parent_run_id']}")
+                             f"parent run {doc['tracking']['parent_run_id']}")
             else:
                 self.log(f"warning: MLflow tracking off ({tracker.reason}); results kept in {self.json_path}; "
                          "run `signflow-zoo sync` once the store is reachable")
         if self.cfg.json_path:
-            write_json_atomic(Path(self.cfg.json_path), self.doc)
-        return self.doc
+            write_json_atomic(Path(self.cfg.json_path), doc)
+        return doc
 
-    def outputs(self) -> list[Path]:
+    def _report_drift(self) -> None:
+        d = self.doc.drift
+        if d.ratio is not None:
+            self.log(f"machine drift: reference workload {d.readings[0]['ms']:.2f} ms at start, "
+                     f"{d.readings[-1]['ms']:.2f} ms at end ({100 * (d.ratio - 1):+.1f}%; spread {d.spread:.2f}x)")
+
+    def outputs(self, doc: dict[str, Any]) -> list[Path]:
         """Table and plots next to the JSON, logged with the parent run."""
         out: list[Path] = []
         try:
             from . import report
         except ImportError:
             return out
-        flat = flat_records(self.doc)
+        flat = flat_records(doc)
         stem = self.json_path.with_suffix("")
         md = stem.with_name(stem.name + "-table.md")
         md.write_text(report.comparison_table(flat, fmt="markdown"))
@@ -384,17 +430,18 @@ class Bench:
                 samples = {k: v for k, v in self.samples.items() if k.startswith(f"{entry.name} / ")}
                 if samples:
                     plots.append((f"latency-{entry.name}", lambda p, s=samples, n=entry.name:
-                                  report.plot_latency_distributions(s, p, title=f"Per-iteration latency: {n}")))
+                                  report.plot_latency_distributions(s, p, title=f"Per-call latency: {n}")))
             for name, fn in plots:
                 path = stem.with_name(f"{stem.name}-{name}.png")
                 try:
                     out.append(Path(fn(path)))
                 except (SignFlowError, ImportError) as exc:
                     self.log(f"note: {name} plot skipped: {exc}")
-        self.doc["outputs"] = [str(p) for p in out]
-        write_json_atomic(self.json_path, self.doc)
+        doc["outputs"] = [str(p) for p in out]
+        self.doc.outputs = list(doc["outputs"])
+        write_result(doc)
         return out
 
 
-def run_bench(config: BenchConfig, log=None) -> dict[str, Any]:
-    return Bench(config, log).run()
+def run_bench(config: BenchConfig, log=None, registry: PluginRegistry | None = None) -> dict[str, Any]:
+    return Bench(config, log, registry).run()

@@ -1,20 +1,30 @@
-"""The whole plugin contract of signflow-zoo.
+"""The whole plugin contract of signflow-zoo: two hooks, each handed a ``register`` callback.
 
-A plugin is a module or object with functions marked ``@signflow_zoo.hookimpl`` named like the
-hooks below. Third-party plugins are found through the ``signflow_zoo`` entry-point group; the
-built-in backends in ``signflow_zoo.default_plugins`` are registered the same way.
+A plugin is a module or object with functions marked ``@hookimpl`` (import it from ``signflow_zoo.api``)
+named like the hooks below. Every plugin's artifact kinds are registered before any runner, so a backend
+may consume a kind registered by another plugin.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:
+    from .artifact_kinds import ArtifactKind
+    from .runners import Runner
 
 hookspec = pluggy.HookspecMarker("signflow_zoo")
 hookimpl = pluggy.HookimplMarker("signflow_zoo")
 
 
 @hookspec
-def register_runners(register):
-    """Register backend Runner classes: call ``register(RunnerSubclass)`` once per backend.
+def register_artifact_kinds(register: Callable[[type[ArtifactKind]], None]) -> None:
+    """Declare compiled model forms your backends consume: call ``register(ArtifactKindSubclass)`` per kind."""
 
-    :param register: callable taking a :class:`signflow_zoo.runners.Runner` subclass; it raises
-        ``BackendError`` for a class that is not a Runner or whose ``name`` is already taken.
-    """
+
+@hookspec
+def register_runners(register: Callable[[type[Runner]], None]) -> None:
+    """Register backends: call ``register(RunnerSubclass)`` once per backend."""

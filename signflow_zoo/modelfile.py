@@ -2,8 +2,8 @@
 
 A model file (``.onnx`` or ``.pt``) carries what serving needs: labels, ``seq_len``, the feature version,
 and optionally the calibration the training side found (``calibration_temperature``: a float > 0;
-``class_thresholds``: one float in 0..1 per label, in label order). None of it is trusted: every value is
-checked here (:func:`serving_info`), and a file whose metadata is nonsense -- or whose ONNX graph does not
+``class_thresholds``: one float in 0..1 per label, in label order, or [] for none). None of it is trusted:
+every value is checked here (:func:`serving_info`), and a file whose metadata is nonsense -- or whose ONNX graph does not
 take ``features [batch, frames, 469]`` + ``mask`` and return ``[batch, classes]`` -- is refused with one
 line naming the file and the problem (:class:`~signflow_zoo.errors.ModelFileError`).
 
@@ -102,6 +102,8 @@ def serving_info(source: str | Path, meta: Mapping[str, Any]) -> ServingInfo:
         raise bad(f"metadata calibration_temperature must be a finite number > 0, got {_shown(temperature)}")
 
     thresholds = meta.get("class_thresholds")
+    if thresholds == []:  # what training writes when it learned none
+        thresholds = None
     if thresholds is not None:
         if not isinstance(thresholds, list) or len(thresholds) != len(labels):
             got = f"a list of {len(thresholds)}" if isinstance(thresholds, list) else _shown(thresholds)

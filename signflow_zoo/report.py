@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SignFlowError, TrackingError
+from .timing import NOISY_RULE
 
 EXPERIMENT = "signflow-zoo"
 KIND_TAG = "signflow_zoo.kind"
@@ -31,7 +32,10 @@ RECORD_KIND = "bench-record"
 REFERENCE_BACKEND = "torch-eager"  # speedups are relative to this backend of the same preset and host
 FORMATS = ("terminal", "markdown", "csv", "json")
 NOISY_MARK = "~"
-NOISY_LEGEND = f"{NOISY_MARK} = noisy: latency spread too wide to trust; rerun on a quieter machine or with more iterations"
+SAME_MARK = "≈"
+NOISY_LEGEND = (f"{NOISY_MARK} = {NOISY_RULE}; rerun on a quieter machine or with more iterations (--min-time)")
+SAME_LEGEND = (f"{SAME_MARK} = indistinguishable from {{ref}} in this run: the 95% bootstrap interval of the speedup "
+               "contains 1.0x")
 _BATCH_METRIC = re.compile(r"^latency_p50_ms_b(\d+)$")
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -418,9 +422,17 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         columns.append((f"speedup_b{b}", f"vs eager b{b}"))
     columns += [("accuracy_top1", "top-1"), ("agreement_top1", "agree"), ("parity_max_abs", "parity abs"),
                 ("memory_mb", "mem MB")]
+    if raw:
+        columns[-4:-3] = [("accuracy_top1", "top-1"), ("accuracy_top1_ci_lo", "top-1 CI lo"),
+                          ("accuracy_top1_ci_hi", "top-1 CI hi")]
+        for b in sizes:
+            i = columns.index((f"p50_ms_b{b}", f"p50 ms b{b}"))
+            columns[i + 1:i + 1] = [(f"p50_ci_lo_ms_b{b}", f"p50 CI lo b{b}"), (f"p50_ci_hi_ms_b{b}", f"p50 CI hi b{b}")]
+            j = columns.index((f"speedup_b{b}", f"vs eager b{b}"))
+            columns.insert(j + 1, (f"speedup_distinguishable_b{b}", f"distinguishable b{b}"))
 
     rows: list[dict[str, Any]] = []
-    any_noisy = False
+    any_noisy = any_same = False
     refs = _references(records)
     for r in records:
         ref = _reference(r, refs)
@@ -433,28 +445,32 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         for b in sizes:
             p50, p99 = _num(r, f"latency_p50_ms_b{b}"), _num(r, f"latency_p99_ms_b{b}")
             noisy = _noisy(r, b)
-            ref_p50 = _num(ref, f"latency_p50_ms_b{b}") if ref else None
-            speedup = ref_p50 / p50 if ref_p50 and p50 else None
-            speed_noisy = noisy or (ref is not None and _noisy(ref, b))
+            speedup, same = _speedup(r, ref, b)
             thr = _num(r, f"throughput_seq_s_b{b}")
             if raw:
-                row.update({f"p50_ms_b{b}": p50, f"p99_ms_b{b}": p99, f"throughput_seq_s_b{b}": thr,
-                            f"noisy_b{b}": noisy if p50 is not None else None,
-                            f"speedup_b{b}": None if speedup is None else round(speedup, 4)})
+                row.update({f"p50_ms_b{b}": p50, f"p50_ci_lo_ms_b{b}": _num(r, f"latency_p50_ci_lo_ms_b{b}"),
+                            f"p50_ci_hi_ms_b{b}": _num(r, f"latency_p50_ci_hi_ms_b{b}"), f"p99_ms_b{b}": p99,
+                            f"throughput_seq_s_b{b}": thr, f"noisy_b{b}": noisy if p50 is not None else None,
+                            f"speedup_b{b}": None if speedup is None else round(speedup, 4),
+                            f"speedup_distinguishable_b{b}": None if speedup is None else not same})
             else:
                 mark = NOISY_MARK if noisy else ""
                 any_noisy = any_noisy or (noisy and p50 is not None)
+                any_same = any_same or (speedup is not None and same)
+                speed_mark = SAME_MARK if same else (NOISY_MARK if noisy or (ref is not None and _noisy(ref, b)) else "")
                 row.update({f"p50_ms_b{b}": mark + fmt_ms(p50) if p50 is not None else "",
                             f"p99_ms_b{b}": mark + fmt_ms(p99) if p99 is not None else "",
                             f"throughput_seq_s_b{b}": _fmt_throughput(thr),
-                            f"speedup_b{b}": "" if speedup is None else
-                            f"{NOISY_MARK if speed_noisy else ''}{speedup:.2f}x"})
+                            f"speedup_b{b}": "" if speedup is None else f"{speed_mark}{speedup:.2f}x"})
         acc, agree = _num(r, "accuracy_top1"), _num(r, "agreement_top1")
+        lo, hi = _num(r, "accuracy_top1_ci_lo"), _num(r, "accuracy_top1_ci_hi")
         par, mem = _num(r, "parity_max_abs"), _num(r, "memory_mb")
         if raw:
-            row.update(accuracy_top1=acc, agreement_top1=agree, parity_max_abs=par, memory_mb=mem)
+            row.update(accuracy_top1=acc, accuracy_top1_ci_lo=lo, accuracy_top1_ci_hi=hi, agreement_top1=agree,
+                       parity_max_abs=par, memory_mb=mem)
         else:
-            row.update(accuracy_top1=_fmt_pct(acc), agreement_top1=_fmt_pct(agree), parity_max_abs=_fmt_sci(par),
+            row.update(accuracy_top1=_fmt_pct(acc) + (f" [{100 * lo:.0f}-{100 * hi:.0f}]" if lo is not None and hi is not None else ""),
+                       agreement_top1=_fmt_pct(agree), parity_max_abs=_fmt_sci(par),
                        memory_mb="" if mem is None else f"{mem:.0f}")
         rows.append(row)
 
@@ -463,8 +479,83 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         columns = [(k, h) for k, h in columns if k in fixed or any(row.get(k) for row in rows)]
     right = {k for k, _ in columns} - {"preset", "backend", "host", "created", "status"}
     text = _render(columns, rows, fmt, right)
-    if any_noisy and not raw:
-        text += "\n\n" + NOISY_LEGEND
+    if not raw:
+        notes = ([NOISY_LEGEND] if any_noisy else []) + ([SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if any_same else [])
+        notes += drift_lines(records)
+        if any(row.get("memory_mb") for row in rows):
+            notes.append("mem MB = peak resident memory of the backend's own worker process above its level just "
+                         "before prepare")
+        if rows and any(_num(r, "accuracy_top1_ci_lo") is not None for r in records):
+            notes.append("top-1 [lo-hi] = 95% Wilson interval over the held-out clips: overlapping intervals are not "
+                         "a measured difference")
+        if notes:
+            text += "\n\n" + "\n".join(notes)
+    return text
+
+
+def _speedup(rec: dict[str, Any], ref: dict[str, Any] | None, b: int) -> tuple[float | None, bool]:
+    """(reference p50 / this p50, indistinguishable?). The bench's own bootstrap interval when it stored one
+    (same invocation); else the ratio of p50s, indistinguishable when their intervals overlap."""
+    if rec.get("backend") == REFERENCE_BACKEND:
+        return (1.0, False) if _num(rec, f"latency_p50_ms_b{b}") else (None, False)
+    stored = _num(rec, f"speedup_b{b}")
+    if stored is not None and ref is not None and ref.get("invocation_id") == rec.get("invocation_id"):
+        return stored, _num(rec, f"speedup_distinguishable_b{b}") == 0.0
+    p50, ref_p50 = _num(rec, f"latency_p50_ms_b{b}"), _num(ref, f"latency_p50_ms_b{b}") if ref else None
+    if not p50 or not ref_p50:
+        return None, False
+    lo, hi = _num(rec, f"latency_p50_ci_lo_ms_b{b}"), _num(rec, f"latency_p50_ci_hi_ms_b{b}")
+    rlo, rhi = _num(ref, f"latency_p50_ci_lo_ms_b{b}"), _num(ref, f"latency_p50_ci_hi_ms_b{b}")
+    same = None not in (lo, hi, rlo, rhi) and lo <= rhi and rlo <= hi
+    return ref_p50 / p50, same
+
+
+def drift_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per invocation that measured machine drift (reference workload, end vs start)."""
+    seen: dict[str, tuple[str, float, float | None]] = {}
+    for r in records:
+        ratio = _num(r, "drift_ratio")
+        if ratio is not None and r.get("invocation_id") not in seen:
+            seen[r.get("invocation_id")] = (str(r.get("host", "")), ratio, _num(r, "drift_spread"))
+    lines = []
+    for inv, (host, ratio, spread) in seen.items():
+        spread_text = f", slowest/fastest reading {spread:.2f}x" if spread else ""
+        lines.append(f"machine drift, run {inv} on {host or 'this host'}: {100 * (ratio - 1):+.1f}% from start to end "
+                     f"(reference workload{spread_text})")
+    return lines
+
+
+def timing_check_table(records: Sequence[dict[str, Any]], fmt: str = "terminal") -> str:
+    """``bench --check-timing``: each backend alone vs in the schedule, per batch size."""
+    _check_fmt(fmt)
+    rows = []
+    for r in sorted(records, key=_sort_key(_preset_order())):
+        for b in batch_sizes_of([r]):
+            solo = _num(r, f"timing_check_solo_p50_ms_b{b}")
+            if solo is None:
+                continue
+            rows.append({"preset": r.get("preset", ""), "backend": r.get("backend", ""), "batch": b,
+                         "solo_p50_ms": solo, "scheduled_p50_ms": _num(r, f"timing_check_scheduled_p50_ms_b{b}"),
+                         "p50_ratio": _num(r, f"timing_check_p50_ratio_b{b}"),
+                         "solo_p99_ms": _num(r, f"timing_check_solo_p99_ms_b{b}"),
+                         "scheduled_p99_ms": _num(r, f"timing_check_scheduled_p99_ms_b{b}"),
+                         "p99_ratio": _num(r, f"timing_check_p99_ratio_b{b}")})
+    columns = [("preset", "preset"), ("backend", "backend"), ("batch", "batch"), ("solo_p50_ms", "solo p50 ms"),
+               ("scheduled_p50_ms", "scheduled p50 ms"), ("p50_ratio", "p50 ratio"), ("solo_p99_ms", "solo p99 ms"),
+               ("scheduled_p99_ms", "scheduled p99 ms"), ("p99_ratio", "p99 ratio")]
+    if not rows:
+        return "no timing check in these results (run `signflow-zoo bench --check-timing`)"
+    if fmt not in ("csv", "json"):
+        for row in rows:
+            for k in ("solo_p50_ms", "scheduled_p50_ms", "solo_p99_ms", "scheduled_p99_ms"):
+                row[k] = fmt_ms(row[k])
+            for k in ("p50_ratio", "p99_ratio"):
+                row[k] = "" if row[k] is None else f"{row[k]:.3f}"
+            row["batch"] = str(row["batch"])
+    text = _render(columns, rows, fmt, {k for k, _ in columns} - {"preset", "backend"})
+    if fmt not in ("csv", "json"):
+        text = ("Timing self-check: each backend alone (two continuous halves, before and after the schedule) vs in "
+                "the schedule\n" + text)
     return text
 
 
@@ -561,14 +652,26 @@ def compare_presets_table(records: Sequence[dict[str, Any]], a: str = "baseline"
 # -- plots -------------------------------------------------------------------------------------------
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+def pareto_front(points: Sequence[tuple[float, float]],
+                 intervals: Sequence[tuple[float, float]] | None = None) -> list[int]:
     """Indices of the points no other point beats (lower x *and* higher y), ordered by x ascending.
 
-    x is a cost (latency), y a gain (accuracy). A point is dropped when another has x <= and y >=
-    with one of them strict; identical points are all kept.
+    x is a cost (latency), y a gain (accuracy). Without ``intervals`` a point is dropped when another has
+    x <= and y >= with one of them strict (identical points are all kept). With ``intervals`` (y's 95%
+    interval per point) accuracy differences must be real: a point stays on the front only if its
+    interval lies entirely above the interval of every faster point, so a one-clip accuracy edge never
+    makes a slower backend "the better choice".
     """
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
     front: list[int] = []
+    if intervals is not None:
+        best_hi = -math.inf
+        for i in order:
+            lo, hi = intervals[i]
+            if lo > best_hi:
+                front.append(i)
+            best_hi = max(best_hi, hi)
+        return front
     best = -math.inf
     for i in order:
         x, y = points[i]
@@ -645,12 +748,17 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
 
     fig = _figure(6.0 * len(hosts) + 2.4, 5.0)
     axes = fig.subplots(1, len(hosts), sharey=True, squeeze=False)[0]
-    any_noisy = any_failed = False
+    any_noisy = any_failed = any_ci = False
     for ax, host in zip(axes, hosts):
         keys = [k for k in newest if k[0] == host]
         pts = [(_num(newest[k], f"latency_p50_ms_b{b}"), 100 * _num(newest[k], "accuracy_top1")) for k in keys]
+        cis = [_accuracy_interval(newest[k]) for k in keys]
         ok = [i for i, k in enumerate(keys) if newest[k].get("status", "ok") == "ok"]
-        for k, (x, y) in zip(keys, pts):
+        for k, (x, y), ci in zip(keys, pts, cis):
+            if ci is not None:
+                any_ci = True
+                ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], fmt="none", ecolor=color[k[2]], alpha=0.5,
+                            capsize=3, linewidth=1.0, zorder=2)
             noisy, status = _noisy(newest[k], b), newest[k].get("status", "ok")
             any_noisy, any_failed = any_noisy or noisy, any_failed or status != "ok"
             hollow = status != "ok"  # a failed backend is shown, but cannot be a recommendation
@@ -659,7 +767,8 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
                        linewidths=1.5 if hollow else 0.0)
             label = k[1] + (" ~" if noisy else "") + (f" ({status})" if hollow else "")
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="0.25")
-        front = [pts[ok[i]] for i in pareto_front([pts[i] for i in ok])]
+        use_ci = all(cis[i] is not None for i in ok)
+        front = [pts[ok[i]] for i in pareto_front([pts[i] for i in ok], [cis[i] for i in ok] if use_ci else None)]
         fx, fy = [p[0] for p in front], [p[1] for p in front]
         ax.step(fx, fy, where="post", color="0.35", linestyle="--", linewidth=1.2, zorder=2)
         ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
@@ -672,7 +781,7 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
         if len(hosts) > 1:
             ax.set_title(f"host {host}", fontsize=10)
     axes[0].set_ylabel("top-1 accuracy (%)")
-    fig.suptitle(f"Accuracy vs latency at batch {b}: Pareto front (lower latency, higher accuracy)", fontsize=11)
+    fig.suptitle(f"Top-1 vs p50 latency at batch {b}, Pareto front ringed", fontsize=11)
 
     handles = [Line2D([], [], linestyle="none", marker="o", color=color[bk], label=bk) for bk in backends]
     handles += [Line2D([], [], linestyle="none", marker=marker[p], color="0.3", label=p) for p in presets]
@@ -684,6 +793,9 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
     if any_noisy:
         handles.append(Line2D([], [], linestyle="none", marker="o", color="0.3", alpha=0.6,
                               label="faded, ~: noisy latency"))
+    if any_ci:
+        handles.append(Line2D([], [], linestyle="-", marker="_", color="0.5",
+                              label="bar: 95% interval of top-1\n(front: a slower point stays\nonly above every faster one)"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="colour: backend\nmarker: preset",
                title_fontsize=8, frameon=False, alignment="left")
     return _save(fig, path)
@@ -803,3 +915,9 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
         except ReportError:
             pass
     return written
+
+
+def _accuracy_interval(rec: dict[str, Any]) -> tuple[float, float] | None:
+    """Top-1's 95% interval in percent, when the bench stored one."""
+    lo, hi = _num(rec, "accuracy_top1_ci_lo"), _num(rec, "accuracy_top1_ci_hi")
+    return None if lo is None or hi is None else (100 * lo, 100 * hi)

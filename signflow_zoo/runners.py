@@ -8,7 +8,7 @@ Lifecycle: ``cls.availability()`` (cheap, honest) -> ``runner = cls(options)`` -
 
 from __future__ import annotations
 
-import json
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,9 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import BackendError, InputError
+from .parity import TOLERANCES, Tolerance
+from .tensors import check_input
 
-ARTIFACT_KINDS = ("torch", "onnx", "onnx-optimized")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+# Made by signflow_zoo.artifacts.build_artifacts; plugins add their own kinds (signflow_zoo.artifact_kinds).
+BUILTIN_ARTIFACT_KINDS = ("torch", "onnx", "onnx-optimized")
 
 
 class BackendUnavailable(BackendError):
@@ -29,6 +31,7 @@ class BackendUnavailable(BackendError):
 class Availability:
     ok: bool
     reason: str = ""
+    broken: bool = False  # the plugin itself failed (availability() raised): listed as a broken plugin
 
     def __bool__(self) -> bool:
         return self.ok
@@ -40,6 +43,10 @@ class Availability:
     @classmethod
     def no(cls, reason: str) -> "Availability":
         return cls(False, reason)
+
+    @classmethod
+    def error(cls, reason: str) -> "Availability":
+        return cls(False, reason, broken=True)
 
 
 @dataclass
@@ -62,14 +69,15 @@ class Artifacts:
     onnx_optimized: Path | None = None  # derived optimized graph
     workdir: Path | None = None  # where a runner may cache its own derived files
     hashes: dict[str, str] = field(default_factory=dict)  # kind -> sha256
-    info: dict[str, Any] = field(default_factory=dict)  # export / optimize reports
+    info: dict[str, Any] = field(default_factory=dict)  # export / optimize reports; kind -> build record
+    paths: dict[str, Path] = field(default_factory=dict)  # kinds registered by plugins -> main file
 
     def path_for(self, kind: str) -> Path:
-        path = {"torch": self.checkpoint, "onnx": self.onnx, "onnx-optimized": self.onnx_optimized}.get(kind)
-        if kind not in ARTIFACT_KINDS:
-            raise BackendError(f"unknown artifact kind {kind!r}; valid kinds: {', '.join(ARTIFACT_KINDS)}")
+        builtin = {"torch": self.checkpoint, "onnx": self.onnx, "onnx-optimized": self.onnx_optimized}
+        path = builtin[kind] if kind in builtin else self.paths.get(kind)
         if path is None or not Path(path).is_file():
-            raise BackendError(f"artifact {kind!r} of preset {self.preset!r} has not been built")
+            how = "" if kind in builtin else " (a plugin's artifact kind is built by ensure_artifact)"
+            raise BackendError(f"artifact {kind!r} of preset {self.preset!r} has not been built{how}")
         return Path(path)
 
     def torch_model(self, device: str = "cpu"):
@@ -84,15 +92,25 @@ class Runner:
     """Base class of every backend. Subclasses set the class attributes and implement the methods."""
 
     name: ClassVar[str] = ""  # unique backend name, e.g. "onnx-cpu"
-    artifact: ClassVar[str] = "onnx"  # which artifact it consumes: one of ARTIFACT_KINDS
+    artifact: ClassVar[str] = "onnx"  # the artifact kind it consumes: built-in or registered by a plugin
     precision: ClassVar[str] = "fp32"  # arithmetic precision: drives the parity tolerance
+    tolerance: ClassVar[Tolerance | None] = None  # required for a precision outside parity.TOLERANCES only
     device_kind: ClassVar[str] = "cpu"  # "cpu" or "gpu": what hardware it runs on
     summary: ClassVar[str] = ""  # one line for `signflow-zoo backends`
-    asynchronous: bool = False  # True when run() may return before the device is done (harness then syncs)
+    # Set by prepare() where they differ: run() may return before the device is done (the harness then
+    # calls synchronize()); the feature width the model expects.
+    asynchronous: bool = False
+    input_dim: int = 469
 
     def __init__(self, options: RunnerOptions | None = None):
         self.options = options or RunnerOptions()
         self.prepared = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's prepare() marks the runner prepared when it returns, so a plugin need not."""
+        super().__init_subclass__(**kwargs)
+        if "prepare" in cls.__dict__:
+            cls.prepare = _marks_prepared(cls.__dict__["prepare"])
 
     # -- to implement ------------------------------------------------------------------------
     @classmethod
@@ -119,12 +137,8 @@ class Runner:
         """Release the session."""
 
     # -- provided -------------------------------------------------------------------------------
-    input_dim: int = 469
-
     def run(self, features: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Validate the batch, then run it. Wrong shapes and dtypes raise :class:`InputError`."""
-        from .model import check_input
-
         if not self.prepared:
             raise BackendError(f"backend {self.name!r}: call prepare(artifacts) before run()")
         if not isinstance(features, np.ndarray):
@@ -143,16 +157,40 @@ class Runner:
         self.close()
 
 
-def validate_runner_class(cls: Any) -> None:
+def _marks_prepared(prepare):
+    @functools.wraps(prepare)
+    def marked(self: Runner, *args: Any, **kwargs: Any) -> None:
+        try:
+            prepare(self, *args, **kwargs)
+        except BaseException:
+            self.prepared = False  # also when a subclass fails after its base's prepare() succeeded
+            raise
+        self.prepared = True
+
+    return marked
+
+
+def validate_runner_class(cls: Any, kinds: tuple[str, ...] | list[str] = BUILTIN_ARTIFACT_KINDS) -> None:
+    """Raise :class:`BackendError` naming what is wrong with a class offered to ``register_runners``."""
     if not (isinstance(cls, type) and issubclass(cls, Runner)):
         raise BackendError(f"register() expects a Runner subclass, got {cls!r}")
     if not isinstance(cls.name, str) or not cls.name:
         raise BackendError(f"Runner class {cls.__qualname__} has no name")
-    if cls.artifact not in ARTIFACT_KINDS:
-        raise BackendError(f"backend {cls.name!r}: artifact must be one of {ARTIFACT_KINDS}, got {cls.artifact!r}")
-    if cls.precision not in PRECISIONS:
-        raise BackendError(f"backend {cls.name!r}: precision must be one of {PRECISIONS}, got {cls.precision!r}")
+    if cls.artifact not in kinds:
+        raise BackendError(f"backend {cls.name!r}: artifact must be one of {', '.join(kinds)}, got {cls.artifact!r}")
+    if not isinstance(cls.precision, str) or not cls.precision:
+        raise BackendError(f"backend {cls.name!r}: precision must be a name such as fp32, got {cls.precision!r}")
+    if cls.precision in TOLERANCES:
+        if cls.tolerance is not None:
+            raise BackendError(f"backend {cls.name!r}: precision {cls.precision!r} has a fixed parity tolerance; "
+                               "declare a precision of your own to set one")
+    elif not _valid_tolerance(cls.tolerance):
+        raise BackendError(f"backend {cls.name!r}: precision {cls.precision!r} is not one of {', '.join(TOLERANCES)}; "
+                           "declare its parity tolerance: tolerance = Tolerance(max_error > 0 or None, 0 <= min_top1 <= 1), "
+                           f"got {cls.tolerance!r}")
 
 
-def json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))
+def _valid_tolerance(tol: Any) -> bool:
+    if not (isinstance(tol, tuple) and len(tol) == 2 and isinstance(tol[1], (int, float)) and 0 <= tol[1] <= 1):
+        return False
+    return tol[0] is None or (isinstance(tol[0], (int, float)) and tol[0] > 0)

@@ -10,22 +10,30 @@ Run them on your own backend from your plugin's tests::
         assert report.ok, report.problems
 
 ``check_runner`` builds a tiny SignTransformer, exports it (plain and optimized ONNX, weights-only
-checkpoint), and checks: availability is an :class:`Availability` with a reason when unavailable; prepare
-and run give float32 logits [batch, classes] at several batch sizes and frame counts; outputs agree with
-the PyTorch fp32 reference within the tolerance of the declared precision; a wrong input shape or dtype
-raises :class:`~signflow_zoo.errors.InputError`; describe() names the backend.
+checkpoint), builds the artifact kind the runner consumes when a plugin registered it (through
+:func:`~signflow_zoo.artifact_kinds.ensure_artifact`, from ``registry``: by default the installed plugins),
+and checks: availability is an :class:`Availability` with a reason when unavailable; prepare and run give
+float32 logits [batch, classes] at several batch sizes and frame counts; outputs agree with the PyTorch
+fp32 reference within the tolerance of the declared precision; a wrong input shape or dtype raises
+:class:`~signflow_zoo.errors.InputError`; describe() names the backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .artifact_kinds import ensure_artifact
 from .errors import InputError
 from .parity import compare
 from .runners import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions, validate_runner_class
+
+if TYPE_CHECKING:
+    from .plugins import PluginRegistry
 
 SHAPES = ((1, 64), (3, 32), (8, 64))
 
@@ -68,16 +76,35 @@ def tiny_artifacts(folder: str | Path, num_classes: int = 7, seed: int = 0) -> A
                      hashes={"torch": file_sha256(ckpt), "onnx": file_sha256(onnx_path), "onnx-optimized": opt.sha256})
 
 
+class RandomCalibration:
+    """Calibration clips for the kit, which has no training split: random features like its test inputs."""
+
+    fingerprint = "conformance-random-v1"
+
+    def __call__(self, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng(1)
+        for start in range(0, n, 8):
+            b = min(8, n - start)
+            yield rng.standard_normal((b, 64, 469)).astype(np.float32), rng.random((b, 64)) > 0.1
+
+
 def check_runner(cls: type[Runner], folder: str | Path, artifacts: Artifacts | None = None,
-                 options: RunnerOptions | None = None) -> ConformanceReport:
+                 options: RunnerOptions | None = None, registry: PluginRegistry | None = None) -> ConformanceReport:
+    """Check a backend class against the Runner contract on a tiny model; ``report.problems`` says what failed."""
     import torch
 
-    problems: list[str] = []
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
     try:
-        validate_runner_class(cls)
+        validate_runner_class(cls, registry.kind_names())
     except Exception as exc:  # noqa: BLE001
         return ConformanceReport(getattr(cls, "name", repr(cls)), False, problems=[str(exc)])
-    av = cls.availability()
+    try:
+        av = cls.availability()
+    except Exception as exc:  # noqa: BLE001
+        return ConformanceReport(cls.name, False, problems=[f"availability() raised {type(exc).__name__}: {exc}"])
     if not isinstance(av, Availability):
         return ConformanceReport(cls.name, False, problems=[f"availability() must return Availability, got {av!r}"])
     if not av.ok:
@@ -86,11 +113,19 @@ def check_runner(cls: type[Runner], folder: str | Path, artifacts: Artifacts | N
             rep.problems.append("an unavailable backend must say why (availability().reason is empty)")
         return rep
     arts = artifacts or tiny_artifacts(folder)
+    # a copy: the kind built here must not leak into the caller's (perhaps shared) artifacts
+    arts = replace(arts, hashes=dict(arts.hashes), info=dict(arts.info), paths=dict(arts.paths))
+    try:
+        ensure_artifact(arts, cls.artifact, registry, home=Path(folder), calibration=RandomCalibration(),
+                        log=lambda msg: None)
+    except BackendUnavailable as exc:
+        return ConformanceReport(cls.name, False, f"artifact {cls.artifact!r}: {exc}")
     runner = cls(options or RunnerOptions(threads=1))
     try:
         runner.prepare(arts)
     except BackendUnavailable as exc:
         return ConformanceReport(cls.name, False, f"prepare: {exc}")
+    problems: list[str] = []
     ref = arts.torch_model("cpu")
     rng = np.random.default_rng(0)
     outs, refs = [], []
@@ -115,7 +150,7 @@ def check_runner(cls: type[Runner], folder: str | Path, artifacts: Artifacts | N
         outs.append(np.asarray(y, np.float32))
     parity = {}
     if outs:
-        res = compare(np.concatenate(outs), np.concatenate(refs), cls.precision)
+        res = compare(np.concatenate(outs), np.concatenate(refs), cls.precision, cls.tolerance)
         parity = res.to_dict()
         if not res.ok:
             problems.append(f"parity with the PyTorch reference failed: {res.message}")

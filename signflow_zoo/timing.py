@@ -1,9 +1,14 @@
-"""Latency measurement owned by the harness and identical for every backend.
+"""Latency statistics owned by the harness and identical for every backend.
 
-Warm-up, then interleaved rounds across backends (rotating the order each round, so that machine
-drift hits all alike) until every backend has at least ``min_iters`` timed calls *and* ``min_time``
-seconds of timed work. Each call is timed with the monotonic nanosecond clock, synchronizing the device
-of asynchronous backends. A result whose spread is too wide is flagged ``noisy``.
+The harness times backends in *blocks*: a run of back-to-back calls of one backend, inside that
+backend's own worker process (:mod:`signflow_zoo.worker`), each call timed with the monotonic
+nanosecond clock (and a device synchronize for asynchronous backends). How blocks of different
+backends follow each other is the schedule (:mod:`signflow_zoo.schedule`).
+
+A p50 carries a 95% confidence interval bootstrapped over blocks (a block is the unit that machine
+drift and switches act on, so resampling single calls would understate the uncertainty). The noisy
+rule is :data:`NOISY_RULE`; a result cut short by ``max_time`` before ``min_iters`` is not *valid*
+(MLPerf LoadGen's INVALID): it is reported, never silently used.
 """
 
 from __future__ import annotations
@@ -11,39 +16,163 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-NOISY_CV = 0.25  # coefficient of variation above which a latency is flagged noisy
-NOISY_TAIL = 4.0  # p99 / p50 above which a latency is flagged noisy
+import numpy as np
+
+from .errors import SignFlowError
+
+NOISY_CI = 0.10  # relative width (hi - lo) / p50 of the p50's 95% interval above which a result is noisy
+NOISY_TAIL = 3.0  # p99 / p50 above which a result is noisy
+NOISY_RULE = (f"noisy: the p50's 95% bootstrap interval is wider than {NOISY_CI:.0%} of the p50, "
+              f"or p99 > {NOISY_TAIL:g} x p50")
+BOOTSTRAP_SAMPLES = 1000
+SCHEDULES = ("interleaved", "sequential")
 
 
 @dataclass
 class TimingConfig:
-    warmup: int = 10  # untimed calls per backend before timing, at most ...
+    """How the harness times every backend (the same for all of them).
+
+    Defaults are justified by the measurements in ``benchmarks/SCHEDULE.md``.
+    """
+
+    warmup: int = 10  # untimed calls per backend and batch size before timing, at most ...
     warmup_time: float = 1.0  # ... or this many seconds of them (at least 2 calls), whichever comes first
-    min_iters: int = 20  # timed calls per backend, at least
-    min_time: float = 1.0  # seconds of timed calls per backend, at least
-    round_iters: int = 10  # calls per backend per interleaved round
-    max_time: float = 120.0  # hard cap per backend (a very slow backend stops here and is marked short)
+    min_iters: int = 20  # timed calls per backend and batch size, at least ...
+    min_time: float = 1.0  # ... and this many seconds of timed calls
+    max_time: float = 120.0  # hard cap per backend and batch size: stops there, marked not valid if short
+    schedule: str = "interleaved"  # "interleaved": blocks of each backend in turn; "sequential": one backend after another
+    block_time: float = 0.1  # seconds of back-to-back calls in one block (at least one call)
+    settle_time: float = 0.02  # idle gap after every block, so the last backend's spinning threads go to sleep
+    discard: int = 1  # calls dropped at the start of each block (after a switch), when calls are short
+    timeout: float = 300.0  # seconds one worker request may run past its planned duration before the worker is killed
 
     def validate(self) -> "TimingConfig":
-        from .errors import SignFlowError
-
-        if self.warmup < 0 or self.min_iters < 1 or self.min_time < 0 or self.round_iters < 1 or self.max_time <= 0:
-            raise SignFlowError(
-                f"timing options must be warmup >= 0, min-iters >= 1, min-time >= 0, got warmup={self.warmup}, "
-                f"min_iters={self.min_iters}, min_time={self.min_time}"
-            )
+        problems = []
+        if self.warmup < 0:
+            problems.append(f"warmup must be >= 0, got {self.warmup}")
+        if self.min_iters < 1:
+            problems.append(f"min-iters must be >= 1, got {self.min_iters}")
+        for name in ("warmup_time", "min_time", "settle_time"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                problems.append(f"{name.replace('_', '-')} must be a number >= 0, got {v}")
+        for name in ("max_time", "block_time", "timeout"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                problems.append(f"{name.replace('_', '-')} must be a number > 0, got {v}")
+        if self.discard < 0:
+            problems.append(f"discard must be >= 0, got {self.discard}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if problems:
+            raise SignFlowError("timing options: " + "; ".join(problems))
         return self
+
+
+def percentile(sorted_vals: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (q in 0..100); NaN when empty."""
+    if not len(sorted_vals):
+        return math.nan
+    k = (len(sorted_vals) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return float(sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo))
+
+
+def time_block(fn: Callable[[], object], sync: Callable[[], None] | None, min_calls: int, min_seconds: float,
+               discard: int = 0) -> tuple[list[int], int]:
+    """Call ``fn`` back to back: ``discard`` untimed-for-statistics calls, then at least ``min_calls``
+    timed calls and ``min_seconds`` of them. Returns (timed ns per call, calls discarded)."""
+    clock = time.perf_counter_ns
+    for _ in range(discard):
+        fn()
+        if sync is not None:
+            sync()
+    out: list[int] = []
+    spent, min_ns = 0, int(min_seconds * 1e9)
+    while len(out) < min_calls or spent < min_ns:
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        dt = clock() - t0
+        out.append(dt)
+        spent += dt
+    return out, discard
+
+
+def warm_up(fn: Callable[[], object], sync: Callable[[], None] | None, max_calls: int, max_seconds: float) -> int:
+    """Untimed calls: ``max_calls`` at most, stopping after ``max_seconds`` (but at least 2 calls when
+    ``max_calls`` >= 2). Returns the number of calls made."""
+    start, n = time.perf_counter(), 0
+    while n < max_calls:
+        fn()
+        n += 1
+        if n >= 2 and time.perf_counter() - start >= max_seconds:
+            break
+    if sync is not None and n:
+        sync()
+    return n
+
+
+def bootstrap_median_ci(blocks: Sequence[Sequence[float]], n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """95% interval of the median of all values, resampling whole blocks with replacement.
+
+    With a single block, single values are resampled instead (no block structure to keep).
+    """
+    blocks = [np.asarray(b, dtype=np.float64) for b in blocks if len(b)]
+    if not blocks:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    if len(blocks) == 1:
+        vals = blocks[0]
+        meds = np.median(vals[rng.integers(0, len(vals), size=(n_boot, len(vals)))], axis=1)
+    else:
+        meds = np.empty(n_boot)
+        picks = rng.integers(0, len(blocks), size=(n_boot, len(blocks)))
+        for i, row in enumerate(picks):
+            meds[i] = np.median(np.concatenate([blocks[j] for j in row]))
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(meds, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_ratio_ci(num: Sequence[Sequence[float]], den: Sequence[Sequence[float]], n_boot: int = BOOTSTRAP_SAMPLES,
+                       seed: int = 1, level: float = 0.95) -> tuple[float, float, float]:
+    """median(num) / median(den) and its 95% interval, resampling the blocks of each side independently."""
+    num = [np.asarray(b, dtype=np.float64) for b in num if len(b)]
+    den = [np.asarray(b, dtype=np.float64) for b in den if len(b)]
+    if not num or not den:
+        return math.nan, math.nan, math.nan
+    point = float(np.median(np.concatenate(num)) / np.median(np.concatenate(den)))
+    rng = np.random.default_rng(seed)
+
+    def medians(blocks):
+        if len(blocks) == 1:
+            vals = blocks[0]
+            return np.median(vals[rng.integers(0, len(vals), size=(n_boot, len(vals)))], axis=1)
+        picks = rng.integers(0, len(blocks), size=(n_boot, len(blocks)))
+        return np.array([np.median(np.concatenate([blocks[j] for j in row])) for row in picks])
+
+    ratios = medians(num) / medians(den)
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return point, float(lo), float(hi)
 
 
 @dataclass
 class LatencyStats:
+    """One backend at one batch size: the distribution of per-call latencies (ms)."""
+
     batch: int
     iterations: int
+    blocks: int
     total_s: float
     p50_ms: float
+    p50_ci_ms: tuple[float, float]
     p90_ms: float
     p99_ms: float
     mean_ms: float
@@ -53,97 +182,57 @@ class LatencyStats:
     cv: float
     throughput_seq_s: float
     noisy: bool
-    short: bool = False  # stopped by max_time before min_iters
-    samples_ms: list[float] = field(default_factory=list, repr=False)
+    noisy_why: str
+    valid: bool  # False when cut short by max_time before min_iters (LoadGen's INVALID)
+    discarded: int = 0  # calls dropped after switches (not in the statistics)
 
-    def to_dict(self, samples: bool = False) -> dict:
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
         d = asdict(self)
-        if not samples:
-            d.pop("samples_ms")
+        d["p50_ci_ms"] = list(self.p50_ci_ms)
         return d
 
 
-def percentile(sorted_vals: list[float], q: float) -> float:
-    """Linear-interpolated percentile of already sorted values (q in 0..100)."""
-    if not sorted_vals:
-        return math.nan
-    k = (len(sorted_vals) - 1) * q / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
-
-
-def summarize(samples_ns: list[int], batch: int, short: bool = False) -> LatencyStats:
-    ms = [s / 1e6 for s in samples_ns]
+def summarize(blocks_ns: Sequence[Sequence[int]], batch: int, min_iters: int = 1, discarded: int = 0) -> LatencyStats:
+    """Statistics of timed calls given per block (ns), with the p50's bootstrap interval and the noisy rule."""
+    blocks_ms = [[v / 1e6 for v in b] for b in blocks_ns if len(b)]
+    ms = [v for b in blocks_ms for v in b]
+    if not ms:
+        raise ValueError("summarize: no timed calls")
     s = sorted(ms)
     mean = statistics.fmean(ms)
     stdev = statistics.stdev(ms) if len(ms) > 1 else 0.0
-    p50 = percentile(s, 50)
-    cv = stdev / mean if mean > 0 else 0.0
-    p99 = percentile(s, 99)
+    p50, p99 = percentile(s, 50), percentile(s, 99)
+    lo, hi = bootstrap_median_ci(blocks_ms)
+    why = []
+    if p50 > 0 and (hi - lo) / p50 > NOISY_CI:
+        why.append(f"p50 interval {lo:.3g}-{hi:.3g} ms is {100 * (hi - lo) / p50:.0f}% of the p50")
+    if p50 > 0 and p99 / p50 > NOISY_TAIL:
+        why.append(f"p99 is {p99 / p50:.1f}x the p50")
     return LatencyStats(
-        batch=batch, iterations=len(ms), total_s=sum(ms) / 1e3, p50_ms=p50, p90_ms=percentile(s, 90), p99_ms=p99,
-        mean_ms=mean, stdev_ms=stdev, min_ms=s[0], max_ms=s[-1], cv=cv,
-        throughput_seq_s=batch * 1e3 / mean if mean > 0 else 0.0,
-        noisy=bool(cv > NOISY_CV or (p50 > 0 and p99 / p50 > NOISY_TAIL)), short=short, samples_ms=ms,
+        batch=batch, iterations=len(ms), blocks=len(blocks_ms), total_s=sum(ms) / 1e3, p50_ms=p50,
+        p50_ci_ms=(lo, hi), p90_ms=percentile(s, 90), p99_ms=p99, mean_ms=mean, stdev_ms=stdev, min_ms=s[0],
+        max_ms=s[-1], cv=stdev / mean if mean > 0 else 0.0, throughput_seq_s=batch * 1e3 / mean if mean > 0 else 0.0,
+        noisy=bool(why), noisy_why="; ".join(why), valid=len(ms) >= min_iters, discarded=discarded,
     )
 
 
-def time_calls(fn: Callable[[], object], sync: Callable[[], None] | None, n: int, out: list[int]) -> int:
-    """Time ``n`` calls of ``fn`` one by one; append ns to ``out``; return ns spent."""
-    clock = time.perf_counter_ns
-    spent = 0
-    if sync is None:
-        for _ in range(n):
-            t0 = clock()
-            fn()
-            dt = clock() - t0
-            out.append(dt)
-            spent += dt
-    else:
-        for _ in range(n):
-            t0 = clock()
-            fn()
-            sync()
-            dt = clock() - t0
-            out.append(dt)
-            spent += dt
-    return spent
+def reference_workload(repeats: int = 15, size: int = 384) -> float:
+    """Median ms of a fixed float32 matrix product (numpy, all cores): the machine's speed right now.
 
-
-def measure_interleaved(
-    calls: dict[str, tuple[Callable[[], object], Callable[[], None] | None]],
-    batch: int,
-    config: TimingConfig,
-    on_round: Callable[[int], None] | None = None,
-) -> dict[str, LatencyStats]:
-    """Time every named call the same way, in interleaved rounds. ``calls[name] = (fn, sync or None)``."""
-    config.validate()
-    names = list(calls)
-    samples: dict[str, list[int]] = {n: [] for n in names}
-    spent: dict[str, int] = {n: 0 for n in names}
-    for name in names:  # warm-up: a count, capped by time so that slow calls do not warm up for long
-        fn, sync = calls[name]
-        start = time.perf_counter()
-        for i in range(config.warmup):
-            fn()
-            if i >= 1 and time.perf_counter() - start >= config.warmup_time:
-                break
-        if sync and config.warmup:
-            sync()
-    min_ns, max_ns = int(config.min_time * 1e9), int(config.max_time * 1e9)
-
-    def done(n: str) -> bool:
-        return (len(samples[n]) >= config.min_iters and spent[n] >= min_ns) or spent[n] >= max_ns
-
-    rnd = 0
-    while not all(done(n) for n in names):
-        order = names[rnd % len(names):] + names[: rnd % len(names)]
-        for name in order:
-            if done(name):
-                continue
-            fn, sync = calls[name]
-            spent[name] += time_calls(fn, sync, config.round_iters, samples[name])
-        rnd += 1
-        if on_round:
-            on_round(rnd)
-    return {n: summarize(samples[n], batch, short=len(samples[n]) < config.min_iters) for n in names}
+    Timed at the start and end of a bench and between presets; the ratio between readings is the drift
+    that the bench reports, and p50s divided by the nearest reading compare across runs and hosts.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        for _ in range(4):
+            a @ b
+        times.append((time.perf_counter_ns() - t0) / 4e6)
+    return float(np.median(times))

@@ -12,8 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import TrackingError
 
@@ -105,16 +104,6 @@ class Tracker:
         if run_id:
             self._guard("end run", self.client.set_terminated, run_id, status)
 
-    @contextmanager
-    def run(self, name: str, tags: dict[str, Any] | None = None, parent_id: str | None = None) -> Iterator[str | None]:
-        run_id = self.create_run(name, tags, parent_id)
-        status = "FAILED"
-        try:
-            yield run_id
-            status = "FINISHED"
-        finally:
-            self.end_run(run_id, status)
-
     # -- logging (batched) ------------------------------------------------------------------------
     def log_batch(self, run_id: str | None, params: dict[str, Any] | None = None,
                   metrics: dict[str, float] | None = None, step: int = 0, tags: dict[str, Any] | None = None) -> None:
@@ -132,24 +121,9 @@ class Tracker:
             self._guard("log_batch", self.client.log_batch, run_id, metrics=m[i * 1000:(i + 1) * 1000],
                         params=p[i * 100:(i + 1) * 100], tags=t[i * 100:(i + 1) * 100])
 
-    def log_metric_history(self, run_id: str | None, history: list[dict[str, float]]) -> None:
-        """Per-step metrics in one batched call per 1000 values."""
-        if not run_id or not self.active:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, step) for step, row in enumerate(history) for k, v in row.items() if _is_number(v)]
-        for i in range(0, len(ms), 1000):
-            self._guard("log_batch", self.client.log_batch, run_id, metrics=ms[i:i + 1000])
-
     def log_artifact(self, run_id: str | None, path: str, artifact_path: str | None = None) -> None:
         if run_id:
             self._guard("log_artifact", self.client.log_artifact, run_id, str(path), artifact_path)
-
-    def set_tag(self, run_id: str | None, key: str, value: Any) -> None:
-        if run_id:
-            self._guard("set_tag", self.client.set_tag, run_id, key, str(value))
 
 
 def _is_number(v: Any) -> bool:

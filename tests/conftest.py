@@ -44,6 +44,37 @@ def tiny_zoo_file(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_tiny_home(tmp_path_factory) -> Path:
+    """A zoo home holding the tiny entry trained once for the whole test run (checkpoint, data cache,
+    legacy-exported artifacts): tests that need a trained model copy it instead of training again."""
+    from signflow_zoo.artifacts import build_artifacts
+    from signflow_zoo.harness import Bench, BenchConfig
+
+    root = tmp_path_factory.mktemp("trained-tiny")
+    zoo_file = root / "tiny-zoo.toml"
+    zoo_file.write_text(TINY_ZOO)
+    home = root / "zoo-home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGNFLOW_ZOO_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.chdir(root)
+        bench = Bench(BenchConfig(presets="tiny", data=TINY_DATA, zoo_file=str(zoo_file), track=False, progress=False),
+                      log=lambda msg: None)
+        ckpt, _ = bench.checkpoint(bench.entries[0])
+        build_artifacts(ckpt, exporter="legacy", home=home, log=lambda msg: None)
+    return home
+
+
+@pytest.fixture
+def warm_home(isolated_home, trained_tiny_home) -> Path:
+    """This test's zoo home, pre-filled with the session's trained tiny model (no training in the test)."""
+    import shutil
+
+    shutil.copytree(trained_tiny_home, isolated_home, dirs_exist_ok=True)
+    return isolated_home
+
+
+@pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory):
     from signflow_zoo.testing import tiny_artifacts
 

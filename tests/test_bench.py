@@ -29,12 +29,15 @@ def _children(client, exp_name="signflow-zoo"):
     return client.search_runs([exp.experiment_id], "tags.`signflow_zoo.kind` = 'bench-record'")
 
 
-def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, isolated_home):
+def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, warm_home):
     out_json = tmp_path / "result.json"
-    assert main(bench_args(tiny_zoo_file, "--json", str(out_json))) == 0
+    assert main(bench_args(tiny_zoo_file, "--json", str(out_json), "--check-timing")) == 0
     captured = capsys.readouterr()
     doc = json.loads(out_json.read_text())
-    assert doc["schema"] == "signflow-zoo/bench/1" and doc["tracking"]["uploaded"] is True
+    assert doc["schema"] == "signflow-zoo/bench/2" and doc["tracking"]["uploaded"] is True
+    # drift: the reference workload was read at the start and after the preset
+    assert [r["at"] for r in doc["drift"]["readings"]] == ["start", "after tiny (end)"]
+    assert doc["drift"]["ratio"] > 0 and doc["config"]["timing"]["schedule"] == "interleaved"
     recs = {r["backend"]: r for r in doc["records"]}
     assert {"torch-eager", "onnx-cpu", "onnx-optimized", "onnx-cuda"} <= set(recs)
     for name in ("torch-eager", "onnx-cpu", "onnx-optimized"):
@@ -43,12 +46,25 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, is
         for b in ("1", "8"):
             lat = r["latency"][b]
             assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["iterations"] >= 10
-            assert lat["throughput_seq_s"] > 0
+            assert lat["p50_ci_ms"][0] <= lat["p50_ms"] <= lat["p50_ci_ms"][1] and lat["blocks"] >= 1
+            assert lat["throughput_seq_s"] > 0 and lat["valid"] is True
+            check = r["timing_check"][b]
+            assert check["p50_ratio"] == pytest.approx(check["scheduled_p50_ms"] / check["solo_p50_ms"])
+            assert check["scheduled_p50_ms"] == pytest.approx(lat["p50_ms"])
+            assert r["normalized_p50"][b] == pytest.approx(lat["p50_ms"] / ((doc["drift"]["readings"][0]["ms"]
+                                                                             + doc["drift"]["readings"][1]["ms"]) / 2))
         assert r["parity"]["ok"] and r["parity"]["max_abs"] < 1e-3
         assert 0 <= r["accuracy"]["top1"] <= 1 and r["accuracy"]["agreement_top1"] >= 0.95
+        lo, hi = r["accuracy"]["top1_ci"]
+        assert lo <= r["accuracy"]["top1"] <= hi and r["accuracy"]["n"] == r["params"]["test_size"]
+        assert r["memory"]["peak_mb"] >= r["memory"]["baseline_mb"] > 0 and "VmHWM" in r["memory"]["what"]
         assert r["params"]["artifact_sha256"] and r["params"]["threads"] >= 1
         assert r["describe"]["provider"]
     assert recs["onnx-cpu"]["describe"]["provider"] == "CPUExecutionProvider"
+    sp = recs["onnx-cpu"]["speedup"]["1"]
+    assert sp["reference"] == "torch-eager" and sp["ci"][0] <= sp["ratio"] <= sp["ci"][1]
+    assert sp["ratio"] == pytest.approx(recs["torch-eager"]["latency"]["1"]["p50_ms"] / recs["onnx-cpu"]["latency"]["1"]["p50_ms"])
+    assert "Timing self-check" in captured.out and "p50 ratio" in captured.out
     if recs["onnx-cuda"]["status"] != "ok":
         assert recs["onnx-cuda"]["status"] == "unavailable" and recs["onnx-cuda"]["reason"]
         assert recs["onnx-cuda"]["latency"] == {}  # never a CPU run under the CUDA name
@@ -73,9 +89,11 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, is
     assert main(["report", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["backend"] for r in rows} == set(recs)
-    # a warm second run reuses the cached checkpoint and artifacts
-    assert main(bench_args(tiny_zoo_file, "--no-train", "--backends", "onnx-cpu")) == 0
+    # a warm second run reuses the cached checkpoint and artifacts; --schedule sequential is recorded
+    assert main(bench_args(tiny_zoo_file, "--no-train", "--backends", "onnx-cpu", "--schedule", "sequential",
+                           "--json", str(out_json))) == 0
     assert "cached checkpoint" in capsys.readouterr().err
+    assert json.loads(out_json.read_text())["config"]["timing"]["schedule"] == "sequential"
 
 
 @pytest.mark.parametrize("args,words", [
@@ -84,6 +102,8 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, is
     (["bench", "--batch-sizes", "0,4"], ["positive integers"]),
     (["bench", "--min-time", "-1"], ["number >= 0"]),
     (["bench", "--threads", "zero"], ["positive integer"]),
+    (["bench", "--schedule", "random"], ["invalid choice", "interleaved"]),
+    (["bench", "--timeout", "0"], ["must be > 0"]),
     (["bench", "--data", "kaggle:foo"], ["synthetic"]),
 ])
 def test_bench_user_errors_exit_2_without_traceback(args, words):
@@ -95,9 +115,13 @@ def test_bench_user_errors_exit_2_without_traceback(args, words):
     assert "Traceback" not in proc.stderr
 
 
-def test_no_train_without_cache_and_corrupt_cache_are_clear_errors(tiny_zoo_file, capsys, isolated_home):
+def test_no_train_without_cache_and_corrupt_cache_are_clear_errors(tiny_zoo_file, capsys, isolated_home,
+                                                                   trained_tiny_home):
+    import shutil
+
     assert main(bench_args(tiny_zoo_file, "--no-train", "--no-track")) == 2
     assert "no cached checkpoint" in capsys.readouterr().err
+    shutil.copytree(trained_tiny_home, isolated_home, dirs_exist_ok=True)
     assert main(bench_args(tiny_zoo_file, "--no-track", "--backends", "onnx-cpu")) == 0
     ckpts = list((isolated_home / "checkpoints").glob("tiny-*.pt"))
     assert len(ckpts) == 1
@@ -136,7 +160,7 @@ def _start_mlflow_server(tmp_path, port):
 
 
 def test_unreachable_server_loses_nothing_then_sync_and_a_real_server(tiny_zoo_file, tmp_path, monkeypatch, capsys,
-                                                                       isolated_home):
+                                                                       warm_home):
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -144,7 +168,7 @@ def test_unreachable_server_loses_nothing_then_sync_and_a_real_server(tiny_zoo_f
     assert main(bench_args(tiny_zoo_file, "--backends", "torch-eager,onnx-cpu")) == 0
     err = capsys.readouterr().err
     assert "unreachable" in err and "signflow-zoo sync" in err
-    files = list((isolated_home / "results").glob("bench-*.json"))
+    files = list((warm_home / "results").glob("bench-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["tracking"]["uploaded"] is False
     assert main(["sync"]) == 1  # still unreachable: says so, non-zero
     # 2. the server comes up: sync uploads, once

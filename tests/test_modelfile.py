@@ -114,6 +114,9 @@ def test_serving_info_defaults_and_bounds():
     assert (info.seq_len, info.calibration_temperature, info.class_thresholds, info.default_labels) == (64, None,
                                                                                                           None, False)
     assert serving_info("x", {"labels": ["a"], "seq_len": MAX_SEQ_LEN}).seq_len == MAX_SEQ_LEN
+    # what training writes without a calibration
+    assert serving_info("x", {"labels": ["a", "b"], "calibration_temperature": 1.0, "class_thresholds": []}
+                        ).class_thresholds is None
     with pytest.raises(ModelFileError, match="seq_len"):
         serving_info("x", {"labels": ["a"], "seq_len": MAX_SEQ_LEN + 1})
     assert read_model_metadata is not None

@@ -1,7 +1,6 @@
 """The README's Python blocks run as written: in an empty folder, in order, nothing replaced between them."""
 
 import re
-import types
 from pathlib import Path
 
 import pytest
@@ -40,17 +39,3 @@ def test_python_api_blocks_train_export_and_serve(tmp_path, capsys):
         wire, best = line.split(" best: ")
         assert wire.split()[0] in pipe.labels + ["NONE"] and best.split()[0] in pipe.labels
     assert out[-1].startswith("sentence:")
-
-
-def test_plugin_walkthrough_code_is_a_valid_plugin(tmp_path):
-    from signflow_zoo.plugins import PluginRegistry
-    from signflow_zoo.testing import check_runner
-
-    block = next(b for b in _blocks() if "class MyRunner" in b)
-    ns: dict = {"__name__": "my_backend"}
-    exec(compile(block, "README.md", "exec"), ns)
-    module = types.ModuleType("my_backend")
-    module.__dict__.update(ns)
-    reg = PluginRegistry(extra=[module]).load()
-    report = check_runner(reg.get("my-backend").cls, tmp_path)
-    assert report.ok, report.problems

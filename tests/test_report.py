@@ -403,3 +403,20 @@ def test_cli_report_user_errors(tracking, cli):
         cli("--experiment", "elsewhere")
     with pytest.raises(SignFlowError):
         cli("--since", "yesterday-ish")
+
+
+def test_pareto_front_with_intervals_ignores_a_one_clip_edge():
+    from signflow_zoo.metrics import wilson_interval
+
+    # 320 held-out clips: 249 vs 250 correct is one clip, not a difference
+    pts = [(5.0, 100 * 249 / 320), (8.0, 100 * 250 / 320), (20.0, 100 * 300 / 320)]
+    cis = [tuple(100 * v for v in wilson_interval(k, 320)) for k in (249, 250, 300)]
+    assert report.pareto_front(pts) == [0, 1, 2]  # point estimates alone: the one-clip edge wins a place
+    assert report.pareto_front(pts, cis) == [0, 2]  # with intervals it does not; a real gain still does
+
+
+def test_pareto_plot_draws_intervals(tmp_path, records):
+    recs = [dict(r, accuracy_top1_ci_lo=r["accuracy_top1"] - 0.04, accuracy_top1_ci_hi=r["accuracy_top1"] + 0.04)
+            for r in records if r.get("accuracy_top1") is not None]
+    path = report.plot_pareto(recs, tmp_path / "p.png")
+    assert path.is_file() and path.stat().st_size > 10_000

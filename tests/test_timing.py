@@ -1,8 +1,25 @@
+"""The harness's timing core: block timing, statistics with intervals, the noisy rule, and schedules."""
+
+import time
+
+import numpy as np
 import pytest
 
-from signflow_zoo.errors import SignFlowError
+from signflow_zoo.errors import BackendError, SignFlowError
+from signflow_zoo.metrics import wilson_interval
 from signflow_zoo.parity import compare
-from signflow_zoo.timing import TimingConfig, measure_interleaved, percentile, summarize
+from signflow_zoo.schedule import Outcome, expected_calls, run_schedule, warm
+from signflow_zoo.timing import (
+    NOISY_CI,
+    TimingConfig,
+    bootstrap_median_ci,
+    bootstrap_ratio_ci,
+    percentile,
+    reference_workload,
+    summarize,
+    time_block,
+    warm_up,
+)
 
 
 def test_percentiles_interpolate():
@@ -12,59 +29,164 @@ def test_percentiles_interpolate():
     assert percentile(vals, 0) == 1.0 and percentile(vals, 100) == 5.0
 
 
-def test_summarize_stats_and_throughput():
-    st = summarize([1_000_000] * 9 + [1_500_000], batch=4)  # ns
-    assert st.p50_ms == 1.0 and st.max_ms == 1.5 and st.iterations == 10
-    assert st.mean_ms == pytest.approx(1.05)
-    assert st.throughput_seq_s == pytest.approx(4 / 1.05e-3)
-    assert not st.noisy
+def test_summarize_stats_throughput_and_interval():
+    rng = np.random.default_rng(0)
+    blocks = [list((1_000_000 + rng.integers(-20_000, 20_000, 50)).astype(int)) for _ in range(10)]
+    st = summarize(blocks, batch=4, min_iters=100)
+    allv = np.concatenate(blocks) / 1e6
+    assert st.iterations == 500 and st.blocks == 10 and st.valid
+    assert st.p50_ms == pytest.approx(np.median(allv)) and st.max_ms == pytest.approx(allv.max())
+    assert st.throughput_seq_s == pytest.approx(4 / (allv.mean() / 1e3))
+    lo, hi = st.p50_ci_ms
+    assert lo <= st.p50_ms <= hi and (hi - lo) / st.p50_ms < 0.02
+    assert not st.noisy and st.noisy_why == ""
 
 
-def test_wide_spread_is_flagged_noisy():
-    assert summarize([1_000_000, 1_000_000, 9_000_000, 1_000_000, 30_000_000], batch=1).noisy
+def test_fewer_calls_than_min_iters_is_not_valid():
+    assert not summarize([[1_000_000] * 5], batch=1, min_iters=20).valid
 
 
-def test_interleaved_rounds_reach_min_iters_for_every_backend():
-    order = []
-    calls = {n: ((lambda n=n: order.append(n)), None) for n in ("a", "b", "c")}
-    cfg = TimingConfig(warmup=2, min_iters=20, min_time=0.0, round_iters=5)
-    stats = measure_interleaved(calls, 1, cfg)
-    assert {n: s.iterations for n, s in stats.items()} == {"a": 20, "b": 20, "c": 20}
-    timed = order[6:]  # after 3 x 2 warm-up calls
-    # rounds interleave: the backends alternate in blocks of round_iters, and the first mover rotates
-    blocks = [timed[i] for i in range(0, len(timed), 5)]
-    assert blocks[:6] == ["a", "b", "c", "b", "c", "a"]
+def test_blocks_that_disagree_give_a_wide_interval_and_are_noisy():
+    # the machine slowed down half-way: every call in a block is steady, but blocks differ by 40%
+    blocks = [[1_000_000] * 30 for _ in range(4)] + [[1_400_000] * 30 for _ in range(4)]
+    st = summarize(blocks, batch=1)
+    lo, hi = st.p50_ci_ms
+    assert (hi - lo) / st.p50_ms > NOISY_CI and st.noisy and "interval" in st.noisy_why
+    # the same values as one block: no block structure, the calls alone look steadier
+    flat = summarize([sum(blocks, [])], batch=1)
+    assert flat.p50_ci_ms[1] - flat.p50_ci_ms[0] <= hi - lo
 
 
-def test_min_time_extends_iterations():
-    n = {"x": 0}
-
-    def slow():
-        n["x"] += 1
-        s = 0
-        for i in range(20000):
-            s += i
-        return s
-
-    stats = measure_interleaved({"x": (slow, None)}, 1, TimingConfig(warmup=0, min_iters=1, min_time=0.05, round_iters=1))
-    assert stats["x"].iterations > 1 and stats["x"].total_s >= 0.05
+def test_a_heavy_tail_is_noisy_even_with_a_tight_median():
+    blocks = [[1_000_000] * 97 + [5_000_000] * 3 for _ in range(6)]
+    st = summarize(blocks, batch=1)
+    assert st.p50_ci_ms == pytest.approx((1.0, 1.0)) and st.p99_ms >= 4.0
+    assert st.noisy and "p99" in st.noisy_why
 
 
-def test_sync_is_called_after_every_timed_call():
+def test_bootstrap_interval_covers_the_truth_and_shrinks_with_data():
+    rng = np.random.default_rng(1)
+    small = [list(rng.normal(10, 1, 20)) for _ in range(4)]
+    large = [list(rng.normal(10, 1, 200)) for _ in range(20)]
+    s_lo, s_hi = bootstrap_median_ci(small)
+    l_lo, l_hi = bootstrap_median_ci(large)
+    assert s_lo < 10 < s_hi and l_lo < 10 < l_hi
+    assert (l_hi - l_lo) < (s_hi - s_lo)
+
+
+def test_ratio_interval_separates_different_speeds_and_not_equal_ones():
+    rng = np.random.default_rng(2)
+    fast = [list(rng.normal(1.0, 0.05, 50)) for _ in range(8)]
+    slow = [list(rng.normal(2.0, 0.1, 50)) for _ in range(8)]
+    same = [list(rng.normal(1.0, 0.05, 50)) for _ in range(8)]
+    ratio, lo, hi = bootstrap_ratio_ci(slow, fast)
+    assert ratio == pytest.approx(2.0, rel=0.05) and lo > 1.0
+    ratio, lo, hi = bootstrap_ratio_ci(same, fast)
+    assert lo <= 1.0 <= hi
+
+
+def test_time_block_times_each_call_and_reaches_count_and_duration():
     seen = []
-    calls = {"gpu": ((lambda: seen.append("run")), (lambda: seen.append("sync")))}
-    measure_interleaved(calls, 1, TimingConfig(warmup=0, min_iters=3, min_time=0, round_iters=3))
-    assert seen == ["run", "sync"] * 3
+    samples, dropped = time_block(lambda: seen.append("run"), lambda: seen.append("sync"), 5, 0.0, discard=2)
+    assert len(samples) == 5 and dropped == 2 and seen == ["run", "sync"] * 7
+    samples, _ = time_block(lambda: time.sleep(0.002), None, 1, 0.03)
+    assert len(samples) >= 5 and sum(samples) >= 0.03e9 and all(s >= 1.5e6 for s in samples)
+
+
+def test_warm_up_is_capped_by_time_for_slow_calls():
+    calls = []
+    n = warm_up(lambda: (calls.append(1), time.sleep(0.02)), None, 50, 0.05)
+    assert n == len(calls) and 2 <= n <= 5
 
 
 def test_nonsense_timing_config_is_refused():
-    with pytest.raises(SignFlowError):
-        TimingConfig(min_iters=0).validate()
+    for bad in ({"min_iters": 0}, {"block_time": 0}, {"schedule": "random"}, {"timeout": float("nan")},
+                {"settle_time": -1}):
+        with pytest.raises(SignFlowError):
+            TimingConfig(**bad).validate()
+
+
+def test_reference_workload_is_a_positive_time():
+    assert 0 < reference_workload(repeats=3, size=64) < 1000
+
+
+class FakeWorker:
+    """Stands in for a worker process: records the order of requests, returns fixed call times."""
+
+    def __init__(self, name, log, call_ns=100_000, fail_on=None):
+        self.name, self.log, self.call_ns, self.fail_on = name, log, call_ns, fail_on
+
+    def call(self, cmd, *args, budget=0.0):
+        if self.fail_on == cmd:
+            raise BackendError(f"{self.name} failed at {cmd}")
+        if cmd == "warmup":
+            return 3
+        if cmd == "time":
+            _key, min_calls, min_seconds, discard = args
+            n = max(min_calls, int(np.ceil(min_seconds * 1e9 / self.call_ns)))
+            self.log.append((self.name, discard))
+            return [self.call_ns] * n, discard
+        raise AssertionError(cmd)
+
+
+def _workers(names, **kw):
+    log = []
+    return {n: FakeWorker(n, log, **kw) for n in names}, log
+
+
+def test_interleaved_schedule_alternates_blocks_rotates_the_first_mover_and_drops_calls_after_switches():
+    workers, log = _workers("abc")
+    cfg = TimingConfig(min_iters=1, min_time=0.005, block_time=0.001, settle_time=0.0, discard=2)
+    out = {n: Outcome(call_s=100e-6) for n in workers}
+    run_schedule(workers, "k", cfg, out)
+    order = [n for n, _ in log]
+    assert order[:9] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(d == 2 for _, d in log)  # every block follows a switch
+    assert all(o.spent_s >= cfg.min_time and o.calls >= cfg.min_iters for o in out.values())
+    assert all(len(b) == 10 for o in out.values() for b in o.blocks)
+
+
+def test_sequential_schedule_runs_each_backend_to_the_end_and_drops_calls_only_at_the_switch():
+    workers, log = _workers("ab")
+    cfg = TimingConfig(schedule="sequential", min_iters=1, min_time=0.003, block_time=0.001, settle_time=0.0, discard=1)
+    out = {n: Outcome(call_s=100e-6) for n in workers}
+    run_schedule(workers, "k", cfg, out)
+    assert [n for n, _ in log] == ["a"] * 3 + ["b"] * 3
+    assert [d for _, d in log] == [1, 0, 0, 1, 0, 0]
+
+
+def test_long_calls_are_not_discarded():
+    workers, log = _workers("ab", call_ns=80_000_000)  # 80 ms calls, 100 ms blocks
+    cfg = TimingConfig(min_iters=3, min_time=0.0, block_time=0.1, settle_time=0.0, discard=1)
+    out = {n: Outcome(call_s=0.08) for n in workers}
+    run_schedule(workers, "k", cfg, out)
+    assert all(d == 0 for _, d in log) and all(o.calls >= 3 for o in out.values())
+
+
+def test_an_error_ends_only_that_backend():
+    log = []
+    workers = {"ok": FakeWorker("ok", log), "bad": FakeWorker("bad", log, fail_on="time")}
+    cfg = TimingConfig(min_iters=1, min_time=0.002, block_time=0.001, settle_time=0.0)
+    out = warm(workers, "k", cfg)
+    run_schedule(workers, "k", cfg, out)
+    assert out["ok"].error is None and out["ok"].spent_s >= 0.002
+    assert isinstance(out["bad"].error, BackendError) and not out["bad"].blocks
+
+
+def test_expected_calls_follow_min_iters_and_min_time():
+    cfg = TimingConfig(min_iters=20, min_time=1.0)
+    assert expected_calls(Outcome(call_s=0.001), cfg) == 1000
+    assert expected_calls(Outcome(call_s=0.5), cfg) == 20
+
+
+def test_wilson_interval_is_honest_at_small_n_and_at_the_edges():
+    lo, hi = wilson_interval(256, 320)  # 80.0% of 320 clips
+    assert lo == pytest.approx(0.753, abs=0.002) and hi == pytest.approx(0.840, abs=0.002)
+    assert wilson_interval(320, 320)[1] == pytest.approx(1.0) and wilson_interval(320, 320)[0] < 0.99
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] > 0.2
 
 
 def test_parity_tolerance_depends_on_precision():
-    import numpy as np
-
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((50, 10)) * 5
     assert compare(ref + 1e-6, ref, "fp32").ok
@@ -76,17 +198,3 @@ def test_parity_tolerance_depends_on_precision():
     assert res.max_abs > 0.5 and (res.ok == (res.top1_agreement >= 0.90))
     assert not compare(np.full_like(ref, np.nan), ref, "bf16").ok
     assert not compare(ref[:, :5], ref, "fp32").ok
-
-
-def test_warmup_is_capped_by_time_for_slow_calls():
-    import time as _t
-
-    calls = []
-
-    def slow():
-        calls.append(1)
-        _t.sleep(0.02)
-
-    measure_interleaved({"s": (slow, None)}, 1, TimingConfig(warmup=50, warmup_time=0.05, min_iters=1, min_time=0,
-                                                             round_iters=1))
-    assert 3 <= len(calls) - 1 <= 6  # 2..5 warm-up calls instead of 50, then one timed call

@@ -1,8 +1,6 @@
 """onnx-cpu: the plain exported graph on ONNX Runtime's CPU provider."""
 
-from signflow_zoo.hookspecs import hookimpl
-
-from .ort_common import OrtRunner
+from signflow_zoo.api import OrtRunner, hookimpl
 
 
 class OnnxCpuRunner(OrtRunner):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from signflow_zoo.hookspecs import hookimpl
-
-from .ort_common import OrtRunner
+from signflow_zoo.api import OrtRunner, hookimpl
 
 
 class OnnxCudaRunner(OrtRunner):
@@ -14,14 +12,10 @@ class OnnxCudaRunner(OrtRunner):
     artifact = "onnx"
     provider = "CUDAExecutionProvider"
     precision = "tf32"  # ORT's CUDA provider may use TF32 math on Ampere+: parity allows for it
-    device_kind = "gpu"
+    device_kind = "gpu"  # synchronous: session.run copies results back and returns after the device is done
     summary = "ONNX Runtime, CUDA provider (onnxruntime-gpu build), plain export"
 
-    def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        # session.run copies inputs to the device and results back, and returns after the device is done.
-        return self.session.run(None, {"features": features, "mask": mask})[0]
-
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         d = super().describe()
         opts = self.session.get_provider_options().get(self.provider, {})
         d["device_id"] = opts.get("device_id")

@@ -1,8 +1,6 @@
 """onnx-optimized: the offline-optimized graph (ORT transformer fusions + extended level) on CPU."""
 
-from signflow_zoo.hookspecs import hookimpl
-
-from .ort_common import OrtRunner
+from signflow_zoo.api import OrtRunner, hookimpl
 
 
 class OnnxOptimizedRunner(OrtRunner):

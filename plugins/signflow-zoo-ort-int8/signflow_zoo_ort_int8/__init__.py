@@ -1,49 +1,51 @@
 """onnx-int8: ONNX Runtime on CPU with dynamic int8 quantization of the MatMul weights.
 
-A third-party-style plugin: installed with pip, found through the `signflow_zoo` entry-point group,
-registered through the public hook. The quantized graph is derived from the plain ONNX artifact on
-first use and cached next to it, keyed by the source file's hash.
+A third-party-style plugin: installed with pip, found through the `signflow_zoo` entry-point group and
+built on the public API only. The quantized graph is an artifact kind of its own, ``onnx-int8-dynamic``:
+signflow-zoo builds it from the plain ONNX export once and caches it by the source file's hash.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-from signflow_zoo import hookimpl
-from signflow_zoo.default_plugins.ort_common import OrtRunner
-from signflow_zoo.export import quiet_logs, file_sha256
-from signflow_zoo.runners import Availability
+from signflow_zoo.api import ArtifactKind, Availability, BuildContext, OrtRunner, hookimpl
+
+OP_TYPES = ["MatMul", "Gemm"]
+
+
+class OnnxInt8Dynamic(ArtifactKind):
+    name = "onnx-int8-dynamic"
+    source = "onnx"
+    version = "1"  # bump when build() changes: cached graphs are then rebuilt
+    main_file = "model.onnx"
+
+    def build(self, ctx: BuildContext) -> dict[str, Any]:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(ctx.source), str(ctx.dest / self.main_file), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=OP_TYPES)
+        return {"weight_type": "QInt8", "op_types": OP_TYPES}
 
 
 class OnnxInt8Runner(OrtRunner):
     name = "onnx-int8"
-    artifact = "onnx"
+    artifact = OnnxInt8Dynamic.name
     precision = "int8"
     summary = "ONNX Runtime CPU, dynamic int8 quantization (MatMul weights), VNNI where the CPU has it"
 
     @classmethod
     def availability(cls) -> Availability:
         try:
-            from onnxruntime.quantization import quantize_dynamic  # noqa: F401
+            from onnxruntime.quantization import quantize_dynamic  # noqa: F401 - builds the artifact
         except ImportError as exc:
             return Availability.no(f"onnxruntime.quantization is not importable: {exc}")
         return super().availability()
 
-    def prepare(self, artifacts) -> None:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        src = artifacts.path_for("onnx")
-        digest = artifacts.hashes.get("onnx") or file_sha256(src)
-        folder = Path(artifacts.workdir or src.parent)
-        dst = folder / f"model.int8.{digest[:12]}.onnx"
-        if not dst.is_file():
-            tmp = dst.with_suffix(".tmp.onnx")
-            with quiet_logs():  # the quantizer logs advice through the root logger
-                quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-            tmp.replace(dst)
-        self.quantized_path = dst
-        quantized = type(artifacts)(**{**artifacts.__dict__, "onnx": dst})
-        super().prepare(quantized)
+@hookimpl
+def register_artifact_kinds(register):
+    register(OnnxInt8Dynamic)
 
 
 @hookimpl

@@ -1,12 +1,19 @@
-"""What the three ONNX Runtime backends share: session creation and the honest provider check."""
+"""A base for ONNX Runtime backends: session creation and the honest provider check.
+
+The built-in ``onnx-*`` backends and plugins that run an ONNX graph (their own artifact kind, or other
+providers) subclass :class:`OrtRunner`; ``onnxruntime`` is imported only when a runner needs it.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from signflow_zoo.runners import Availability, BackendUnavailable, Runner
+from .errors import ModelFileError
+from .runners import Artifacts, Availability, BackendUnavailable, Runner
 
 
 @lru_cache(maxsize=None)
@@ -51,11 +58,25 @@ def probe_provider(provider: str) -> Availability:
     return Availability.yes(f"{provider} bound")
 
 
+def open_session(path: str | Path, options=None, providers=("CPUExecutionProvider",)):
+    """An ``onnxruntime.InferenceSession``; a missing or corrupt file is a :class:`ModelFileError` naming it."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: ONNX model file not found")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as exc:  # ORT raises several exception types for corrupt protobufs
+        msg = str(exc).splitlines()[0][:300]
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({msg}); re-export it with `signflow-zoo export`") from None
+
+
 class OrtRunner(Runner):
     """Base for ONNX Runtime runners: subclasses choose provider and artifact."""
 
-    provider = "CPUExecutionProvider"
-    provider_options: dict = {}
+    provider: ClassVar[str] = "CPUExecutionProvider"
+    provider_options: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def availability(cls) -> Availability:
@@ -72,17 +93,15 @@ class OrtRunner(Runner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         return so
 
-    def prepare(self, artifacts) -> None:
+    def prepare(self, artifacts: Artifacts) -> None:
         import onnxruntime as ort
-
-        from signflow_zoo.export import _session
 
         self.ort = ort
         path = artifacts.path_for(self.artifact)
         providers = [(self.provider, dict(self.provider_options))]
         if self.provider != "CPUExecutionProvider":
             providers.append(("CPUExecutionProvider", {}))
-        self.session = _session(path, ort, self.session_options(), providers)
+        self.session = open_session(path, self.session_options(), providers)
         bound = self.session.get_providers()
         if bound[0] != self.provider:
             raise BackendUnavailable(
@@ -91,18 +110,27 @@ class OrtRunner(Runner):
         self.path = path
         inp = self.session.get_inputs()[0]
         self.input_dim = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 469
-        self.prepared = True
 
     def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"features": features, "mask": mask})[0]
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         so = self.session.get_session_options()
         return {
             "backend": self.name, "precision": self.precision, "provider": self.session.get_providers()[0],
             "providers": self.session.get_providers(), "threads": so.intra_op_num_threads or "default",
-            "onnxruntime": self.ort.__version__, "model": self.path.name,
+            "onnxruntime": self.ort.__version__, "model": self.path.name, "spinning": self._spinning(so),
         }
+
+    @staticmethod
+    def _spinning(so) -> str:
+        """ONNX Runtime's intra-op thread spinning (on by default): part of its latency, so the harness settles
+        it between backends (an idle gap) rather than turning it off; recorded with every result."""
+        try:
+            value = so.get_session_config_entry("session.intra_op.allow_spinning")
+        except Exception:  # noqa: BLE001 - not set: ORT's default
+            value = ""
+        return {"0": "off", "1": "on"}.get(value, "on (default)")
 
     def close(self) -> None:
         self.session = None

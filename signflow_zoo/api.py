@@ -1,0 +1,50 @@
+"""The public API for signflow-zoo plugins: a backend imports from this module and nothing else.
+
+The built-in backends (``signflow_zoo.default_plugins``) and the example plugin
+(``plugins/signflow-zoo-ort-int8``) use only these names; import-linter holds them to it. A plugin
+implements one or both hooks of :mod:`signflow_zoo.hookspecs`::
+
+    from signflow_zoo.api import ArtifactKind, OrtRunner, hookimpl
+
+    @hookimpl
+    def register_artifact_kinds(register):   # compiled forms your backend consumes
+        register(MyKind)
+
+    @hookimpl
+    def register_runners(register):          # your backends
+        register(MyRunner)
+
+What is here:
+
+* ``hookimpl`` marks a plugin's hook functions.
+* ``Runner`` is the backend base class (``availability``, ``prepare``, ``infer``, ``describe``, ``close``;
+  ``run`` validates input and is provided), with ``RunnerOptions`` (threads, device) and ``Availability``
+  (``Availability.yes(detail)`` / ``Availability.no(reason)``).
+* ``Artifacts`` is what ``prepare`` gets: ``artifacts.path_for(kind)`` is the file of any built-in or
+  registered kind, ``artifacts.torch_model()`` the PyTorch reference.
+* ``OrtRunner`` is a base for backends running an ONNX graph in ONNX Runtime (choose ``provider`` and
+  ``artifact``); ``probe_provider`` says whether an execution provider really binds here and
+  ``open_session`` opens a model file with a clear error.
+* ``ArtifactKind`` and ``BuildContext`` declare a compiled form of the model built once from another
+  kind and cached by signflow-zoo (``ensure_artifact`` builds one outside the harness).
+* ``Tolerance`` is the parity tolerance a backend declares for a precision of its own (``Runner.tolerance``).
+* Errors: ``BackendUnavailable`` (this backend cannot run here: the message is the reason),
+  ``BackendError``, ``InputError``, ``ModelFileError``; ``check_input`` validates a batch as ``run`` does.
+"""
+
+from .artifact_kinds import ArtifactKind, BuildContext, ensure_artifact
+from .errors import BackendError, InputError, ModelFileError
+from .hookspecs import hookimpl
+from .ort import OrtRunner, open_session, probe_provider
+from .parity import Tolerance
+from .runners import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions
+from .tensors import check_input
+
+__all__ = [
+    "hookimpl",
+    "Runner", "RunnerOptions", "Availability", "Artifacts",
+    "OrtRunner", "open_session", "probe_provider",
+    "ArtifactKind", "BuildContext", "ensure_artifact",
+    "Tolerance",
+    "BackendUnavailable", "BackendError", "InputError", "ModelFileError", "check_input",
+]

@@ -1,0 +1,126 @@
+"""Schedules: in what order the harness times blocks of calls of several backends at one batch size.
+
+``interleaved`` (default): rounds in which every backend runs one block (the first mover rotates), so
+that machine drift during the run hits every backend alike. A switch between two runtimes contaminates
+the next calls (the previous runtime's worker threads are still spinning on the cores, caches are
+cold), so each block is long (``block_time``), is followed by an idle gap (``settle_time``) in which the
+spinning threads go to sleep, and drops its first ``discard`` calls when calls are short.
+``sequential``: every block of one backend, then the next backend (settle and discard only at the switch).
+``solo``: one backend alone in two continuous halves, used by ``--check-timing`` to show what the schedule
+itself does to the numbers. The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import BackendError
+from .timing import TimingConfig
+from .worker import BackendWorker
+
+
+@dataclass
+class Outcome:
+    """What one backend produced at one batch size: timed blocks (ns per call), or the error that stopped it."""
+
+    blocks: list[list[int]] = field(default_factory=list)
+    discarded: int = 0
+    warmup_calls: int = 0
+    call_s: float = 0.0  # estimated seconds per call (from the warm-up)
+    error: BackendError | None = None
+
+    @property
+    def calls(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    @property
+    def spent_s(self) -> float:
+        return sum(sum(b) for b in self.blocks) / 1e9
+
+
+def _done(o: Outcome, cfg: TimingConfig) -> bool:
+    return (o.calls >= cfg.min_iters and o.spent_s >= cfg.min_time) or o.spent_s >= cfg.max_time
+
+
+def warm(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig) -> dict[str, Outcome]:
+    """Untimed warm-up of every worker on the loaded batch; estimates each backend's seconds per call."""
+    out: dict[str, Outcome] = {}
+    for name, w in workers.items():
+        o = out[name] = Outcome()
+        try:
+            t0 = time.perf_counter()
+            o.warmup_calls = int(w.call("warmup", key, cfg.warmup, cfg.warmup_time, budget=cfg.warmup_time))
+            o.call_s = (time.perf_counter() - t0) / max(1, o.warmup_calls)
+        except BackendError as exc:
+            o.error = exc
+        time.sleep(cfg.settle_time)
+    return out
+
+
+def _discard(o: Outcome, cfg: TimingConfig) -> int:
+    """Drop the first calls after a switch only when a call is short next to a block."""
+    return cfg.discard if o.call_s < cfg.block_time / 2 else 0
+
+
+def _block(w: BackendWorker, key: Any, o: Outcome, cfg: TimingConfig, discard: int, min_calls: int = 1,
+           min_seconds: float | None = None) -> None:
+    seconds = cfg.block_time if min_seconds is None else min_seconds
+    budget = seconds + o.call_s * (discard + min_calls)
+    samples, dropped = w.call("time", key, min_calls, seconds, discard, budget=budget)
+    o.blocks.append(list(samples))
+    o.discarded += int(dropped)
+
+
+def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
+                 outcomes: dict[str, Outcome], on_block: Callable[[str, int], None] | None = None) -> None:
+    """Time every worker that warmed up without error, per ``cfg.schedule``, until each has
+    ``min_iters`` calls and ``min_time`` seconds (or ``max_time``). Errors end only that backend."""
+    names = [n for n in workers if outcomes[n].error is None]
+    if cfg.schedule == "sequential":
+        for name in names:
+            o, first = outcomes[name], True
+            while o.error is None and not _done(o, cfg):
+                try:
+                    _block(workers[name], key, o, cfg, _discard(o, cfg) if first else 0)
+                except BackendError as exc:
+                    o.error = exc
+                first = False
+                if on_block:
+                    on_block(name, len(o.blocks))
+            time.sleep(cfg.settle_time)
+        return
+    rnd = 0
+    several = len(names) > 1
+    while True:
+        active = [n for n in names if outcomes[n].error is None and not _done(outcomes[n], cfg)]
+        if not active:
+            return
+        k = rnd % len(names)
+        for name in names[k:] + names[:k]:
+            if name not in active:
+                continue
+            o = outcomes[name]
+            try:
+                _block(workers[name], key, o, cfg, _discard(o, cfg) if (several or rnd == 0) else 0)
+            except BackendError as exc:
+                o.error = exc
+            if on_block:
+                on_block(name, len(o.blocks))
+            if several:
+                time.sleep(cfg.settle_time)
+        rnd += 1
+
+
+def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, calls: int) -> None:
+    """One half of a solo measurement: ``calls`` calls of this backend back to back (one continuous
+    block, first calls dropped like any block after a switch)."""
+    _block(worker, key, o, cfg, _discard(o, cfg), min_calls=max(1, calls), min_seconds=0.0)
+
+
+def expected_calls(o: Outcome, cfg: TimingConfig) -> int:
+    """Calls the schedule will time for a backend whose call takes ``o.call_s``."""
+    by_time = math.ceil(cfg.min_time / o.call_s) if o.call_s > 0 else cfg.min_iters
+    return int(min(max(cfg.min_iters, by_time), max(cfg.min_iters, cfg.max_time / max(o.call_s, 1e-9))))
