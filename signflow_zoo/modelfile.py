@@ -3,9 +3,9 @@
 A model file (``.onnx`` or ``.pt``) carries what serving needs: labels, ``seq_len``, the feature version,
 and optionally the calibration the training side found (``calibration_temperature``: a float > 0;
 ``class_thresholds``: one float in 0..1 per label, in label order, or [] for none). None of it is trusted:
-every value is checked here (:func:`serving_info`), and a file whose metadata is nonsense -- or whose ONNX graph does not
-take ``features [batch, frames, 469]`` + ``mask`` and return ``[batch, classes]`` -- is refused with one
-line naming the file and the problem (:class:`~signflow_zoo.errors.ModelFileError`).
+every value is checked here (:func:`serving_info`), and a file whose metadata is nonsense -- or whose ONNX
+graph does not take ``features [batch, frames, 469]`` + ``mask`` and return ``[batch, classes]`` -- is
+refused with one line naming the file and the problem (:class:`~signflow_zoo.errors.ModelFileError`).
 
 Sizes read from metadata are bounded: ``seq_len`` 2..:data:`MAX_SEQ_LEN` (4096 frames, over two minutes
 at 30 fps: the model attends over every frame, so more is a broken file, not a long sign) and 1..
