@@ -289,7 +289,8 @@ def plan_backend(model_path: str | Path, backend: str | None = None, registry=No
         check_onnx_io(path, len(info.labels), proto)
     entry = registry.get(backend)  # BackendError naming the registered ones
     cls = entry.cls
-    wants = cls.artifact
+    kind = cls.artifact
+    wants = _root_kind(kind, registry)  # a plugin's kind is built from a model file of this kind
     if wants == "torch" and file_kind != "torch":
         hint = f" ({_sibling_checkpoint(path).name} lies next to it)" if _sibling_checkpoint(path) else ""
         raise BackendError(f"backend {backend!r} runs a PyTorch checkpoint: pass a .pt model file, not "
@@ -300,7 +301,7 @@ def plan_backend(model_path: str | Path, backend: str | None = None, registry=No
     if wants == "onnx-optimized" and file_kind != "onnx-optimized":
         raise BackendError(f"backend {backend!r} runs an optimized ONNX graph, and {path.name} is a plain export; "
                            f"optimize it (`signflow-zoo export --optimize`) or use backend 'onnx-cpu'")
-    available = cls.availability()
+    available = registry.availability(backend)
     if not available:
         raise BackendUnavailable(f"backend {backend!r} cannot run here: {available.reason}")
 
@@ -318,7 +319,24 @@ def plan_backend(model_path: str | Path, backend: str | None = None, registry=No
                 arts.onnx_optimized = path
     else:
         arts = artifacts_from_model_file(path)
+    if kind != wants:  # e.g. a quantized graph: built from this file once, cached in the zoo home
+        from .artifact_kinds import ensure_artifact
+
+        ensure_artifact(arts, kind, registry, log=notes.append)
     return BackendPlan(backend, path, arts, dict(meta), info, notes)
+
+
+def _root_kind(kind: str, registry) -> str:
+    """The built-in artifact kind a (plugin) kind is built from, following ``source`` links."""
+    from .runners import BUILTIN_ARTIFACT_KINDS
+
+    seen = [kind]
+    while kind not in BUILTIN_ARTIFACT_KINDS:
+        kind = registry.artifact_kind(kind).source  # BackendError for an unknown kind
+        if kind in seen:
+            raise BackendError(f"artifact kinds {' -> '.join(seen + [kind])} are built from each other in a circle")
+        seen.append(kind)
+    return kind
 
 
 __all__ = ["ServingInfo", "BackendPlan", "serving_info", "read_model_metadata", "check_onnx_io", "plan_backend",

@@ -647,14 +647,46 @@ def test_a_third_party_backend_comes_from_the_registry_passed_in(tiny, sample_cl
             ThirdParty.prepared_with = artifacts.path_for("onnx")
             super().prepare(artifacts)
 
-    plugin = types.SimpleNamespace(__name__="acme", register_runners=hookimpl(lambda register: register(ThirdParty)))
-    registry = PluginRegistry(extra=[plugin]).load()
+    plugin = types.ModuleType("acme")
+    plugin.register_runners = hookimpl(lambda register: register(ThirdParty))
+    registry = PluginRegistry([plugin], entry_points=False)
     pipe = SignFlowInferencePipeline(tiny.onnx, backend="acme-onnx", registry=registry)
     assert pipe.backend_name == "acme-onnx" and ThirdParty.prepared_with == tiny.onnx
     assert pipe.process_sequence(sample_clip).candidate in tiny.labels
     assert "acme-onnx" not in get_registry().names()  # the process-wide registry was not touched
     with pytest.raises(BackendError, match="acme-onnx"):
         SignFlowInferencePipeline(tiny.onnx, backend="acme-onnx")
+
+
+def test_a_plugin_artifact_kind_is_built_from_the_model_file(tiny, sample_clip):
+    from signflow_zoo.plugins import get_registry
+
+    if "onnx-int8" not in get_registry().names():
+        pytest.skip("the example plugin signflow-zoo-ort-int8 is not installed (pip install -e plugins/...)")
+    with pytest.warns(RuntimeWarning, match="building artifact 'onnx-int8-dynamic'"):
+        pipe = SignFlowInferencePipeline(tiny.onnx, backend="onnx-int8")
+    assert pipe.backend_name == "onnx-int8" and pipe.process_sequence(sample_clip).candidate in tiny.labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SignFlowInferencePipeline(tiny.onnx, backend="onnx-int8")  # built once: cached in the zoo home
+
+
+def test_a_plugin_kind_built_from_a_checkpoint_needs_the_checkpoint(tiny):
+    from signflow_zoo.api import ArtifactKind, Runner, hookimpl
+    from signflow_zoo.plugins import PluginRegistry
+
+    class FromTorch(ArtifactKind):
+        name, source, version, main_file = "from-torch", "torch", "1", "model.bin"
+
+    class FromTorchRunner(Runner):
+        name, artifact = "from-torch-runner", "from-torch"
+
+    plugin = types.ModuleType("acme")
+    plugin.register_artifact_kinds = hookimpl(lambda register: register(FromTorch))
+    plugin.register_runners = hookimpl(lambda register: register(FromTorchRunner))
+    registry = PluginRegistry([plugin], entry_points=False)
+    with pytest.raises(BackendError, match=r"runs a PyTorch checkpoint: pass a \.pt model file"):
+        SignFlowInferencePipeline(tiny.onnx, backend="from-torch-runner", registry=registry)
 
 
 def test_without_onnxruntime_an_onnx_file_falls_back_to_its_checkpoint(tiny, tmp_path, monkeypatch, sample_clip):
