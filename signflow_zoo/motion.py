@@ -28,6 +28,7 @@ from .features import NUM_HAND_POINTS, POSE, POSE_LEFT_HIP, POSE_RIGHT_HIP, part
 HAND_VALUES = 2 * NUM_HAND_POINTS * 3  # 126: left hand then right hand, x y z per point
 _LEFT_HIP = slice(POSE.start + 3 * POSE_LEFT_HIP, POSE.start + 3 * POSE_LEFT_HIP + 3)
 _RIGHT_HIP = slice(POSE.start + 3 * POSE_RIGHT_HIP, POSE.start + 3 * POSE_RIGHT_HIP + 3)
+_HIPS = slice(_LEFT_HIP.start, _RIGHT_HIP.stop)  # pose points 23 and 24: neighbours in the row
 VISIBLE_EPS = 1e-6  # a point with every |coordinate| at or below this counts as not detected
 _CHUNK = 4096  # frames per step when a whole clip is measured: bounded temporaries on any clip length
 
@@ -74,12 +75,12 @@ class FrameHands:
     __slots__ = ("hands", "present", "hips", "centre")
 
     def __init__(self, row: np.ndarray):
-        hands = row[:HAND_VALUES].astype(np.float64).reshape(2, NUM_HAND_POINTS, 3)
-        self.hands = hands
+        self.hands = row[:HAND_VALUES].astype(np.float64).reshape(2, NUM_HAND_POINTS, 3)
         present = part_present(row)
-        self.present = (bool(present["left"]), bool(present["right"]))
-        self.hips = bool(_hips_present(row))
-        self.centre = hip_centre(row)
+        self.present = np.array([present["left"], present["right"]])
+        hips = row[_HIPS].astype(np.float64).reshape(2, 3)  # points 23 and 24 are neighbours in the row
+        self.hips = bool(hips[0].any() and hips[1].any())
+        self.centre = 0.5 * (hips[0] + hips[1])
 
     def motion_to(self, cur: "FrameHands", ignore_tracking_jumps: bool = True) -> float:
         """Motion energy from this frame to ``cur`` (see the module docstring)."""
@@ -87,11 +88,8 @@ class FrameHands:
             delta = (cur.hands - cur.centre) - (self.hands - self.centre)
             return float(np.abs(delta).sum()) / HAND_VALUES
         shift = cur.centre - self.centre if self.hips and cur.hips else 0.0
-        total = 0.0
-        for side in (0, 1):
-            if self.present[side] == cur.present[side]:
-                total += float(np.abs(cur.hands[side] - self.hands[side] - shift).sum())
-        return total / HAND_VALUES
+        per_hand = np.abs(cur.hands - self.hands - shift).sum(axis=(1, 2))
+        return float(per_hand[self.present == cur.present].sum()) / HAND_VALUES
 
 
 def _hips_present(arr: np.ndarray) -> np.ndarray:
