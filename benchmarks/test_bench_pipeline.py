@@ -16,8 +16,9 @@ every frame, sign ends included, p99 2.3 ms -- the frames that end a sign (about
 resample + enrich of the window, 1.64 ms (``features.enrich``); large on onnx-cpu, 2 threads: 3,830 frames/s
 fed as fast as possible, sign latency (last frame -> prediction) p50 11.1 ms / p99 12.0 ms of which the model
 9.2 ms. On the shared 2-core development VM (load ~4) every number was 1-4x worse and noisy.
-Motion measured on hip-centred coordinates (as the original) then added ~35% to frames that end nothing
-(p50 0.052 vs 0.039 ms, three alternating runs of both versions on the shared VM, 2026-11-26).
+Motion measured on hip-centred coordinates (as the original) then added ~22% to frames that end nothing
+(p50 0.046 vs 0.038 ms, p99 0.074 vs 0.058 ms, three alternating runs of both versions on the shared VM at
+load ~2, 2026-11-26).
 
 Not timings: ``test_long_stream_memory_is_bounded`` records the peak resident memory a 10,000- and a
 100,000-frame replay add (bounded: about equal), ``test_presence_rule_segmentation`` how many signs the state
