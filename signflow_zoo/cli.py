@@ -91,6 +91,9 @@ def cmd_train(args) -> int:
                          mlflow_run_name=f"train-{entry.name}", mlflow_tags={"preset": entry.name},
                          **({"learning_rate": args.lr} if args.lr else {}),
                          **({"batch_size": args.batch_size} if args.batch_size else {}))
+    cached = checkpoint_path(entry, len(splits.class_names), splits.fingerprint, cfg.cache_key(), zoo_home())
+    if args.from_registry:
+        return _pull_weights(entry, cached, args.output)
     model = build_model(entry, num_classes=len(splits.class_names))
     print(f"training {entry.name} ({count_parameters(model) / 1e6:.2f}M params) for {cfg.num_epochs} epochs on "
           f"{len(splits.train)} clips, validating on {len(splits.val)} ({splits.spec})", file=sys.stderr)
@@ -98,14 +101,40 @@ def cmd_train(args) -> int:
                           metadata={"preset": entry.name, "data_spec": splits.spec, "data_fingerprint": splits.fingerprint})
     res = trainer.fit(splits.train, splits.val)
     test = trainer.evaluate(splits.test)
-    out = args.output or checkpoint_path(entry, len(splits.class_names), splits.fingerprint, cfg.cache_key(), zoo_home())
+    out = args.output or cached
     trainer.save_model(out, extra={"test_accuracy": test["top1"]})
+    if not args.no_track and not args.output:  # the zoo's own checkpoint: shared through the Model Registry
+        from .model_registry import register_checkpoint
+
+        register_checkpoint(out, "dynamo", zoo_home(), lambda msg: print(msg, file=sys.stderr))
     print(json.dumps({"preset": entry.name, "checkpoint": str(out), "train_seconds": round(res["train_seconds"], 1),
                       "epochs_run": res["epochs_run"], "val_accuracy": round(res["val_accuracy"], 4),
                       "test_accuracy": round(test["top1"], 4), "test_macro_f1": round(test["macro_f1"], 4),
                       **{k: None if res.get(k) is None else round(res[k], 4) for k in ("ece_before", "ece_after",
                                                                                         "temperature")},
                       "mlflow_run_id": res.get("run_id")}, indent=1))
+    return 0
+
+
+def _pull_weights(entry, cached, output) -> int:
+    """`train --from-registry`: the registered weights of this preset, data and config, into the cache."""
+    import shutil
+
+    from .errors import CheckpointError, TrackingError
+    from .model_registry import model_name, pull, registry_tracker
+
+    tracker = registry_tracker()
+    if not tracker.active:
+        raise TrackingError(f"--from-registry: the Model Registry is not reachable ({tracker.reason})")
+    if not cached.exists():
+        from .artifacts import zoo_home
+
+        if pull(tracker, entry.name, cached, "dynamo", zoo_home(), lambda msg: print(msg, file=sys.stderr)) is None:
+            raise CheckpointError(f"--from-registry: no registered version of {model_name(entry.name)} matches this "
+                                  "data and training config; train it without --from-registry on one machine")
+    if output:
+        shutil.copyfile(cached, output)
+    print(json.dumps({"preset": entry.name, "checkpoint": str(output or cached), "from_registry": True}, indent=1))
     return 0
 
 
@@ -135,7 +164,8 @@ def cmd_bench(args) -> int:
     from .results import flat_records
 
     kw = dict(presets=args.preset, backends=args.backends, threads=args.threads, data=args.data, seed=args.seed,
-              no_train=args.no_train, retrain=args.retrain, epochs=args.epochs, exporter=args.exporter,
+              no_train=args.no_train, retrain=args.retrain, from_registry=args.from_registry, epochs=args.epochs,
+              exporter=args.exporter,
               json_path=args.json, experiment=args.experiment, track=not args.no_track, stream=not args.no_stream,
               zoo_file=args.zoo, progress=not args.no_progress)
     if args.batch_sizes:
@@ -163,12 +193,20 @@ def cmd_sync(args) -> int:
     from .results import sync
 
     folder = Path(args.results or zoo_home() / "results")
-    done, pending, reason = sync(folder, args.experiment)
-    if pending:
-        print(f"uploaded {done} result file(s); {pending} still pending: {reason}", file=sys.stderr)
+    rep = sync(folder, args.experiment)
+    for p in rep.interrupted:
+        print(f"{p.name}: its bench stopped before the end; uploaded the presets it had saved", file=sys.stderr)
+    for p in rep.running:
+        print(f"{p.name}: skipped, a bench is still writing it; sync again when it has finished", file=sys.stderr)
+    for p, why in rep.malformed:
+        print(f"{p}: skipped, {why}; fix or move it out of {folder}", file=sys.stderr)
+    if rep.pending:
+        reasons = sorted({why for _, why in rep.pending})
+        print(f"uploaded {len(rep.uploaded)} result file(s); {len(rep.pending)} still pending: {'; '.join(reasons)}",
+              file=sys.stderr)
         return 1
-    print(f"uploaded {done} result file(s); nothing pending in {folder}")
-    return 0
+    print(f"uploaded {len(rep.uploaded)} result file(s); nothing pending in {folder}")
+    return 0 if rep.ok else 1
 
 
 def cmd_doctor(args) -> int:
@@ -180,11 +218,11 @@ def cmd_doctor(args) -> int:
 def cmd_ui(args) -> int:
     import subprocess
 
-    from .tracking import tracking_uri
+    from .tracking import redact, tracking_uri
 
     uri = tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print("starting:", " ".join(cmd), file=sys.stderr)
+    print("starting:", redact(" ".join(cmd)), file=sys.stderr)
     return subprocess.call(cmd)
 
 
@@ -211,10 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive_int)
     s.add_argument("--lr", type=float)
     s.add_argument("--batch-size", type=_positive_int)
-    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--data", default="synthetic",
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache)")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    s.add_argument("--from-registry", action="store_true",
+                   help="pull the registered weights of this preset, data and config instead of training")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("export", help="export a checkpoint to ONNX (verified) and optionally optimize it")
@@ -241,11 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                    help="seconds a backend may take beyond plan for one request before its worker is stopped "
                         "and its row marked timeout (default 300)")
-    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--data", default="synthetic",
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--epochs", type=_positive_int, help="override the preset's training epochs")
     s.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint is cached")
     s.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
+    s.add_argument("--from-registry", action="store_true",
+                   help="take weights from the cache or the MLflow Model Registry, never train here (without it, "
+                        "a registered version matching the cache key is pulled automatically when one exists)")
     s.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
     s.add_argument("--json", metavar="PATH", help="also write the result JSON here")
     s.add_argument("--experiment", default="signflow-zoo")
@@ -256,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sync", help="upload result files that could not be tracked earlier (idempotent)")
     s.add_argument("--results", metavar="DIR", help="results folder (default: $SIGNFLOW_ZOO_HOME/results)")
-    s.add_argument("--experiment", default="signflow-zoo")
+    s.add_argument("--experiment", help="experiment for files that record none (default: signflow-zoo); "
+                                        "every other file goes to the experiment its bench used")
     s.set_defaults(func=cmd_sync)
 
     s = sub.add_parser("doctor", help="check versions, tracking store, zoo, export and every backend")
