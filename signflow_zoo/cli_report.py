@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from . import report
-from .errors import SignFlowError
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,10 +38,8 @@ def handler(args: argparse.Namespace) -> int:
     compare = _pair(args.compare) if args.compare else None
     records = report.collect_records(
         experiment=args.experiment, preset=args.preset, backend=args.backend, host=args.host,
-        since=args.since, latest=not args.all_runs,
+        since=args.since, latest=not args.all_runs, required=True,
     )
-    if not records:
-        raise report.ReportError(_nothing_matches(args))
     if compare:
         print(report.compare_presets_table(records, a=compare[0], b=compare[1], fmt=args.format))
     else:
@@ -61,20 +58,3 @@ def _pair(spec: str) -> tuple[str, str]:
     if len(names) != 2:
         raise report.ReportError(f"--compare takes two presets separated by a comma, e.g. baseline,large; got {spec!r}")
     return names[0], names[1]
-
-
-def _nothing_matches(args: argparse.Namespace) -> str:
-    filters = [f"{k}={getattr(args, k)}" for k in ("preset", "backend", "host", "since") if getattr(args, k)]
-    msg = f"no bench results in experiment {args.experiment!r}"
-    if not filters:
-        return msg + "; run `signflow-zoo bench` first"
-    msg += f" match {', '.join(filters)}"
-    try:
-        everything = report.collect_records(experiment=args.experiment)
-    except SignFlowError:
-        everything = []
-    if everything:
-        for key in ("preset", "backend", "host"):
-            have = sorted({str(r.get(key, "")) for r in everything})
-            msg += f"; {key}s with results: {', '.join(have)}"
-    return msg + "; widen the filters or run `signflow-zoo bench` for what is missing"

@@ -24,6 +24,7 @@ from .artifacts import build_artifacts, checkpoint_path, zoo_home
 from .environment import environment
 from .errors import BackendError, CheckpointError, SignFlowError
 from .features import FEATURE_DIM
+from .mlflow_store import INVOCATION_ID_TAG
 from .model import count_parameters, estimate_gflops
 from .plugins import PluginRegistry, get_registry
 from .records import BenchDocument, BenchRecord, Drift
@@ -166,7 +167,7 @@ class Bench:
         return TrainingConfig(num_epochs=self.cfg.epochs or entry.epochs, seed=self.cfg.seed,
                               progress=self.cfg.progress, use_mlflow=self.cfg.track,
                               mlflow_run_name=f"train-{entry.name}",
-                              mlflow_tags={"preset": entry.name, "signflow_zoo.invocation_id": self.doc.invocation_id})
+                              mlflow_tags={"preset": entry.name, INVOCATION_ID_TAG: self.doc.invocation_id})
 
     def checkpoint_file(self, entry: ZooEntry) -> Path:
         splits = self.splits()

@@ -19,10 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .mlflow_store import (EXPERIMENT, INVOCATION_ID_TAG, KIND_INVOCATION, KIND_RECORD, KIND_TAG, RESULT_ID_TAG,
+                           kind_filter)
 from .records import SCHEMA, SCHEMA_V1, BenchDocument
 from .tracking import Tracker
 
-EXPERIMENT = "signflow-zoo"
 STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
                "schedule", "data_split", "data")
@@ -167,9 +168,9 @@ def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: 
     client = tracker.client
     env = doc.get("environment", {})
     tr = doc.setdefault("tracking", {})
-    parent = tr.get("parent_run_id") or _find_run(tracker, "signflow_zoo.invocation_id", doc["invocation_id"], "bench-invocation")
+    parent = tr.get("parent_run_id") or _find_run(tracker, INVOCATION_ID_TAG, doc["invocation_id"], KIND_INVOCATION)
     if not parent:
-        tags = {"signflow_zoo.kind": "bench-invocation", "signflow_zoo.invocation_id": doc["invocation_id"],
+        tags = {KIND_TAG: KIND_INVOCATION, INVOCATION_ID_TAG: doc["invocation_id"],
                 **{k: v for k, v in env.items()}}
         parent = tracker.create_run(f"bench-{doc['created']}", tags)
         cfg = doc.get("config", {})
@@ -180,14 +181,14 @@ def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: 
     for rec in doc.get("records", []):
         if rec.get("run_id"):
             continue
-        existing = _find_run(tracker, "signflow_zoo.result_id", rec["result_id"], "bench-record")
+        existing = _find_run(tracker, RESULT_ID_TAG, rec["result_id"], KIND_RECORD)
         if existing:
             rec["run_id"] = existing
             continue
         flat = flatten(rec, doc)
         params, metrics = split_flat(flat)
-        tags = {"signflow_zoo.kind": "bench-record", "signflow_zoo.result_id": rec["result_id"],
-                "signflow_zoo.invocation_id": doc["invocation_id"], "preset": rec["preset"],
+        tags = {KIND_TAG: KIND_RECORD, RESULT_ID_TAG: rec["result_id"],
+                INVOCATION_ID_TAG: doc["invocation_id"], "preset": rec["preset"],
                 "backend": rec["backend"], "host": env.get("host", ""), "status": rec["status"]}
         run_id = tracker.create_run(f"{rec['preset']}/{rec['backend']}", tags, parent_id=parent)
         if not run_id:
@@ -214,8 +215,7 @@ def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: 
 def _find_run(tracker: Tracker, tag: str, value: str, kind: str) -> str | None:
     try:
         runs = tracker.client.search_runs(
-            [tracker.experiment_id], filter_string=f"tags.`{tag}` = '{value}' and tags.`signflow_zoo.kind` = '{kind}'",
-            max_results=1)
+            [tracker.experiment_id], filter_string=kind_filter(kind, {tag: value}), max_results=1)
     except Exception:  # noqa: BLE001
         return None
     return runs[0].info.run_id if runs else None

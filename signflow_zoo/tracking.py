@@ -7,41 +7,14 @@ client's minutes of retries. Metrics go in batches (``log_batch``), never one HT
 
 from __future__ import annotations
 
-import os
 import time
-import urllib.error
-import urllib.request
 import warnings
 from typing import Any
 
-from .errors import TrackingError
+from .mlflow_store import check_reachable, make_client, short_error as _short, tracking_uri
 
+__all__ = ["Tracker", "check_reachable", "tracking_uri"]  # the store's names live in signflow_zoo.mlflow_store
 MAX_PARAM_LEN = 6000
-
-
-def tracking_uri() -> str:
-    try:
-        import mlflow
-
-        return mlflow.get_tracking_uri()
-    except ImportError:
-        return os.environ.get("MLFLOW_TRACKING_URI", "")
-
-
-def check_reachable(uri: str, timeout: float = 3.0) -> None:
-    """Raise :class:`TrackingError` when an HTTP tracking server does not answer ``/health``."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            if resp.status != 200:
-                raise TrackingError(f"tracking server {uri} answered /health with HTTP {resp.status}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(
-            f"tracking server {uri} is unreachable ({reason}); start it, or unset MLFLOW_TRACKING_URI "
-            "to use the local store"
-        ) from None
 
 
 class Tracker:
@@ -57,17 +30,14 @@ class Tracker:
         if not enabled:
             return
         try:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-            import mlflow
-            from mlflow.tracking import MlflowClient
+            import mlflow  # noqa: F401 - only to say so when it is missing
         except ImportError as exc:
             self._disable(f"mlflow is not importable ({exc}); results are kept locally only")
             return
         try:
-            self.uri = mlflow.get_tracking_uri()
+            self.uri = tracking_uri()
             check_reachable(self.uri)
-            self.client = MlflowClient(self.uri)
+            self.client = make_client(self.uri)
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
             self.active = True
@@ -132,8 +102,3 @@ def _is_number(v: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return f == f and f not in (float("inf"), float("-inf"))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"

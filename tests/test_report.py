@@ -161,7 +161,7 @@ def test_collect_filters(tracking):
 
 
 def test_collect_paginates(tracking, monkeypatch):
-    monkeypatch.setattr(report, "PAGE_SIZE", 5)
+    monkeypatch.setattr("signflow_zoo.report_records.PAGE_SIZE", 5)
     assert len(report.collect_records(latest=False)) == 13
     assert len(report.collect_records()) == 12
 
