@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from . import report
+from .argtypes import in_range
+from .limits import BATCH_SIZE, REPORT_SINCE_DAYS
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,14 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--preset", help="only these presets (comma-separated)")
     p.add_argument("--backend", help="only these backends (comma-separated)")
     p.add_argument("--host", help="only runs from these hosts (comma-separated)")
-    p.add_argument("--since", help="only runs started since: an age (7d, 24h, 30m, 2w) or an ISO date/time")
+    p.add_argument("--since", help="only runs started since: an age (7d, 24h, 30m, 2w; at most "
+                   f"{REPORT_SINCE_DAYS}d) or an ISO date/time")
     p.add_argument("--all-runs", action="store_true",
                    help="show every matching run, not only the newest per (preset, backend, host)")
     p.add_argument("--format", choices=report.FORMATS, default="terminal", help="table format (default: %(default)s)")
     p.add_argument("--compare", metavar="A,B",
                    help="print the preset-vs-preset table (e.g. baseline,large) instead of the full table")
     p.add_argument("--plots", metavar="DIR", help="also write the plots into DIR and print their paths")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size for the Pareto plot (default: %(default)s)")
+    p.add_argument("--batch-size", type=in_range(BATCH_SIZE), default=1,
+                   help=f"batch size for the Pareto plot (default: %(default)s); {BATCH_SIZE.what}")
     p.set_defaults(func=handler)
     return p
 

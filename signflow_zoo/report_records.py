@@ -20,11 +20,11 @@ from typing import Any, Iterable
 
 from . import mlflow_store
 from .errors import SignFlowError, TrackingError
+from .limits import REPORT_SINCE_DAYS
 from .mlflow_store import EXPERIMENT, KIND_RECORD, PARENT_TAG, short_error
 
 REFERENCE_BACKEND = "torch-eager"  # speedups are relative to this backend of the same preset and host
 PAGE_SIZE = 1000  # runs per search_runs call
-MAX_AGE_DAYS = 36_500  # --since reaches back 100 years at most (further is no date a store holds)
 _BATCH_METRIC = re.compile(r"^latency_p50_ms_b(\d+)$")
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -157,7 +157,7 @@ def flatten_run(run: Any) -> dict[str, Any]:
 def parse_since(since: datetime | date | str | None) -> int | None:
     """``since`` as milliseconds since the epoch (None stays None).
 
-    A relative age reaches back at most :data:`MAX_AGE_DAYS` days; anything further is a ReportError.
+    A relative age reaches back at most :data:`REPORT_SINCE_DAYS` days; anything further is a ReportError.
     """
     if since is None or since == "":
         return None
@@ -169,8 +169,8 @@ def parse_since(since: datetime | date | str | None) -> int | None:
         m = _RELATIVE.match(since)
         if m:
             amount, unit = float(m.group(1)), m.group(2).lower()
-            if amount * _UNIT_DAYS[unit] > MAX_AGE_DAYS:
-                raise ReportError(f"--since {since.strip()!r} reaches back more than {MAX_AGE_DAYS} days (100 years); "
+            if amount * _UNIT_DAYS[unit] > REPORT_SINCE_DAYS:
+                raise ReportError(f"--since {since.strip()!r} reaches back more than {REPORT_SINCE_DAYS} days (100 years); "
                                   "give a shorter age such as 7d or 52w, or an ISO date such as 2026-11-01")
             dt = datetime.now(timezone.utc) - timedelta(**{_UNITS[unit]: amount})
         else:

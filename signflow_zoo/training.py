@@ -175,7 +175,7 @@ class SignTrainer:
                 self.model.train()
                 order = rng.permutation(len(train))
                 bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
-                           disable=not cfg.progress, file=sys.stderr, unit="batch")
+                           disable=None if cfg.progress else True, file=sys.stderr, unit="batch")
                 run_loss, seen = 0.0, 0
                 for b in bar:
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
