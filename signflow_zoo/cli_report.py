@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def handler(args: argparse.Namespace) -> int:
+    """Python: ``report.collect_records(..., required=True)``, then ``report.comparison_table(records, fmt)``
+    (or ``compare_presets_table``) and ``report.plot_pareto``."""
     compare = _pair(args.compare) if args.compare else None
     records = report.collect_records(
         experiment=args.experiment, preset=args.preset, backend=args.backend, host=args.host,
