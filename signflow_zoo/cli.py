@@ -166,6 +166,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:  # argparse turns `--output=--` into [] without calling the type
+            if action.nargs is None and isinstance(getattr(ns, action.dest, None), list):
+                name = "/".join(action.option_strings) or action.metavar or action.dest
+                self.error(f"argument {name}: expected one argument")
+        return ns, extras
+
 
 def _ranged(parser, flag: str, help: str, **kw) -> None:
     """An option whose number must lie in ``limits.CLI_OPTIONS[flag]``; the range ends its help text."""
