@@ -35,16 +35,27 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 
 def checkpoint_path(entry, num_classes: int, data_fingerprint: str, training_key: dict[str, Any],
                     home: Path | None = None) -> Path:
+    from .model import MODEL_VERSION
+
     cfg = {k: v for k, v in entry.to_dict().items() if k not in ("source", "use_case")}
     key = stable_hash({"entry": cfg, "classes": num_classes, "data": data_fingerprint, "train": training_key,
-                       "features": FEATURE_VERSION})
+                       "features": FEATURE_VERSION, "model": MODEL_VERSION})
     return (home or zoo_home()) / "checkpoints" / f"{entry.name}-{key}.pt"
 
 
 def serving_metadata(ckpt_meta: dict[str, Any]) -> dict[str, Any]:
-    """What a model file carries so that it can be served alone."""
+    """What a model file carries so that it can be served alone.
+
+    ``calibration_temperature`` (float; 1.0 when the checkpoint has no calibration) and ``class_thresholds``
+    (one float per label, in label order; [] when none were learned) are what the streaming pipeline reads;
+    ``calibration`` is the checkpoint's whole calibration record ({} when it has none).
+    """
     kwargs = ckpt_meta.get("model_kwargs", {})
+    cal = ckpt_meta.get("calibration") or {}
     return {
+        "calibration_temperature": float(cal.get("temperature") or 1.0),
+        "class_thresholds": [float(v) for v in cal.get("class_thresholds") or []],
+        "calibration": cal,
         "preset": ckpt_meta.get("preset", ""),
         "labels": ckpt_meta.get("labels") or [str(i) for i in range(kwargs.get("num_classes", 0))],
         "num_classes": kwargs.get("num_classes"),

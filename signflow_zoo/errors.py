@@ -41,3 +41,16 @@ class PayloadError(SignFlowError, ValueError):
 
 class TrackingError(SignFlowError):
     """The MLflow tracking store cannot be reached or refused a request."""
+
+
+class TrainingConfigError(SignFlowError, ValueError):
+    """A training setting is outside its documented range (see ``TrainingConfig.validate``)."""
+
+
+class TrainingDivergedError(SignFlowError):
+    """The training loss became NaN or infinite; nothing was saved. Names the epoch, step and likely cause."""
+
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None):
+        self.epoch = epoch
+        self.step = step
+        super().__init__(message)

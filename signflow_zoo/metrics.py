@@ -59,3 +59,27 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / denom
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of class probabilities ``probs`` [N, C] against integer ``labels`` [N].
+
+    Each sample's confidence is its top probability, correct when the top class is its label. The
+    confidences fall into ``bins`` equal-width bins over [0, 1] (``[k/B, (k+1)/B)``, the last one closed at
+    1.0); ECE = sum over bins of (samples in bin / N) * |accuracy in bin - mean confidence in bin|.
+    0 is perfectly calibrated; an empty set gives NaN.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    # per bin, n_b * |acc_b - conf_b| = |sum of correct - sum of confidences|
+    gap = np.abs(np.bincount(which, correct, bins) - np.bincount(which, conf, bins))
+    return float(gap.sum() / len(labels))

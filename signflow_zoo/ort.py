@@ -119,8 +119,18 @@ class OrtRunner(Runner):
         return {
             "backend": self.name, "precision": self.precision, "provider": self.session.get_providers()[0],
             "providers": self.session.get_providers(), "threads": so.intra_op_num_threads or "default",
-            "onnxruntime": self.ort.__version__, "model": self.path.name,
+            "onnxruntime": self.ort.__version__, "model": self.path.name, "spinning": self._spinning(so),
         }
+
+    @staticmethod
+    def _spinning(so) -> str:
+        """ONNX Runtime's intra-op thread spinning (on by default): part of its latency, so the harness settles
+        it between backends (an idle gap) rather than turning it off; recorded with every result."""
+        try:
+            value = so.get_session_config_entry("session.intra_op.allow_spinning")
+        except Exception:  # noqa: BLE001 - not set: ORT's default
+            value = ""
+        return {"0": "off", "1": "on"}.get(value, "on (default)")
 
     def close(self) -> None:
         self.session = None

@@ -41,8 +41,8 @@ def describe_presets(zoo: Zoo | None = None, num_classes: int = 100) -> list[dic
 def training_config(entry: ZooEntry, *, epochs: int | None = None, seed: int = 0, learning_rate: float | None = None,
                     batch_size: int | None = None, track: bool = True, progress: bool = True,
                     tags: dict[str, str] | None = None):
-    """The :class:`~signflow_zoo.training.TrainingConfig` for ``entry``: its default epochs unless given, the
-    trainer's defaults for what is not given, MLflow run name and tags naming the preset."""
+    """The :class:`~signflow_zoo.training.TrainingConfig` for ``entry``, validated: its default epochs unless given,
+    the trainer's defaults for what is not given, MLflow run name and tags naming the preset."""
     from .training import TrainingConfig
 
     overrides: dict[str, Any] = {}
@@ -52,7 +52,7 @@ def training_config(entry: ZooEntry, *, epochs: int | None = None, seed: int = 0
         overrides["batch_size"] = batch_size
     return TrainingConfig(num_epochs=entry.epochs if epochs is None else epochs, seed=seed, progress=progress,
                           use_mlflow=track, mlflow_run_name=f"train-{entry.name}",
-                          mlflow_tags={"preset": entry.name, **(tags or {})}, **overrides)
+                          mlflow_tags={"preset": entry.name, **(tags or {})}, **overrides).validate()
 
 
 @dataclass
@@ -72,6 +72,8 @@ class TrainedPreset:
                "val_accuracy": round(self.result["val_accuracy"], 4)}
         if self.test:
             out.update(test_accuracy=round(self.test["top1"], 4), test_macro_f1=round(self.test["macro_f1"], 4))
+        for k in ("ece_before", "ece_after", "temperature"):  # the calibration found after training
+            out[k] = None if self.result.get(k) is None else round(self.result[k], 4)
         out["mlflow_run_id"] = self.result.get("run_id")
         return out
 
@@ -97,9 +99,7 @@ def train_preset(entry: ZooEntry, splits, config, output: str | os.PathLike | No
     from .training import SignTrainer
 
     log = log or (lambda msg: None)
-    validate = getattr(config, "validate", None)
-    if callable(validate):
-        validate()
+    config.validate()
     path = check_output_file(output, "--output") if output is not None else default_checkpoint(entry, splits, config)
     model = build_model(entry, num_classes=len(splits.class_names))
     log(f"{entry.name}: training {count_parameters(model) / 1e6:.2f}M params for {config.num_epochs} epochs on "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -23,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from .augment import augment_batch
+from .calibration import fit_calibration
 from .checkpoint import save_checkpoint
+from .errors import TrainingConfigError, TrainingDivergedError
 from .metrics import classification_report
 from .tracking import Tracker
 
@@ -55,6 +58,46 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self) -> "TrainingConfig":
+        """Raise :class:`TrainingConfigError` naming the first setting outside its range; return self.
+
+        Ranges (ends included unless marked open):
+        num_epochs 1..10000; batch_size 1..4096; learning_rate (0, 1]; weight_decay 0..1;
+        classifier_lr_mult (0, 100]; warmup_fraction 0..1; min_lr_ratio 0..1; label_smoothing [0, 1);
+        grad_clip 0..1e6 (0 = off); early_stopping_patience 1..10000; ema_decay (0, 1) open;
+        amp auto/bf16/off; device auto/cpu/cuda/cuda:N; num_threads None or 1..1024; seed 0..2**32-1.
+        Every number must be finite.
+        """
+        def bad(name: str, want: str) -> TrainingConfigError:
+            return TrainingConfigError(f"training setting {name}={getattr(self, name)!r} is out of range: "
+                                       f"expected {want}")
+
+        for name, lo, hi in (("num_epochs", 1, 10_000), ("batch_size", 1, 4096), ("early_stopping_patience", 1, 10_000),
+                             ("seed", 0, 2**32 - 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise bad(name, f"an integer in [{lo}, {hi}]")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
+                                             or not 1 <= self.num_threads <= 1024):
+            raise bad("num_threads", "None or an integer in [1, 1024]")
+        # (name, low, high, low end open, high end open)
+        for name, lo, hi, lo_open, hi_open in (
+                ("learning_rate", 0.0, 1.0, True, False), ("weight_decay", 0.0, 1.0, False, False),
+                ("classifier_lr_mult", 0.0, 100.0, True, False), ("warmup_fraction", 0.0, 1.0, False, False),
+                ("min_lr_ratio", 0.0, 1.0, False, False), ("label_smoothing", 0.0, 1.0, False, True),
+                ("grad_clip", 0.0, 1e6, False, False), ("ema_decay", 0.0, 1.0, True, True)):
+            v = getattr(self, name)
+            ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                  and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
+            if not ok:
+                raise bad(name, f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise bad("amp", "'auto', 'bf16' or 'off'")
+        if not (self.device in ("auto", "cpu", "cuda") or (isinstance(self.device, str)
+                                                           and re.fullmatch(r"cuda:\d+", self.device))):
+            raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return self
 
     def cache_key(self) -> dict[str, Any]:
         """The fields that change the trained weights (not logging or progress)."""
@@ -91,6 +134,7 @@ class SignTrainer:
         self.metadata = dict(metadata or {})
         self.history: list[dict[str, float]] = []
         self.result: dict[str, Any] = {}
+        self.calibration: dict[str, Any] | None = None  # fitted by fit() on the validation set
         dev = self.config.device
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,9 +186,38 @@ class SignTrainer:
         rep["loss"] = loss
         return rep
 
+    def _check_loss(self, loss: torch.Tensor, x: torch.Tensor, epoch: int, batch: int) -> None:
+        """Stop at the first NaN/inf loss, before the optimizer step spreads it into every weight."""
+        if bool(torch.isfinite(loss)):
+            return
+        lr = self.config.learning_rate
+        too_high = f"the learning rate {lr:g} is probably too high: train again with a lower one (e.g. {lr / 10:g})"
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            cause = f"the weights became NaN or inf; {too_high}"
+        elif not bool(torch.isfinite(x).all()):
+            cause = "this batch's input features contain NaN or inf: check the data set and its feature extraction"
+        else:
+            cause = f"the logits overflowed; {too_high}"
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch + 1}, step {batch + 1}: the loss is {loss.item()}; {cause}. "
+            "Nothing was saved.", epoch=epoch + 1, step=batch + 1)
+
+    def _calibrate(self, val, tracker=None, run_id=None) -> None:
+        """Fit temperature and per-class thresholds on the validation logits (see :mod:`.calibration`)."""
+        logits = self.predict_logits(val)
+        if not np.isfinite(logits).all():
+            raise TrainingDivergedError("training diverged: the final weights give NaN or inf logits on the "
+                                        "validation set; train again with a lower learning rate. Nothing was saved.")
+        self.calibration = fit_calibration(logits, val.labels)
+        cal = self.calibration or {}
+        self.result.update({k: cal.get(k) for k in ("ece_before", "ece_after", "temperature")})
+        if tracker is not None and cal:
+            tracker.log_batch(run_id, metrics={k: cal[k] for k in ("ece_before", "ece_after", "temperature")},
+                              step=max(len(self.history) - 1, 0))
+
     # -- fit ------------------------------------------------------------------------------------
     def fit(self, train, val) -> dict[str, Any]:
-        cfg = self.config
+        cfg = self.config.validate()
         if len(train) == 0:
             raise ValueError("training set is empty")
         torch.manual_seed(cfg.seed)
@@ -191,6 +264,7 @@ class SignTrainer:
                     with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         logits = self.model(x, m)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                    self._check_loss(loss, x, epoch, b)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.grad_clip:
@@ -228,6 +302,7 @@ class SignTrainer:
                            "val_accuracy": final["top1"], "val_top5": final["top5"], "val_macro_f1": final["macro_f1"],
                            "val_weighted_f1": final["weighted_f1"], "best_val_loss": best_loss,
                            "amp": str(amp_dtype), "run_id": run_id}
+            self._calibrate(val, tracker, run_id)
             final_keys = ("train_seconds", "epochs_run", "val_top5", "val_macro_f1", "val_weighted_f1", "best_val_loss")
             tracker.log_batch(run_id, metrics={k: self.result[k] for k in final_keys}, step=len(self.history) - 1)
             if tracker.active and run_id:
@@ -251,6 +326,8 @@ class SignTrainer:
     def save_model(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         meta = {**self.metadata, **(extra or {}), "labels": self.class_names, "training": self.config.cache_key(),
                 "result": {k: v for k, v in self.result.items()}}
+        if self.calibration is not None:
+            meta["calibration"] = self.calibration
         from .features import FEATURE_VERSION
 
         meta.setdefault("feature_version", FEATURE_VERSION)

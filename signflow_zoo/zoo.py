@@ -78,6 +78,32 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "use_case": (str,),
     "epochs": (int,),
 }
+
+# The one table of size bounds, in SignTransformer's argument names: zoo.toml entries and checkpoint
+# metadata are both checked against it. The upper bounds sit far above any preset (xlarge: 512 / 8 / 8 /
+# 2048) yet stop a typo or a crafted file from asking for terabytes before a single weight is read.
+SIZE_BOUNDS: dict[str, tuple[int, int]] = {
+    "d_model": (3, 4096),  # at least 3: the temporal stem splits it in three
+    "nhead": (1, 64),
+    "num_layers": (1, 64),
+    "dim_feedforward": (1, 16384),
+    "num_classes": (1, 100_000),
+    "max_rel_distance": (1, 4096),
+}
+
+
+def size_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as the size ``name`` (a key of :data:`SIZE_BOUNDS`), or None."""
+    lo, hi = SIZE_BOUNDS[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer in [{lo}, {hi}], got {type(value).__name__} {value!r}"
+    if not lo <= value <= hi:
+        return f"must be an integer in [{lo}, {hi}], got {value}"
+    return None
+
+
+# zoo.toml key -> SignTransformer argument
+_SIZE_ARGS = {"d_model": "d_model", "heads": "nhead", "layers": "num_layers", "dim_ff": "dim_feedforward"}
 _REQUIRED = [f.name for f in fields(ZooEntry) if f.name not in ("epochs", "source")]
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number"}
 
@@ -107,16 +133,17 @@ def _validate_entry(raw: Any, index: int, path: Path | str) -> ZooEntry:
             raise _err(path, label, key, f"must be {want}, got {type(value).__name__} {value!r}")
     if not NAME_RE.match(raw["name"]):
         raise _err(path, label, "name", "must be lowercase letters, digits, '-' or '_'")
-    for key in ("d_model", "heads", "layers", "dim_ff", "epochs"):
-        if key in raw and raw[key] <= 0:
-            raise _err(path, label, key, f"must be a positive integer, got {raw[key]}")
+    for key, arg in _SIZE_ARGS.items():
+        problem = size_problem(arg, raw[key])
+        if problem:
+            raise _err(path, label, key, problem)
+    if "epochs" in raw and raw["epochs"] <= 0:
+        raise _err(path, label, "epochs", f"must be a positive integer, got {raw['epochs']}")
     for key in ("dropout", "feature_dropout", "pooling_dropout"):
         if not 0.0 <= float(raw[key]) < 1.0:
             raise _err(path, label, key, f"must be in [0, 1), got {raw[key]}")
     if raw["d_model"] % raw["heads"] != 0:
         raise _err(path, label, "heads", f"heads={raw['heads']} does not divide d_model={raw['d_model']}")
-    if raw["d_model"] < 3:
-        raise _err(path, label, "d_model", "must be at least 3 (the temporal stem splits it in three)")
     values = {k: (float(v) if k.endswith("dropout") else v) for k, v in raw.items()}
     return ZooEntry(**values, source=str(path))
 

@@ -9,9 +9,9 @@ import torch
 from signflow_zoo.artifacts import artifacts_from_model_file, build_artifacts
 from signflow_zoo.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from signflow_zoo.errors import CheckpointError, ModelFileError
-from signflow_zoo.export import export_to_onnx, optimize_onnx_model, read_metadata
+from signflow_zoo.export import export_to_onnx, optimize_onnx_model, read_metadata, verify_onnx
 from signflow_zoo.model import SignTransformer, build_model
-from signflow_zoo.zoo import get_model_config
+from signflow_zoo.zoo import get_model_config, list_model_configs
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,23 @@ def test_legacy_exporter_also_keeps_axes_dynamic(tmp_path):
     model = SignTransformer(num_classes=5, d_model=24, nhead=2, num_layers=1, dim_feedforward=32).eval()
     info = export_to_onnx(model, tmp_path / "m.onnx", exporter="legacy")
     assert info.exporter == "legacy" and len(info.verified) == 9 and info.max_abs_error < 1e-4
+
+
+@pytest.mark.parametrize("preset", list(list_model_configs()))
+def test_every_preset_structure_exports_with_dynamic_axes_and_matches_pytorch(preset, tmp_path):
+    """Each zoo entry's layers, heads and dropouts at a tiny width (d_model = heads * 8) through the legacy
+    exporter, then run by ONNX Runtime at batch sizes and frame counts other than the export example's."""
+    entry = get_model_config(preset)
+    kw = entry.to_model_kwargs(num_classes=7)
+    kw.update(d_model=entry.heads * 8, dim_feedforward=entry.heads * 16)
+    torch.manual_seed(0)
+    model = SignTransformer(**kw).eval()
+    path = tmp_path / f"{preset}.onnx"
+    export_to_onnx(model, path, exporter="legacy", verify=False)  # example: batch 2, 64 frames
+    checked = verify_onnx(model, path, batches=(1, 3, 5), frames=(2, 9, 40, 150), atol=1e-4)
+    assert len(checked) == 12 and max(c["max_abs_error"] for c in checked) < 1e-4
+    assert [d.dim_param for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[:2]] == ["batch",
+                                                                                                         "frames"]
 
 
 def test_optimize_reports_nodes_and_fusions(lightweight_export, tmp_path):

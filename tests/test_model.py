@@ -1,12 +1,21 @@
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from signflow_zoo.errors import InputError
-from signflow_zoo.model import SignTransformer, build_model, check_input, count_parameters
+from signflow_zoo.features import FEATURE_DIM
+from signflow_zoo.model import SignTransformer, build_model, check_input, count_parameters, estimate_gflops
 from signflow_zoo.zoo import list_model_configs
 
 PRESETS = list(list_model_configs())
+# The original SignFlow model's parameter counts at 100 classes (0.87M / 2.55M / 5.84M / 12.5M / 28.1M),
+# counted on its own layers: LayerNorm, Linear embedding, 3 convolutions, fusion, nn.TransformerEncoder
+# (norm_first), output norm, gate Linear(2d,d)-GELU-Linear(d,1), classifier, metric projection, prototypes.
+ORIGINAL_PARAMS_100 = {"lightweight": 868_453, "baseline": 2_545_361, "medium": 5_842_235, "large": 12_546_065,
+                       "xlarge": 28_080_613}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -19,6 +28,131 @@ def test_every_preset_builds_and_runs(preset):
     # layer count and width really follow the preset
     assert len(model.layers) == entry.layers and model.d_model == entry.d_model
     assert count_parameters(model) > entry.layers * 4 * entry.d_model**2
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_parameter_count_is_the_originals(preset):
+    entry = list_model_configs()[preset]
+    assert count_parameters(build_model(entry, num_classes=100)) == ORIGINAL_PARAMS_100[preset]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gflop_estimate_equals_torchs_flop_count(preset):
+    """Every matmul and convolution of the forward pass (gate MLP and metric projection included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    entry = list_model_configs()[preset]
+    model = build_model(entry, num_classes=100).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 64, FEATURE_DIM))
+    assert estimate_gflops(entry, num_classes=100, frames=64) * 1e9 == pytest.approx(counter.get_total_flops())
+
+
+def _small(num_classes=5, layers=1, seed=0):
+    torch.manual_seed(seed)
+    return SignTransformer(num_classes=num_classes, d_model=24, nhead=2, num_layers=layers, dim_feedforward=32).eval()
+
+
+def test_pooling_gate_is_a_two_layer_mlp_of_cls_and_mean():
+    m = _small()
+    x, y = torch.randn(6, 48), torch.randn(6, 48)
+    with torch.no_grad():
+        assert m.gate(x).shape == (6, 1)  # [cls, mean] (2d) -> one gate logit
+        # a single Linear would be affine: g(x) + g(y) == g(x + y) + g(0); the hidden GELU layer is not
+        affine_gap = m.gate(x) + m.gate(y) - m.gate(x + y) - m.gate(torch.zeros(6, 48))
+        assert affine_gap.abs().max() > 1e-4
+        hidden = m.gate[0](x)
+        assert hidden.shape == (6, 24)  # hidden width d
+
+
+def test_cosine_head_compares_the_projected_embedding():
+    m = _small()
+    x = torch.randn(2, 12, FEATURE_DIM)
+    with torch.no_grad():
+        before = m(x)
+        m.classifier.weight.zero_()
+        m.classifier.bias.zero_()
+        only_cos = m(x)
+        m.metric_proj.weight.copy_(torch.randn(24, 24))
+        moved = m(x)
+    assert not torch.allclose(before, only_cos)
+    assert not torch.allclose(only_cos, moved, atol=1e-4)  # the projection is on the cosine path
+    scale = float(m.proto_scale.detach().clamp(1, 50))
+    assert only_cos.abs().max() <= 0.35 * scale + 1e-5  # what is left is a scaled cosine
+
+
+def test_stem_reads_the_raw_features_not_the_normalized_ones():
+    # LayerNorm makes the embedding branch blind to a per-frame scale; the raw-input stem is not.
+    m = _small()
+    x = torch.randn(2, 12, FEATURE_DIM)
+    with torch.no_grad():
+        assert not torch.allclose(m(x), m(3.0 * x), atol=1e-3)
+        for conv in m.stem:  # silence the stem: what is left only sees normalized features
+            conv.weight.zero_()
+            conv.bias.zero_()
+        assert torch.allclose(m(x), m(3.0 * x), atol=1e-4)
+
+
+def _encoder_input(model, x, mask=None):
+    seen = {}
+
+    def keep(module, args):
+        seen["tokens"] = args[0].clone()  # returns None: the input goes on unchanged
+
+    hook = model.layers[0].register_forward_pre_hook(keep)
+    with torch.no_grad():
+        model(x, mask)
+    hook.remove()
+    return seen["tokens"]
+
+
+def test_smoothing_runs_after_the_positional_encoding():
+    m = _small()
+    with torch.no_grad():  # every frame token is 0 before the positional encoding
+        m.fuse.weight.zero_()
+        m.fuse.bias.zero_()
+    t, d = 10, 24
+    tokens = _encoder_input(m, torch.randn(1, t, FEATURE_DIM))
+    pos = torch.arange(t + 1, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(t + 1, d)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    frames = pe[1:]
+    smooth = F.avg_pool1d(frames.T[None], 3, 1, 1)[0].T  # zero-padded mean of 3 neighbours
+    assert torch.allclose(tokens[0, 1:], 0.9 * frames + 0.1 * smooth, atol=1e-5)
+    assert not torch.allclose(tokens[0, 1:], frames, atol=1e-3)  # smoothing before it would leave PE as is
+    assert torch.allclose(tokens[0, 0], m.cls_token[0, 0] + pe[0], atol=1e-6)  # CLS is not smoothed
+
+
+def _layer_output(model, x):
+    seen = {}
+
+    def keep(module, args, out):
+        seen["out"] = out.clone()
+
+    hook = model.layers[0].register_forward_hook(keep)
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return seen["out"]
+
+
+def test_cls_token_gets_no_relative_position_bias():
+    m = _small()
+    x = torch.randn(2, 9, FEATURE_DIM)
+    base = _layer_output(m, x)
+    with torch.no_grad():
+        m.rel_bias.copy_(torch.randn(129) * 3)
+    biased = _layer_output(m, x)
+    # row: the CLS query attends exactly as without any bias; the frames' attention did change
+    assert torch.allclose(base[:, 0], biased[:, 0], atol=1e-5)
+    assert not torch.allclose(base[:, 1:], biased[:, 1:], atol=1e-3)
+    # column: one constant bias on every distance would cancel in softmax if it reached the CLS key too
+    with torch.no_grad():
+        m.rel_bias.fill_(4.0)
+    shifted = _layer_output(m, x)
+    assert not torch.allclose(base[:, 1:], shifted[:, 1:], atol=1e-3)
+    assert torch.allclose(base[:, 0], shifted[:, 0], atol=1e-5)
 
 
 @pytest.mark.parametrize("frames", [8, 15, 64, 181, 256])

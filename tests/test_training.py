@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import warnings
 
@@ -8,8 +9,10 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA
 from signflow_zoo.augment import _MIRROR, augment_batch
-from signflow_zoo.checkpoint import load_checkpoint
+from signflow_zoo.calibration import nll
+from signflow_zoo.checkpoint import load_checkpoint, read_checkpoint
 from signflow_zoo.data import load_data
+from signflow_zoo.errors import TrainingConfigError, TrainingDivergedError
 from signflow_zoo.model import SignTransformer
 from signflow_zoo.training import SignTrainer, TrainingConfig
 
@@ -46,8 +49,10 @@ def test_fit_logs_per_epoch_metrics_params_and_confusion_matrix(tiny_splits, tmp
 
 
 def test_training_learns_on_easy_data(tiny_splits):
+    # 32 training clips: batches of 8 give 48 optimizer steps (batches of 32 gave 12, too few to be reliable)
     trainer = SignTrainer(_tiny_model(len(tiny_splits.class_names)),
-                          TrainingConfig(num_epochs=12, progress=False, use_mlflow=False), tiny_splits.class_names)
+                          TrainingConfig(num_epochs=12, batch_size=8, progress=False, use_mlflow=False),
+                          tiny_splits.class_names)
     before = trainer.evaluate(tiny_splits.train)["loss"]
     trainer.fit(tiny_splits.train, tiny_splits.val)
     after = trainer.evaluate(tiny_splits.train)
@@ -99,11 +104,11 @@ def test_save_model_round_trips_with_labels(tiny_splits, tmp_path):
 
 
 def test_early_stopping(tiny_splits):
-    cfg = TrainingConfig(num_epochs=30, early_stopping_patience=1, learning_rate=0.0, progress=False, use_mlflow=False,
-                         augment=False)
+    cfg = TrainingConfig(num_epochs=30, early_stopping_patience=1, learning_rate=1e-12, progress=False,
+                         use_mlflow=False, augment=False)
     trainer = SignTrainer(_tiny_model(len(tiny_splits.class_names)), cfg, tiny_splits.class_names)
     res = trainer.fit(tiny_splits.train, tiny_splits.val)
-    assert res["epochs_run"] == 2  # lr 0: no improvement after the first epoch
+    assert res["epochs_run"] == 2  # lr ~0: no improvement after the first epoch
 
 
 def test_mirror_is_an_involution_and_augment_keeps_missing_points_zero(tiny_splits):
@@ -124,3 +129,145 @@ def test_cache_key_ignores_logging_options():
     b = TrainingConfig().cache_key()
     assert a == b and json.dumps(a)
     assert TrainingConfig(learning_rate=0.1).cache_key() != b
+
+
+# -- settings are validated --------------------------------------------------------------------------
+BAD_SETTINGS = [
+    ("learning_rate", 0.0, "(0, 1]"), ("learning_rate", -1e-3, "(0, 1]"), ("learning_rate", 5.0, "(0, 1]"),
+    ("learning_rate", float("nan"), "finite"), ("learning_rate", float("inf"), "finite"),
+    ("batch_size", 0, "[1, 4096]"), ("batch_size", 10_000, "[1, 4096]"), ("batch_size", 3.5, "integer"),
+    ("num_epochs", 0, "[1, 10000]"), ("num_epochs", 10**6, "[1, 10000]"),
+    ("ema_decay", 1.0, "(0, 1)"), ("ema_decay", 0.0, "(0, 1)"),
+    ("label_smoothing", 1.0, "[0, 1)"), ("weight_decay", -0.1, "[0, 1]"), ("warmup_fraction", 1.5, "[0, 1]"),
+    ("grad_clip", -1.0, "[0, 1e+06]"), ("early_stopping_patience", 0, "[1, 10000]"), ("seed", -1, "integer"),
+    ("num_threads", 0, "[1, 1024]"), ("amp", "fp8", "'auto', 'bf16' or 'off'"), ("device", "tpu", "'cuda:N'"),
+]
+
+
+@pytest.mark.parametrize("name,value,words", BAD_SETTINGS, ids=[f"{n}={v}" for n, v, _ in BAD_SETTINGS])
+def test_validate_names_the_setting_its_value_and_range(name, value, words):
+    with pytest.raises(TrainingConfigError) as err:
+        TrainingConfig(**{name: value}).validate()
+    msg = str(err.value)
+    assert f"{name}={value!r}" in msg and words in msg
+
+
+def test_defaults_and_edges_are_valid():
+    assert TrainingConfig().validate() == TrainingConfig()
+    TrainingConfig(learning_rate=1.0, batch_size=4096, num_epochs=1, ema_decay=0.999, grad_clip=0.0,
+                   device="cuda:1", num_threads=None).validate()
+
+
+def test_fit_validates_before_training(tiny_splits):
+    trainer = SignTrainer(_tiny_model(len(tiny_splits.class_names)),
+                          TrainingConfig(batch_size=0, progress=False, use_mlflow=False), tiny_splits.class_names)
+    with pytest.raises(TrainingConfigError, match="batch_size=0"):
+        trainer.fit(tiny_splits.train, tiny_splits.val)
+    assert trainer.history == []
+
+
+# -- diverging training stops, and nothing is saved ----------------------------------------------
+def _nan_splits(splits):
+    feats = splits.train.features.copy()
+    feats[:, 5, 100] = np.nan  # e.g. a broken feature extractor
+    return dataclasses.replace(splits, train=dataclasses.replace(splits.train, features=feats))
+
+
+def test_nan_features_stop_training_naming_epoch_step_and_cause(tiny_splits):
+    trainer = SignTrainer(_tiny_model(len(tiny_splits.class_names)),
+                          TrainingConfig(num_epochs=2, progress=False, use_mlflow=False), tiny_splits.class_names)
+    with pytest.raises(TrainingDivergedError) as err:
+        trainer.fit(_nan_splits(tiny_splits).train, tiny_splits.val)
+    msg = str(err.value)
+    assert "epoch 1, step 1" in msg and "input features contain NaN or inf" in msg and "\n" not in msg
+    assert (err.value.epoch, err.value.step) == (1, 1)
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())  # stopped before the step
+
+
+def test_blown_up_weights_stop_training_and_blame_the_learning_rate(tiny_splits, tmp_path):
+    model = _tiny_model(len(tiny_splits.class_names))
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("inf")  # what an exploding update leaves behind
+    trainer = SignTrainer(model, TrainingConfig(num_epochs=1, learning_rate=0.5, progress=False, use_mlflow=False),
+                          tiny_splits.class_names)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1: .*learning rate 0\.5 is probably too high"):
+        trainer.fit(tiny_splits.train, tiny_splits.val)
+    with pytest.raises(Exception, match="NaN or inf"):
+        trainer.save_model(tmp_path / "diverged.pt")
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_train_that_diverges_exits_2_and_writes_no_checkpoint(tiny_zoo_file, monkeypatch, capsys, tmp_path,
+                                                                   isolated_home):
+    import signflow_zoo.data as data_mod
+    from signflow_zoo.cli import main
+
+    real = data_mod.load_data
+    monkeypatch.setattr(data_mod, "load_data", lambda *a, **k: _nan_splits(real(*a, **k)))
+    out = tmp_path / "model.pt"
+    code = main(["--zoo", str(tiny_zoo_file), "train", "--preset", "tiny", "--data", TINY_DATA, "--no-track",
+                 "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "training diverged at epoch 1, step 1" in err
+    assert not out.exists() and not list(isolated_home.rglob("*.pt"))
+
+
+# -- calibration after training ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated(tiny_splits, tmp_path_factory):
+    trainer = SignTrainer(_tiny_model(len(tiny_splits.class_names)),
+                          TrainingConfig(num_epochs=4, progress=False, use_mlflow=False), tiny_splits.class_names,
+                          metadata={"preset": "tiny"})
+    res = trainer.fit(tiny_splits.train, tiny_splits.val)
+    return trainer, res, trainer.save_model(tmp_path_factory.mktemp("cal") / "m.pt")
+
+
+def test_fit_calibrates_on_validation_logits(calibrated, tiny_splits):
+    trainer, res, _ = calibrated
+    t = res["temperature"]
+    assert 0.5 <= t <= 10 and 0.0 <= res["ece_after"] <= 1.0 and 0.0 <= res["ece_before"] <= 1.0
+    logits = trainer.predict_logits(tiny_splits.val)
+    labels = tiny_splits.val.labels
+    # the stored temperature is the validation-NLL minimum
+    assert nll(logits, labels, t) <= min(nll(logits, labels, x) for x in (0.5, 0.8 * t, 1.0, 1.25 * t, 10.0)) + 1e-9
+    assert trainer.calibration["temperature"] == t
+
+
+def test_calibration_travels_checkpoint_to_onnx_metadata(calibrated, tmp_path):
+    from signflow_zoo.artifacts import serving_metadata
+    from signflow_zoo.export import export_to_onnx, read_metadata
+
+    trainer, res, path = calibrated
+    _, meta = read_checkpoint(path)
+    cal = meta["calibration"]
+    assert cal["temperature"] == res["temperature"] and cal["ece_before"] == res["ece_before"]
+    assert cal["bins"] == 15 and cal["fitted_on"] == "validation" and cal["method"]
+    assert len(cal["class_thresholds"]) == len(meta["labels"])
+    export_to_onnx(load_checkpoint(path)[0], tmp_path / "m.onnx", metadata=serving_metadata(meta),
+                   exporter="legacy", verify=False)
+    onnx_meta = read_metadata(tmp_path / "m.onnx")
+    assert onnx_meta["calibration_temperature"] == cal["temperature"]
+    assert isinstance(onnx_meta["calibration_temperature"], float)
+    assert onnx_meta["class_thresholds"] == cal["class_thresholds"]
+    assert onnx_meta["calibration"] == cal and onnx_meta["labels"] == meta["labels"]
+
+
+def test_serving_metadata_without_calibration_is_neutral():
+    from signflow_zoo.artifacts import serving_metadata
+
+    sm = serving_metadata({"model_kwargs": {"num_classes": 3}})
+    assert sm["calibration_temperature"] == 1.0 and sm["class_thresholds"] == [] and sm["calibration"] == {}
+
+
+def test_cli_train_prints_ece_before_and_after(tiny_zoo_file, capsys, tmp_path):
+    from signflow_zoo.cli import main
+
+    out = tmp_path / "m.pt"
+    assert main(["--zoo", str(tiny_zoo_file), "train", "--preset", "tiny", "--data", TINY_DATA, "--no-track",
+                 "--epochs", "1", "--output", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    _, meta = read_checkpoint(out)
+    assert printed["ece_before"] == round(meta["calibration"]["ece_before"], 4)
+    assert printed["ece_after"] == round(meta["calibration"]["ece_after"], 4)
+    assert printed["temperature"] == round(meta["calibration"]["temperature"], 4)

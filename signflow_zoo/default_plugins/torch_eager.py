@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import ClassVar
 
@@ -42,7 +43,7 @@ class TorchEagerRunner(Runner):
 
     # cuDNN's fp32 (TF32 off) Conv1d for the 469-channel stem took ~100 ms at batch 1 on an H100 for
     # d_model >= 256, against ~2.5 ms with PyTorch's native convolution (same fp32 result); at batch 256
-    # cuDNN is faster. Measured at batch 1 and 256 only (benchmarks/gpu_torch_b1b.py); the cut-off between
+    # cuDNN is faster. Measured at batch 1 and 256 only (benchmarks/RESULTS.md); the cut-off between
     # them is a guess.
     CUDNN_MIN_BATCH: ClassVar[int] = 32
 
@@ -62,7 +63,8 @@ class TorchEagerRunner(Runner):
     def describe(self) -> dict:
         torch = self.torch
         d = {"backend": self.name, "precision": self.precision, "provider": f"torch-{self.device.type}",
-             "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+             "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "spinning": "OpenMP wait policy " + os.environ.get("OMP_WAIT_POLICY", "default (spin, then sleep)")}
         if self.device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self.device)
             d["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
