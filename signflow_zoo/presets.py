@@ -122,12 +122,15 @@ def inference_bytes(entry: ZooEntry, batch: int, frames: int, num_classes: int =
 
     Inputs (held by the harness, the worker and the runtime), one layer's attention scores and softmax,
     its feed-forward activations and the residual stream; weights are small next to these at large batch.
+    Checked against PyTorch's peak resident growth of one forward pass (2026-11-26, this project's 2-core
+    machine, 64 frames): lightweight at batch 1024 grew 723 MiB (estimate 1201 MiB), large at batch 512 grew
+    1081 MiB (estimate 1349 MiB).
     """
     b, t, d, h, ff = int(batch), int(frames) + 1, entry.d_model, entry.heads, entry.dim_ff
     inputs = 3 * b * frames * (FEATURE_DIM + 1) * 4
-    attention = 2 * b * h * t * t * 4
-    feed_forward = 2 * b * t * ff * 4
-    stream = 6 * b * t * d * 4
+    attention = 3 * b * h * t * t * 4
+    feed_forward = 3 * b * t * ff * 4
+    stream = 8 * b * t * d * 4
     return inputs + attention + feed_forward + stream + b * num_classes * 4
 
 
