@@ -9,6 +9,7 @@ from pathlib import Path
 from . import report
 from .argtypes import in_range
 from .limits import BATCH_SIZE, REPORT_SINCE_DAYS
+from .output_paths import check_output_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,6 +43,9 @@ def handler(args: argparse.Namespace) -> int:
     """Python: ``report.collect_records(..., required=True)``, then ``report.comparison_table(records, fmt)``
     (or ``compare_presets_table``) and ``report.plot_pareto``."""
     compare = _pair(args.compare) if args.compare else None
+    plot = Path(args.plots) / f"pareto_b{args.batch_size}.png" if args.plots else None
+    if plot is not None:
+        check_output_file(plot, "--plots")  # before the store is read
     records = report.collect_records(
         experiment=args.experiment, preset=args.preset, backend=args.backend, host=args.host,
         since=args.since, latest=not args.all_runs, required=True,
@@ -51,8 +55,7 @@ def handler(args: argparse.Namespace) -> int:
     else:
         print(report.comparison_table(records, fmt=args.format))
     if args.plots:
-        path = report.plot_pareto(records, Path(args.plots) / f"pareto_b{args.batch_size}.png",
-                                  batch_size=args.batch_size)
+        path = report.plot_pareto(records, plot, batch_size=args.batch_size)
         # csv/json on stdout stay machine-readable: the path goes to stderr then.
         out = sys.stderr if args.format in ("csv", "json") else sys.stdout
         print(f"wrote {path}", file=out)

@@ -66,8 +66,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    except OSError as exc:
+        raise ReportError(f"cannot write the plot {path}: {exc.strerror or exc}; choose another folder") from None
     return path
 
 
@@ -266,12 +269,16 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
     if fmt not in ("png", "svg", "pdf"):
         raise ReportError(f"unknown image format {fmt!r}; choose png, svg or pdf")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for key, table_fmt, name in (("table_markdown", "markdown", "comparison.md"), ("table_csv", "csv", "comparison.csv")):
-        p = out / name
-        p.write_text(comparison_table(records, fmt=table_fmt) + "\n", encoding="utf-8")
-        written[key] = p
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for key, table_fmt, name in (("table_markdown", "markdown", "comparison.md"),
+                                     ("table_csv", "csv", "comparison.csv")):
+            p = out / name
+            p.write_text(comparison_table(records, fmt=table_fmt) + "\n", encoding="utf-8")
+            written[key] = p
+    except OSError as exc:
+        raise ReportError(f"cannot write the report into {out}: {exc.strerror or exc}; choose another folder") from None
     try:
         written["pareto"] = plot_pareto(records, out / f"pareto_b{batch_size}.{fmt}", batch_size=batch_size)
     except ReportError:

@@ -403,6 +403,18 @@ def test_cli_report_user_errors(tracking, cli):
         cli("--experiment", "elsewhere")
     with pytest.raises(SignFlowError):
         cli("--since", "yesterday-ish")
+    with pytest.raises(SignFlowError, match="reaches back more than 36500 days"):
+        cli("--since", "1000000d")
+
+
+def test_plots_into_a_file_fail_before_reading_and_in_the_library(tracking, cli, records, tmp_path):
+    a_file = tmp_path / "plots"
+    a_file.write_text("not a folder")
+    with pytest.raises(SignFlowError, match="--plots.*is a file, not a folder"):
+        cli("--plots", str(a_file))
+    with pytest.raises(ReportError, match="cannot write the plot"):
+        report.plot_pareto(records, a_file / "p.png")
+    assert a_file.read_text() == "not a folder"
 
 
 def test_pareto_front_with_intervals_ignores_a_one_clip_edge():
