@@ -78,8 +78,11 @@ class BenchConfig:
         if not sizes or len(sizes) > limits.MAX_BATCH_SIZES or any(b not in limits.BATCH_SIZE for b in sizes):
             raise SignFlowError(f"batch sizes must be 1 to {limits.MAX_BATCH_SIZES} integers, each "
                                 f"{limits.BATCH_SIZE.text}, got {sizes}")
+        t = self.timing
         for name, value, r in (("threads", self.threads, limits.THREADS), ("epochs", self.epochs, limits.EPOCHS),
-                               ("seed", self.seed, limits.SEED)):
+                               ("seed", self.seed, limits.SEED), ("warmup", t.warmup, limits.WARMUP),
+                               ("min-iters", t.min_iters, limits.MIN_ITERS), ("min-time", t.min_time, limits.MIN_TIME),
+                               ("timeout", t.timeout, limits.TIMEOUT)):
             if value is not None and value not in r:
                 raise SignFlowError(f"--{name} must be {r.what}, got {value!r}")
         self.timing.validate()

@@ -254,6 +254,19 @@ def test_bench_config_validate_uses_the_same_ranges(field, value):
         BenchConfig(**{field: value}).validate()
 
 
+@pytest.mark.parametrize("field,value", [("warmup", 10**6), ("min_iters", 10**7), ("min_time", 3601.0),
+                                         ("timeout", 1e9), ("min_time", float("nan"))])
+def test_bench_config_validate_bounds_the_timing_numbers(field, value):
+    from dataclasses import replace
+
+    from signflow_zoo.errors import SignFlowError
+    from signflow_zoo.harness import BenchConfig
+    from signflow_zoo.timing import TimingConfig
+
+    with pytest.raises(SignFlowError, match=field.replace("_", "-")):
+        BenchConfig(timing=replace(TimingConfig(), **{field: value})).validate()
+
+
 def test_bench_json_path_is_checked_before_any_work(tmp_path):
     from signflow_zoo.harness import BenchConfig
     from signflow_zoo.output_paths import OutputPathError
