@@ -112,7 +112,7 @@ def _option(flag: str, value: str, joined: bool) -> list[str]:
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-@fuzz_settings(60)
+@fuzz_settings(40)
 @given(data=st.data())
 def test_cli_options_of_every_command(command, data, capsys, tmp_path):
     base, number_flags, text_flags = COMMANDS[command]
@@ -159,7 +159,7 @@ def test_arbitrary_argument_lists(argv, capsys, tmp_path):
 
 
 @pytest.mark.slow
-@fuzz_settings(2)
+@fuzz_settings(1)
 @example(lr="1", seed=2**32 - 1, batch=4096)  # every range's far end at once
 @given(lr=st.one_of(st.floats(min_value=1e-6, max_value=1.0), st.sampled_from(["1", "1e-300", "0.999"])),
        seed=st.one_of(st.integers(min_value=0, max_value=2**32 - 1), st.just(2**32 - 1)),
@@ -356,7 +356,7 @@ def model_files(tmp_path_factory, tiny_artifacts):
                       onnx=onnx.load(str(tiny_artifacts.onnx)))
 
 
-@fuzz_settings(40)
+@fuzz_settings(25)
 @given(data=st.data())
 def test_checkpoint_metadata_loads_or_is_a_checkpoint_error(data, model_files, tmp_path):
     import torch
@@ -403,7 +403,7 @@ def test_onnx_metadata_serves_or_is_one_line(data, model_files, tmp_path, capsys
         assert 0.0 <= pred["confidence"] <= 1.0 and math.isfinite(pred["confidence"])
 
 
-@fuzz_settings(25)
+@fuzz_settings(15)
 @given(data=st.data())
 def test_checkpoint_metadata_through_predict(data, model_files, tmp_path, capsys):
     import torch
