@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .cachefiles import temp_path
 from .errors import CheckpointError
 from .model import MODEL_VERSION, SignTransformer, model_kwargs_problem
 
@@ -48,9 +49,12 @@ def save_checkpoint(path: str | Path, model: SignTransformer, metadata: dict[str
     meta.setdefault("model_kwargs", model_kwargs_of(model))
     meta["model_version"] = MODEL_VERSION
     meta["format"] = FORMAT
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "metadata": json.dumps(meta, default=str)}, tmp)
-    tmp.replace(path)
+    tmp = temp_path(path)  # unique per process: concurrent savers never share a temp file
+    try:
+        torch.save({"state_dict": state, "metadata": json.dumps(meta, default=str)}, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

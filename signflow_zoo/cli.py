@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
     """Python: ``signflow_zoo.presets.train_preset(entry, load_data(spec, seed), training_config(entry, ...), output)``."""
     from .data import load_data
     from .output_paths import check_output_file
-    from .presets import train_preset, training_config
+    from .presets import default_checkpoint, train_preset, training_config
 
     entry = _zoo(args).get(args.preset)
     if args.output is not None:
@@ -82,8 +82,37 @@ def cmd_train(args) -> int:
     config = training_config(entry, epochs=args.epochs, seed=args.seed, learning_rate=args.lr,
                              batch_size=args.batch_size, track=not args.no_track, progress=not args.no_progress)
     splits = load_data(args.data, seed=args.seed)
+    if args.from_registry:
+        return _pull_weights(entry, default_checkpoint(entry, splits, config), args.output)
     trained = train_preset(entry, splits, config, args.output, log=_log)
+    if not args.no_track and args.output is None:  # the zoo's own checkpoint: shared through the Model Registry
+        from .artifacts import zoo_home
+        from .model_registry import register_checkpoint
+
+        register_checkpoint(trained.checkpoint, "dynamo", zoo_home(), _log)
     print(json.dumps(trained.summary(), indent=1))
+    return 0
+
+
+def _pull_weights(entry, cached, output) -> int:
+    """`train --from-registry`: the registered weights of this preset, data and config, into the cache."""
+    import shutil
+
+    from .errors import CheckpointError, TrackingError
+    from .model_registry import model_name, pull, registry_tracker
+
+    tracker = registry_tracker()
+    if not tracker.active:
+        raise TrackingError(f"--from-registry: the Model Registry is not reachable ({tracker.reason})")
+    if not cached.exists():
+        from .artifacts import zoo_home
+
+        if pull(tracker, entry.name, cached, "dynamo", zoo_home(), lambda msg: print(msg, file=sys.stderr)) is None:
+            raise CheckpointError(f"--from-registry: no registered version of {model_name(entry.name)} matches this "
+                                  "data and training config; train it without --from-registry on one machine")
+    if output:
+        shutil.copyfile(cached, output)
+    print(json.dumps({"preset": entry.name, "checkpoint": str(output or cached), "from_registry": True}, indent=1))
     return 0
 
 
@@ -105,7 +134,8 @@ def cmd_bench(args) -> int:
     from .results import flat_records
 
     kw = dict(presets=args.preset, backends=args.backends, threads=args.threads, data=args.data, seed=args.seed,
-              no_train=args.no_train, retrain=args.retrain, epochs=args.epochs, exporter=args.exporter,
+              no_train=args.no_train, retrain=args.retrain, from_registry=args.from_registry, epochs=args.epochs,
+              exporter=args.exporter,
               json_path=args.json, experiment=args.experiment, track=not args.no_track, stream=not args.no_stream,
               zoo_file=args.zoo, progress=not args.no_progress)
     if args.batch_sizes:
@@ -133,12 +163,20 @@ def cmd_sync(args) -> int:
     from .results import sync
 
     folder = Path(args.results or zoo_home() / "results")
-    done, pending, reason = sync(folder, args.experiment)
-    if pending:
-        print(f"uploaded {done} result file(s); {pending} still pending: {reason}", file=sys.stderr)
+    rep = sync(folder, args.experiment)
+    for p in rep.interrupted:
+        print(f"{p.name}: its bench stopped before the end; uploaded the presets it had saved", file=sys.stderr)
+    for p in rep.running:
+        print(f"{p.name}: skipped, a bench is still writing it; sync again when it has finished", file=sys.stderr)
+    for p, why in rep.malformed:
+        print(f"{p}: skipped, {why}; fix or move it out of {folder}", file=sys.stderr)
+    if rep.pending:
+        reasons = sorted({why for _, why in rep.pending})
+        print(f"uploaded {len(rep.uploaded)} result file(s); {len(rep.pending)} still pending: {'; '.join(reasons)}",
+              file=sys.stderr)
         return 1
-    print(f"uploaded {done} result file(s); nothing pending in {folder}")
-    return 0
+    print(f"uploaded {len(rep.uploaded)} result file(s); nothing pending in {folder}")
+    return 0 if rep.ok else 1
 
 
 def cmd_doctor(args) -> int:
@@ -152,10 +190,10 @@ def cmd_ui(args) -> int:
     """Python: ``subprocess.call(signflow_zoo.mlflow_store.ui_command(host, port))``."""
     import subprocess
 
-    from .mlflow_store import ui_command
+    from .mlflow_store import redact, ui_command
 
     cmd = ui_command(args.host, args.port)
-    print("starting:", " ".join(cmd), file=sys.stderr)
+    print("starting:", redact(" ".join(cmd)), file=sys.stderr)
     return subprocess.call(cmd)
 
 
@@ -203,11 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     _ranged(s, "--epochs", "training epochs (default: the preset's)")
     _ranged(s, "--lr", "peak learning rate (default 1e-3)")
     _ranged(s, "--batch-size", "training batch size (default 32)")
-    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--data", default="synthetic",
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
     _ranged(s, "--seed", "seed of the data split, initialisation and augmentation (default 0)", default=0)
     s.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache, where bench finds it)")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (bars draw only on a terminal anyway)")
+    s.add_argument("--from-registry", action="store_true",
+                   help="pull the registered weights of this preset, data and config instead of training")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("export", help="export a checkpoint to ONNX (verified) and optionally optimize it")
@@ -236,11 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time every backend alone and report solo vs scheduled p50/p99 per batch size")
     _ranged(s, "--timeout", "seconds a backend may take beyond plan for one request before its worker is stopped "
             "and its row marked timeout (default 300)", metavar="SECONDS")
-    s.add_argument("--data", default="synthetic", help="synthetic[:opts] | signflow:PATH | lsfb:PATH")
+    s.add_argument("--data", default="synthetic",
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
     _ranged(s, "--seed", "seed of the data split, training and parity inputs (default 0)", default=0)
     _ranged(s, "--epochs", "override the preset's training epochs")
     s.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint is cached")
     s.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
+    s.add_argument("--from-registry", action="store_true",
+                   help="take weights from the cache or the MLflow Model Registry, never train here (without it, "
+                        "a registered version matching the cache key is pulled automatically when one exists)")
     s.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
     s.add_argument("--json", metavar="PATH", help="also write the result JSON here (checked before the bench starts)")
     s.add_argument("--experiment", default=EXPERIMENT)
@@ -251,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sync", help="upload result files that could not be tracked earlier (idempotent)")
     s.add_argument("--results", metavar="DIR", help="results folder (default: $SIGNFLOW_ZOO_HOME/results)")
-    s.add_argument("--experiment", default=EXPERIMENT)
+    s.add_argument("--experiment", help="experiment for files that record none (default: signflow-zoo); "
+                                        "every other file goes to the experiment its bench used")
     s.set_defaults(func=cmd_sync)
 
     s = sub.add_parser("doctor", help="check versions, tracking store, zoo, export and every backend")

@@ -2,17 +2,17 @@
 
 Thin: parse, call :mod:`signflow_zoo.pipeline`, print. Clip inputs:
 
-- a SignFlow recording: ``.npy`` [frames, 225];
+- a SignFlow recording: ``.npy`` [frames, 225]; a ``.pose`` file (MediaPipe Holistic, first person);
 - one LSFB-ISOL instance: any of its files ``ROOT/poses/<left_hand|right_hand|pose>/ID.npy``, or the
   data set root with ``--instance ID``;
-- a directory: every clip of a SignFlow recordings folder (``labels.csv``) or an LSFB-ISOL root
-  (``instances.csv``); the true labels are then printed next to the predictions.
+- a directory: every clip of an LSFB-ISOL root (``instances.csv``), of a folder with ``labels.csv``
+  (``.npy`` or ``.pose`` files) or of SignFlow recordings named ``<sign>_<12 hex>.npy``; the true labels
+  are then printed next to the predictions.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -23,10 +23,6 @@ import numpy as np
 
 from .argtypes import non_negative_int as _non_negative_int
 from .argtypes import positive_float as _positive_float
-from .errors import DataError
-from .features import RAW_DIM
-
-LSFB_PARTS = ("left_hand", "right_hand", "pose")
 
 
 @dataclass
@@ -37,83 +33,11 @@ class ClipInput:
 
 
 # -- reading clips ---------------------------------------------------------------------------------
-def _load_array(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for bad files; name the file
-        raise DataError(f"{path}: not a readable .npy array ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(arr, np.ndarray):
-        arr.close()
-        raise DataError(f"{path}: expected a single .npy array, found an .npz archive")
-    if arr.dtype.kind not in "fiu":
-        raise DataError(f"{path}: expected numeric landmark values, got dtype {arr.dtype}")
-    return arr
-
-
-def _lsfb_label(root: Path, ident: str) -> str | None:
-    csv_path = root / "instances.csv"
-    if not csv_path.is_file():
-        return None
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            for row in csv.DictReader(fh):
-                if (row.get("id") or "").strip() == ident:
-                    return (row.get("sign") or "").strip() or None
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    return None
-
-
-def _lsfb_instance(root: Path, ident: str) -> ClipInput:
-    from .errors import InputError
-    from .features import raw_from_parts
-
-    parts = {}
-    for part in LSFB_PARTS:
-        path = root / "poses" / part / f"{ident}.npy"
-        parts[part] = _load_array(path) if path.is_file() else None
-    if all(v is None for v in parts.values()):
-        raise DataError(f"{root}: no LSFB instance {ident!r} (expected poses/{{{','.join(LSFB_PARTS)}}}/{ident}.npy)")
-    try:
-        raw = raw_from_parts(parts["left_hand"], parts["right_hand"], parts["pose"])
-    except InputError as exc:
-        raise DataError(f"LSFB instance {ident!r} in {root}: {exc}") from None
-    return ClipInput(ident, raw, _lsfb_label(root, ident))
-
-
 def read_clips(path: str | Path, instance: str | None = None) -> list[ClipInput]:
     """The clip(s) a ``predict``/``stream`` FILE argument names (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: not found")
-    if path.is_dir():
-        if instance is not None:
-            return [_lsfb_instance(path, instance)]
-        if (path / "instances.csv").is_file():
-            from .data import load_lsfb_isol
+    from .formats import read_clips as read
 
-            clips, names = load_lsfb_isol(path)
-        elif (path / "labels.csv").is_file():
-            from .data import load_signflow_recordings
-
-            clips, names = load_signflow_recordings(path)
-        else:
-            raise DataError(f"{path}: a directory must hold instances.csv (LSFB-ISOL) or labels.csv (SignFlow "
-                            "recordings); or pass a single .npy clip")
-        return [ClipInput(c.name or f"clip {i}", c.raw, names[c.label]) for i, c in enumerate(clips)]
-    if instance is not None:
-        raise DataError("--instance needs the LSFB-ISOL root directory as FILE")
-    if path.suffix.lower() != ".npy":
-        raise DataError(f"{path}: expected a .npy clip [frames, {RAW_DIM}] or a data set directory")
-    if path.parent.name in LSFB_PARTS + ("face",) and path.parent.parent.name == "poses":
-        return [_lsfb_instance(path.parent.parent.parent, path.stem)]
-    arr = _load_array(path)
-    if arr.ndim != 2 or arr.shape[1] != RAW_DIM or arr.shape[0] == 0:
-        raise DataError(f"{path}: has shape {arr.shape}, expected [frames, {RAW_DIM}] (a SignFlow recording: "
-                        "left hand 63, right hand 63, pose 99 values per frame)")
-    return [ClipInput(path.stem, arr.astype(np.float32))]
+    return [ClipInput(c.name, c.raw, c.label) for c in read(path, instance)]
 
 
 # -- shared ----------------------------------------------------------------------------------------
@@ -268,7 +192,7 @@ def register(subparsers) -> None:
     """Add ``predict`` and ``stream`` to the main CLI's subparsers."""
     s = subparsers.add_parser("predict", help="classify a recorded clip (or every clip of a folder) with a model file",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("file", metavar="FILE", help="SignFlow .npy [frames, 225], LSFB poses/<part>/ID.npy, or a folder")
+    s.add_argument("file", metavar="FILE", help="SignFlow .npy [frames, 225], .pose file, LSFB poses/<part>/ID.npy, or a folder")
     _add_common(s)
     s.set_defaults(func=cmd_predict)
 

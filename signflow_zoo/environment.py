@@ -1,4 +1,7 @@
-"""What machine and software produced a result: tagged on every run so results compare across hosts."""
+"""What machine and software produced a result: tagged on every run so results compare across hosts.
+
+The host name is ``$SIGNFLOW_ZOO_HOST`` when set, else the machine's hostname (:func:`host_name`).
+"""
 
 from __future__ import annotations
 
@@ -53,10 +56,23 @@ def git_commit() -> str:
         return ""
 
 
-@lru_cache(maxsize=1)
+HOST_ENV_VAR = "SIGNFLOW_ZOO_HOST"
+
+
+def host_name() -> str:
+    """``$SIGNFLOW_ZOO_HOST`` when set (a stable name for a machine whose hostname changes, e.g. a
+    container or a CI runner, or several simulated hosts on one machine), else the hostname."""
+    return os.environ.get(HOST_ENV_VAR, "").strip() or socket.gethostname()
+
+
 def environment() -> dict[str, str]:
+    return dict(_environment(host_name()))
+
+
+@lru_cache(maxsize=4)
+def _environment(host: str) -> dict[str, str]:
     env = {
-        "host": socket.gethostname(),
+        "host": host,
         "cpu": cpu_model(),
         "cpu_count": str(os.cpu_count()),
         "gpu": gpu_model(),

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from collections import Counter
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cachefiles import temp_path
 from .errors import ModelFileError
 
 OPSET = 18
@@ -95,7 +97,7 @@ def export_to_onnx(
     was_training = model.training
     model = model.eval().cpu()
     example = (torch.randn(2, max(frames, 8), feat), torch.ones(2, max(frames, 8), dtype=torch.bool))
-    tmp = save_path.with_suffix(".tmp.onnx")
+    tmp = temp_path(save_path, ".tmp.onnx")  # unique per process: concurrent exports never share it
     t0 = time.perf_counter()
     try:
         with quiet_logs() as log:
@@ -128,13 +130,23 @@ def export_to_onnx(
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     set_metadata(proto, meta)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(save_path))
     tmp.unlink(missing_ok=True)
+    _save_atomic(onnx, proto, save_path)
     info = ExportInfo(str(save_path), exporter, opset, file_sha256(save_path), len(proto.graph.node), seconds)
     if verify:
         info.verified = verify_onnx(model, save_path)
         info.max_abs_error = max(v["max_abs_error"] for v in info.verified)
     return info
+
+
+def _save_atomic(onnx, proto, path: Path) -> None:
+    """Save through a unique temp file and a rename: a reader never loads half a model."""
+    tmp = temp_path(path, ".tmp.onnx")
+    try:
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def set_metadata(proto, meta: dict[str, str]) -> None:
@@ -260,7 +272,8 @@ def optimize_onnx_model(
     dst.parent.mkdir(parents=True, exist_ok=True)
     steps: list[str] = []
     stage = src
-    tmp = dst.with_suffix(".stage1.onnx")
+    tmp = temp_path(dst, ".stage1.onnx")
+    final = temp_path(dst, ".tmp.onnx")
     if use_transformer_optimizer:
         try:
             from onnxruntime.transformers import optimizer as ort_optimizer
@@ -279,14 +292,17 @@ def optimize_onnx_model(
             steps.append(f"transformer optimizer failed: {type(exc).__name__}: {str(exc)[:200]}")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(dst)
-    _session(stage, ort, so)
-    steps.append("ORT offline graph optimization (extended) saved")
-    tmp.unlink(missing_ok=True)
-    after = onnx.load(str(dst))
+    so.optimized_model_filepath = str(final)
+    try:
+        _session(stage, ort, so)
+        steps.append("ORT offline graph optimization (extended) saved")
+        after = onnx.load(str(final))
+    finally:
+        tmp.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
     # keep the serving metadata on the derived artifact
     set_metadata(after, {p.key: p.value for p in before.metadata_props} | {"optimized": "true"})
-    onnx.save(after, str(dst))
+    _save_atomic(onnx, after, dst)
     ops_after = _op_counts(after)
     fusions = {op: n for op, n in ops_after.items() if op not in ops_before}
     if fusions:

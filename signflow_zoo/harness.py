@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from . import limits
+from . import limits, model_registry
 from .artifacts import build_artifacts, checkpoint_path, zoo_home
+from .cachefiles import HeldLock, exclusive, lock_path
 from .environment import environment
 from .errors import BackendError, CheckpointError, SignFlowError
 from .features import FEATURE_DIM
@@ -34,7 +36,7 @@ from .records import BenchDocument, BenchRecord, Drift
 from .results import EXPERIMENT, flat_records, now_iso, upload, write_json_atomic, write_result
 from .runners import RunnerOptions
 from .timing import TimingConfig, reference_workload
-from .tracking import Tracker
+from .tracking import Tracker, redact
 from .zoo import Zoo, ZooEntry
 
 PARITY_SAMPLES = 64
@@ -53,6 +55,7 @@ class BenchConfig:
     seed: int = 0
     no_train: bool = False
     retrain: bool = False
+    from_registry: bool = False  # weights must come from the cache or the Model Registry, never trained here
     epochs: int | None = None  # override the zoo entry's default epochs
     exporter: str = "dynamo"
     json_path: str | None = None
@@ -101,6 +104,7 @@ class BenchConfig:
 
 
 SPLIT_PARTS = ("train", "val", "test")
+SPLITS_CACHE_VERSION = 2  # bump when what DataSplits holds (or how its fingerprint is made) changes
 
 
 def load_splits_cached(spec: str, seed: int, home: Path):
@@ -116,7 +120,8 @@ def load_splits_cached(spec: str, seed: int, home: Path):
     if not spec.strip().startswith("synthetic"):
         return load_data(spec, seed=seed)
     syn = parse_synthetic_spec(spec, seed)  # validates the spec before anything is cached
-    key = stable_hash({"spec": syn.to_dict(), "seed": seed, "generator": GENERATOR_VERSION, "features": FEATURE_VERSION})
+    key = stable_hash({"spec": syn.to_dict(), "seed": seed, "generator": GENERATOR_VERSION, "features": FEATURE_VERSION,
+                       "cache": SPLITS_CACHE_VERSION})
     path = home / "data" / f"synthetic-{key}.npz"
     if path.is_file():
         try:
@@ -124,12 +129,13 @@ def load_splits_cached(spec: str, seed: int, home: Path):
                 names = [str(x) for x in z["class_names"]]
                 parts = {p: SignDataset(z[f"{p}_features"], z[f"{p}_mask"], z[f"{p}_labels"], names,
                                         [str(x) for x in z[f"{p}_signers"]]) for p in SPLIT_PARTS}
-                return DataSplits(**parts, class_names=names, spec=str(z["spec"]), fingerprint=str(z["fingerprint"]))
-        except (OSError, KeyError, ValueError):
-            pass  # a derived cache file: rebuild it below
+                return DataSplits(**parts, class_names=names, spec=str(z["spec"]), fingerprint=str(z["fingerprint"]),
+                                  split=str(z["split"]))
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # a derived cache file (truncated, corrupt): rebuild it below
     splits = load_data(spec, seed=seed)
     arrays = {"class_names": np.array(splits.class_names), "spec": np.array(splits.spec),
-              "fingerprint": np.array(splits.fingerprint)}
+              "fingerprint": np.array(splits.fingerprint), "split": np.array(splits.split)}
     for p in SPLIT_PARTS:
         ds = getattr(splits, p)
         arrays.update({f"{p}_features": ds.features, f"{p}_mask": ds.mask, f"{p}_labels": ds.labels,
@@ -168,6 +174,7 @@ class Bench:
             tracking={"uploaded": False, "experiment": config.experiment}, result_file=str(self.json_path))
         self.samples: dict[str, list[float]] = {}  # "preset / backend / bB" -> per-call ms (for the plots)
         self._splits = None
+        self._registry_tracker: Tracker | None = None
 
     # -- data and checkpoints -------------------------------------------------------------------
     def splits(self):
@@ -186,23 +193,58 @@ class Bench:
         return checkpoint_path(entry, len(splits.class_names), splits.fingerprint, tcfg.cache_key(), self.home)
 
     def checkpoint(self, entry: ZooEntry) -> tuple[Path, dict[str, Any]]:
+        """Cache -> Model Registry -> train (then register). One process at a time per checkpoint: the
+        others wait on its lock, then reuse what it made instead of training it again."""
         from .checkpoint import read_checkpoint
 
         path = self.checkpoint_file(entry)
-        if path.exists() and not self.cfg.retrain:
-            _, meta = read_checkpoint(path)  # a corrupt cache file is an error naming it, never a silent retrain
-            self.log(f"{entry.name}: cached checkpoint {path}")
-            return path, meta
-        if self.cfg.no_train:
-            raise CheckpointError(
-                f"no cached checkpoint for preset {entry.name!r} with this data and training config ({path}); "
-                "run without --no-train to train it, or `signflow-zoo train --preset " + entry.name + "`"
-            )
-        return self.train(entry, path)
+        with exclusive(path):
+            if path.exists() and not self.cfg.retrain:
+                _, meta = read_checkpoint(path)  # a corrupt cache file is an error naming it, never a silent retrain
+                self.log(f"{entry.name}: cached checkpoint {path}")
+                return path, meta
+            if not self.cfg.retrain and (self.cfg.track or self.cfg.from_registry) and self._pull(entry, path):
+                return path, read_checkpoint(path)[1]
+            if self.cfg.from_registry:
+                raise CheckpointError(
+                    f"--from-registry: no registered version of {model_registry.model_name(entry.name)} matches "
+                    f"preset {entry.name!r} with this data and training config ({path.name}); run bench without "
+                    "--from-registry on one machine to train and register it"
+                )
+            if self.cfg.no_train:
+                raise CheckpointError(
+                    f"no cached checkpoint for preset {entry.name!r} with this data and training config ({path}); "
+                    "run without --no-train to train it, or `signflow-zoo train --preset " + entry.name + "`"
+                )
+            return self.train(entry, path)
+
+    def _registry(self) -> Tracker | None:
+        if self._registry_tracker is None:
+            self._registry_tracker = model_registry.registry_tracker()
+        return self._registry_tracker if self._registry_tracker.active else None
+
+    def _pull(self, entry: ZooEntry, path: Path) -> bool:
+        tracker = self._registry()
+        if tracker is None:
+            if self.cfg.from_registry:
+                raise CheckpointError(f"--from-registry: the Model Registry is not reachable ({self._registry_tracker.reason})")
+            return False
+        try:
+            return model_registry.pull(tracker, entry.name, path, self.cfg.exporter, self.home, self.log) is not None
+        except SignFlowError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store failed: train here (or stop, if told to use it)
+            if self.cfg.from_registry:
+                raise CheckpointError(f"--from-registry: pulling {entry.name} failed: {redact(str(exc))}") from None
+            self.log(f"warning: {entry.name}: Model Registry lookup failed ({redact(str(exc))}); training here")
+            return False
 
     def train(self, entry: ZooEntry, path: Path) -> tuple[Path, dict[str, Any]]:
         trained = train_preset(entry, self.splits(), self.training_config(entry), path, evaluate_test=False,
                                log=self.log)
+        if self.cfg.track:  # share the weights: other hosts pull them instead of training their own
+            model_registry.register_checkpoint(trained.checkpoint, self.cfg.exporter, self.home, self.log,
+                                               self._registry_tracker)
         return trained.checkpoint, trained.metadata
 
     # -- one preset -----------------------------------------------------------------------------
@@ -248,11 +290,18 @@ class Bench:
             if not self._ensure_kind(arts, cls, rec):
                 continue
             try:
-                lane.worker = BackendWorker(cls.name, WorkerSpec(cls, RunnerOptions(threads=self.threads), arts),
+                lane.worker = BackendWorker(cls.name, WorkerSpec(cls, self._options(), arts),
                                             self.cfg.timing.timeout)
             except BackendError as exc:
                 rec.fail("failed", str(exc))
         return lanes
+
+    def _options(self) -> RunnerOptions:
+        """The same options for every backend: threads, and the input shapes the bench will time (backends
+        with fixed-shape graphs build them at prepare instead of during the first timed calls)."""
+        frames = int(self.splits().test.features.shape[1])
+        return RunnerOptions(threads=self.threads, extra={"graph_shapes": [(int(b), frames) for b in self.cfg.batch_sizes],
+                                                          "compile_shapes": [(int(b), frames) for b in self.cfg.batch_sizes]})
 
     def _ensure_kind(self, arts, cls, rec: BenchRecord) -> bool:
         """Build (or find cached) the artifact kind this backend consumes; record its hash, or why it failed."""
@@ -367,8 +416,19 @@ class Bench:
 
     # -- whole invocation -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """The bench, holding its result file's lock: `sync` leaves a file alone while its bench runs,
+        and the file says ``tracking.in_progress`` until every preset is done (a bench that died keeps it)."""
         check_batch_memory(self.entries, self.cfg.batch_sizes, self.splits().test.features.shape[1],
-                           backends=len(self.selected))
+                           backends=len(self.selected))  # before anything is written
+        lock = HeldLock(self.json_path)
+        self.doc.tracking["in_progress"] = {"pid": os.getpid(), "host": self.doc.environment.get("host", "")}
+        try:
+            return self._run()
+        finally:
+            lock.release()
+            lock_path(self.json_path).unlink(missing_ok=True)
+
+    def _run(self) -> dict[str, Any]:
         if self.cfg.no_train:  # fail before any work when a checkpoint is missing
             for entry in self.entries:
                 p = self.checkpoint_file(entry)
@@ -385,6 +445,7 @@ class Bench:
             write_result(self.doc)  # saved before any tracking call
         self.doc.drift.readings[-1]["at"] += " (end)"
         self._report_drift()
+        self.doc.tracking.pop("in_progress", None)
         doc = self.doc.to_dict()
         write_result(doc)
         if self.cfg.json_path:

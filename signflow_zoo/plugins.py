@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "signflow_zoo.default_plugins.onnx_cpu",
     "signflow_zoo.default_plugins.onnx_cuda",
     "signflow_zoo.default_plugins.onnx_optimized",
+    "signflow_zoo.default_plugins.torch_compile", "signflow_zoo.default_plugins.onnx_tensorrt",
 )
 
 

@@ -2,8 +2,11 @@
 
 One file per invocation under ``$SIGNFLOW_ZOO_HOME/results/``, schema in :mod:`signflow_zoo.records`;
 :func:`write_result` is the one place that writes it (atomically: a temp file, then a rename).
-``sync`` uploads files whose ``tracking.uploaded`` is false; runs are found again by their
-``signflow_zoo.result_id`` tag, so a repeated sync never duplicates them. Files of the previous schema
+``sync`` uploads files whose ``tracking.uploaded`` is false, each to the experiment it records; runs
+are found again by their ``signflow_zoo.result_id`` tag and count only once their
+``signflow_zoo.complete`` tag is set (the last call), so a repeated sync never duplicates them and an
+interrupted upload is replaced, not kept half-done. A file whose bench is still running (it holds
+``<file>.lock``) is left alone; a malformed file is named and skipped. Files of the previous schema
 are read, upgraded and uploaded the same way.
 
 :func:`flatten` turns one record into the flat key/value form that MLflow params and metrics hold and
@@ -13,16 +16,17 @@ that ``report`` reads back (see :mod:`signflow_zoo.report` for the conventions).
 from __future__ import annotations
 
 import json
-import os
-import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .mlflow_store import (EXPERIMENT, INVOCATION_ID_TAG, KIND_INVOCATION, KIND_RECORD, KIND_TAG, RESULT_ID_TAG,
-                           kind_filter)
-from .records import SCHEMA, SCHEMA_V1, BenchDocument
-from .tracking import Tracker
+from .cachefiles import atomic_write_text, exclusive, is_locked, lock_path
+from .errors import TrackingError
+from .mlflow_store import (COMPLETE_TAG, EXPERIMENT, INVOCATION_ID_TAG, KIND_INVOCATION, KIND_RECORD, KIND_TAG,
+                           RESULT_ID_TAG, kind_filter)
+from .records import BenchDocument
+from .tracking import Tracker, short_error
 
 STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
@@ -35,15 +39,7 @@ def now_iso() -> str:
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
     """Write ``doc`` as JSON through a uniquely named temp file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=1, default=str))
 
 
 def write_result(doc: BenchDocument | dict[str, Any], path: Path | str | None = None) -> Path:
@@ -162,88 +158,166 @@ def split_flat(flat: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
 
 
 def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: list[Path] = ()) -> bool:
-    """Log one invocation: a parent run and one child run per record. Idempotent by result_id."""
+    """Log one invocation: a parent run and one child run per record. Idempotent by result_id.
+
+    A run counts as uploaded only once its ``signflow_zoo.complete`` tag is set, which is the last
+    call made for it (after its params, metrics and status). A run left behind by an earlier failure
+    (created, but cut off before that tag) is deleted and logged again; the parent is reused.
+    """
     if not tracker.active:
         return False
-    client = tracker.client
-    env = doc.get("environment", {})
     tr = doc.setdefault("tracking", {})
-    parent = tr.get("parent_run_id") or _find_run(tracker, INVOCATION_ID_TAG, doc["invocation_id"], KIND_INVOCATION)
-    if not parent:
-        tags = {KIND_TAG: KIND_INVOCATION, INVOCATION_ID_TAG: doc["invocation_id"],
-                **{k: v for k, v in env.items()}}
-        parent = tracker.create_run(f"bench-{doc['created']}", tags)
-        cfg = doc.get("config", {})
-        tracker.log_batch(parent, params={f"config.{k}": v for k, v in cfg.items()})
-    if not parent:
-        return False
-    tr["parent_run_id"] = parent
-    for rec in doc.get("records", []):
-        if rec.get("run_id"):
-            continue
-        existing = _find_run(tracker, RESULT_ID_TAG, rec["result_id"], KIND_RECORD)
-        if existing:
-            rec["run_id"] = existing
-            continue
-        flat = flatten(rec, doc)
-        params, metrics = split_flat(flat)
-        tags = {KIND_TAG: KIND_RECORD, RESULT_ID_TAG: rec["result_id"],
-                INVOCATION_ID_TAG: doc["invocation_id"], "preset": rec["preset"],
-                "backend": rec["backend"], "host": env.get("host", ""), "status": rec["status"]}
-        run_id = tracker.create_run(f"{rec['preset']}/{rec['backend']}", tags, parent_id=parent)
-        if not run_id:
-            return False
-        tracker.log_batch(run_id, params=params, metrics=metrics,
-                          tags={f"describe.{k}": v for k, v in (rec.get("describe") or {}).items()})
-        tracker.end_run(run_id, "FINISHED" if rec["status"] in ("ok", "unavailable") else "FAILED")
-        if not tracker.active:
-            return False
-        rec["run_id"] = run_id
-    if path is not None:
-        tracker.log_artifact(parent, str(path))
-    for a in artifacts:
-        if Path(a).is_file():
-            tracker.log_artifact(parent, str(a))
-    tracker.end_run(parent, "FINISHED")
+    try:
+        parent = _parent_run(doc, tracker)
+        tr["parent_run_id"] = parent
+        for rec in doc.get("records", []):
+            _record_run(doc, rec, parent, tracker)
+        if path is not None:
+            tracker.call(tracker.client.log_artifact, parent, str(path))
+        for a in artifacts:
+            if Path(a).is_file():
+                tracker.call(tracker.client.log_artifact, parent, str(a))
+        tracker.call(tracker.client.set_terminated, parent, "FINISHED")
+        tracker.call(tracker.client.set_tag, parent, COMPLETE_TAG, "1")
+    except Exception as exc:  # noqa: BLE001 - the store failed: the file stays pending for `sync`
+        tracker.disable(f"upload failed: {short_error(exc)}")
     ok = tracker.active
-    tr.update({"uri": getattr(tracker, "uri", ""), "experiment": tracker.experiment, "uploaded": ok})
+    tr.update({"uri": tracker.uri, "experiment": tracker.experiment, "uploaded": ok})
     if path is not None:
         write_json_atomic(path, doc)
     return ok
 
 
-def _find_run(tracker: Tracker, tag: str, value: str, kind: str) -> str | None:
-    try:
-        runs = tracker.client.search_runs(
-            [tracker.experiment_id], filter_string=kind_filter(kind, {tag: value}), max_results=1)
-    except Exception:  # noqa: BLE001
-        return None
-    return runs[0].info.run_id if runs else None
+def _require(tracker: Tracker) -> None:
+    if not tracker.active:
+        raise TrackingError(tracker.reason)
+
+
+def _runs(tracker: Tracker, tag: str, value: str, kind: str) -> list:
+    return tracker.call(tracker.client.search_runs, [tracker.experiment_id],
+                        filter_string=kind_filter(kind, {tag: value}),
+                        max_results=50)
+
+
+def _parent_run(doc: dict[str, Any], tracker: Tracker) -> str:
+    runs = _runs(tracker, INVOCATION_ID_TAG, doc["invocation_id"], KIND_INVOCATION)
+    runs.sort(key=lambda r: r.data.tags.get(COMPLETE_TAG) != "1")  # a complete one first
+    if runs and runs[0].data.params:
+        return runs[0].info.run_id
+    if runs:  # created, but cut off before its params: log them now
+        parent = runs[0].info.run_id
+    else:
+        tags = {KIND_TAG: KIND_INVOCATION, INVOCATION_ID_TAG: doc["invocation_id"],
+                **doc.get("environment", {})}
+        parent = tracker.create_run(f"bench-{doc['created']}", tags)
+        _require(tracker)
+    tracker.log_batch(parent, params={f"config.{k}": v for k, v in doc.get("config", {}).items()})
+    _require(tracker)
+    return parent
+
+
+def _record_run(doc: dict[str, Any], rec: dict[str, Any], parent: str, tracker: Tracker) -> None:
+    """One child run, complete: found again by its result_id, or logged (replacing a cut-off one)."""
+    runs = _runs(tracker, RESULT_ID_TAG, rec["result_id"], KIND_RECORD)
+    done = [r for r in runs if r.data.tags.get(COMPLETE_TAG) == "1"]
+    keep = done[0].info.run_id if done else None
+    for r in runs:
+        if r.info.run_id != keep:  # leftovers of an interrupted upload (and any duplicate): not results
+            tracker.call(tracker.client.delete_run, r.info.run_id)
+    if done:
+        rec["run_id"] = done[0].info.run_id
+        return
+    env = doc.get("environment", {})
+    params, metrics = split_flat(flatten(rec, doc))
+    tags = {KIND_TAG: KIND_RECORD, RESULT_ID_TAG: rec["result_id"],
+            INVOCATION_ID_TAG: doc["invocation_id"], "preset": rec["preset"],
+            "backend": rec["backend"], "host": env.get("host", ""), "status": rec["status"]}
+    run_id = tracker.create_run(f"{rec['preset']}/{rec['backend']}", tags, parent_id=parent)
+    _require(tracker)
+    tracker.log_batch(run_id, params=params, metrics=metrics,
+                      tags={f"describe.{k}": v for k, v in (rec.get("describe") or {}).items()})
+    _require(tracker)
+    tracker.call(tracker.client.set_terminated, run_id, "FINISHED" if rec["status"] in ("ok", "unavailable") else "FAILED")
+    tracker.call(tracker.client.set_tag, run_id, COMPLETE_TAG, "1")  # last: only now does it count
+    rec["run_id"] = run_id
+
+
+@dataclass
+class SyncReport:
+    """What ``sync`` did, file by file."""
+
+    uploaded: list[Path] = field(default_factory=list)
+    pending: list[tuple[Path, str]] = field(default_factory=list)  # could not upload now: why
+    running: list[Path] = field(default_factory=list)  # a bench is still writing it: left alone
+    malformed: list[tuple[Path, str]] = field(default_factory=list)  # unreadable or not a result: why
+    interrupted: list[Path] = field(default_factory=list)  # its bench died; what it saved was uploaded
+
+    @property
+    def ok(self) -> bool:
+        return not self.pending and not self.malformed
+
+
+def scan_results(results_dir: Path) -> SyncReport:
+    """Sort result files into pending (to upload), running (a bench holds its lock) and malformed;
+    files already uploaded are left out."""
+    rep = SyncReport()
+    for p in sorted(Path(results_dir).glob("bench-*.json")):
+        if is_locked(p):
+            rep.running.append(p)
+            continue
+        try:
+            raw = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            rep.malformed.append((p, f"not a readable JSON file: {exc}"))
+            continue
+        if isinstance(raw, dict) and (raw.get("tracking") or {}).get("uploaded") is True:
+            continue
+        try:
+            read_result(p)
+        except ValueError as exc:
+            rep.malformed.append((p, str(exc)))
+            continue
+        rep.pending.append((p, ""))
+    return rep
 
 
 def pending_files(results_dir: Path) -> list[Path]:
-    out = []
-    for p in sorted(results_dir.glob("bench-*.json")):
+    """Result files to upload: readable, not uploaded yet, and not being written by a running bench."""
+    return [p for p, _ in scan_results(results_dir).pending]
+
+
+def sync(results_dir: Path, experiment: str | None = None) -> SyncReport:
+    """Upload every pending result file to the experiment it records (``experiment`` for files that
+    record none). A malformed file is reported by name and the others go on."""
+    rep = scan_results(results_dir)
+    todo, rep.pending = rep.pending, []
+    trackers: dict[str, Tracker] = {}
+    for p, _ in todo:
         try:
-            doc = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            doc = read_result(p)
+        except ValueError as exc:  # changed since the scan
+            rep.malformed.append((p, str(exc)))
             continue
-        if doc.get("schema") in (SCHEMA, SCHEMA_V1) and not doc.get("tracking", {}).get("uploaded"):
-            out.append(p)
-    return out
-
-
-def sync(results_dir: Path, experiment: str = EXPERIMENT) -> tuple[int, int, str]:
-    """Upload every pending result file. Returns (uploaded, still pending, reason if tracking failed)."""
-    files = pending_files(results_dir)
-    if not files:
-        return 0, 0, ""
-    tracker = Tracker(experiment, quiet=True)
-    if not tracker.active:
-        return 0, len(files), tracker.reason
-    done = 0
-    for p in files:
-        doc = read_result(p)
-        if upload(doc, p, tracker):
-            done += 1
-    return done, len(files) - done, "" if tracker.active else tracker.reason
+        tr = doc.setdefault("tracking", {})
+        name = tr.get("experiment") or doc.get("config", {}).get("experiment") or experiment or EXPERIMENT
+        tracker = trackers.get(name)
+        if tracker is None:  # one attempt per store and experiment: a store that is down costs one probe
+            tracker = trackers[name] = Tracker(name, quiet=True)
+        if not tracker.active:
+            rep.pending.append((p, tracker.reason))
+            continue
+        died = tr.pop("in_progress", None)
+        if died:
+            tr["interrupted"] = died
+        with exclusive(p, blocking=False) as held:  # a bench that started on this file after the scan
+            if not held:
+                rep.running.append(p)
+                continue
+            if upload(doc, p, tracker):
+                rep.uploaded.append(p)
+                if died:
+                    rep.interrupted.append(p)
+            else:
+                rep.pending.append((p, tracker.reason))
+            lock_path(p).unlink(missing_ok=True)  # ours, and its bench is gone: no stray lock files
+    return rep

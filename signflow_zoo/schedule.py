@@ -13,6 +13,7 @@ itself does to the numbers. The measurements behind these choices are in ``bench
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -52,8 +53,9 @@ def warm(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig) -> dict
         o = out[name] = Outcome()
         try:
             t0 = time.perf_counter()
-            o.warmup_calls = int(w.call("warmup", key, cfg.warmup, cfg.warmup_time, budget=cfg.warmup_time))
-            o.call_s = (time.perf_counter() - t0) / max(1, o.warmup_calls)
+            calls = list(w.call("warmup", key, cfg.warmup, cfg.warmup_time, budget=cfg.warmup_time))
+            o.warmup_calls = len(calls)
+            o.call_s = statistics.median(calls) / 1e9 if calls else time.perf_counter() - t0
         except BackendError as exc:
             o.error = exc
         time.sleep(cfg.settle_time)

@@ -103,18 +103,22 @@ def time_block(fn: Callable[[], object], sync: Callable[[], None] | None, min_ca
     return out, discard
 
 
-def warm_up(fn: Callable[[], object], sync: Callable[[], None] | None, max_calls: int, max_seconds: float) -> int:
-    """Untimed calls: ``max_calls`` at most, stopping after ``max_seconds`` (but at least 2 calls when
-    ``max_calls`` >= 2). Returns the number of calls made."""
-    start, n = time.perf_counter(), 0
-    while n < max_calls:
+def warm_up(fn: Callable[[], object], sync: Callable[[], None] | None, max_calls: int,
+            max_seconds: float) -> list[int]:
+    """Calls not counted in the statistics: ``max_calls`` at most, stopping after ``max_seconds`` (but at
+    least 2 calls when ``max_calls`` >= 2). Returns each call's ns (their median estimates a call's cost:
+    the first calls may include one-off work such as graph capture)."""
+    clock = time.perf_counter_ns
+    start, out = clock(), []
+    while len(out) < max_calls:
+        t0 = clock()
         fn()
-        n += 1
-        if n >= 2 and time.perf_counter() - start >= max_seconds:
+        if sync is not None:
+            sync()
+        out.append(clock() - t0)
+        if len(out) >= 2 and clock() - start >= max_seconds * 1e9:
             break
-    if sync is not None and n:
-        sync()
-    return n
+    return out
 
 
 def bootstrap_median_ci(blocks: Sequence[Sequence[float]], n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0,
@@ -205,6 +209,7 @@ def summarize(blocks_ns: Sequence[Sequence[int]], batch: int, min_iters: int = 1
     stdev = statistics.stdev(ms) if len(ms) > 1 else 0.0
     p50, p99 = percentile(s, 50), percentile(s, 99)
     lo, hi = bootstrap_median_ci(blocks_ms)
+    lo, hi = min(lo, p50), max(hi, p50)  # the point estimate lies in its interval, float rounding aside
     why = []
     if p50 > 0 and (hi - lo) / p50 > NOISY_CI:
         why.append(f"p50 interval {lo:.3g}-{hi:.3g} ms is {100 * (hi - lo) / p50:.0f}% of the p50")

@@ -3,18 +3,31 @@
 The store is MLflow's own default (SQLite ``./mlflow.db`` in MLflow 3) or ``MLFLOW_TRACKING_URI``.
 An HTTP store is probed on ``/health`` before use so that an unreachable server costs seconds, not the
 client's minutes of retries. Metrics go in batches (``log_batch``), never one HTTP call per value.
+
+Credentials: a URI ``http://user:password@host`` works (the password is sent as basic auth, also on the
+``/health`` probe, and handed to MLflow through ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` so that the URL
+MLflow sees, and puts in its error messages, holds none). Whatever is printed, logged or stored goes
+through :func:`redact` first. A local SQLite store shared by several processes is used under a file lock
+(two processes creating or migrating one fresh database at once fail otherwise), and "database is
+locked" is retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
-from .mlflow_store import check_reachable, make_client, short_error as _short, tracking_uri
+from .mlflow_store import (check_reachable, client_settings, make_client, redact, redact_uri, short_error,
+                           split_credentials, sqlite_path, tracking_uri)
 
-__all__ = ["Tracker", "check_reachable", "tracking_uri"]  # the store's names live in signflow_zoo.mlflow_store
+# The store's names, credentials and checks live in signflow_zoo.mlflow_store; these stay importable from here.
+__all__ = ["Tracker", "check_reachable", "redact", "redact_uri", "short_error", "split_credentials", "sqlite_path",
+           "tracking_uri"]
 MAX_PARAM_LEN = 6000
+SQLITE_RETRIES = 5
 
 
 class Tracker:
@@ -27,43 +40,89 @@ class Tracker:
         self.quiet = quiet
         self.client = None
         self.experiment_id: str | None = None
+        self.uri = ""  # redacted: safe to print and to store
+        self._db: Path | None = None
+        self._locked = False
         if not enabled:
             return
         try:
-            import mlflow  # noqa: F401 - only to say so when it is missing
+            client_settings()
+            import mlflow
         except ImportError as exc:
-            self._disable(f"mlflow is not importable ({exc}); results are kept locally only")
+            self.disable(f"mlflow is not importable ({exc}); results are kept locally only")
             return
         try:
-            self.uri = tracking_uri()
-            check_reachable(self.uri)
-            self.client = make_client(self.uri)
-            exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            raw = mlflow.get_tracking_uri()
+            self.uri = redact_uri(raw)
+            check_reachable(raw)
+            self._db = sqlite_path(split_credentials(raw)[0])
+            with self.store_lock():
+                self.client = make_client(raw)  # credentials go to MLflow's env, not its URL
+                self.experiment_id = self._experiment_id(experiment)
             self.active = True
             self.reason = ""
         except Exception as exc:  # noqa: BLE001 - any store failure means: go on untracked
-            self._disable(_short(exc))
+            self.disable(short_error(exc))
 
-    def _disable(self, reason: str) -> None:
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # noqa: BLE001 - another process created it at the same moment
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    @contextlib.contextmanager
+    def store_lock(self) -> Iterator[None]:
+        """Serialize access to a local SQLite store across processes; nothing for a server."""
+        if self._db is None or self._locked:
+            yield
+            return
+        from .cachefiles import exclusive
+
+        with exclusive(self._db):
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
+
+    def disable(self, reason: str) -> None:
+        """Stop tracking (one warning, unless quiet); ``reason`` says why, without any password."""
+        reason = redact(reason)
         if self.active or self.reason == "tracking disabled":
             if not self.quiet:
                 warnings.warn(f"MLflow tracking off: {reason}", RuntimeWarning, stacklevel=3)
         self.active = False
         self.reason = reason
 
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args)`` under the store lock, retrying SQLite's "database is locked"; raises otherwise."""
+        for attempt in range(SQLITE_RETRIES):
+            try:
+                with self.store_lock():
+                    return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                if self._db is None or "database is locked" not in str(exc) or attempt == SQLITE_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * 2 ** attempt)
+
     def _guard(self, what: str, fn, *args, **kwargs):
         if not self.active:
             return None
         try:
-            return fn(*args, **kwargs)
+            return self.call(fn, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            self._disable(f"{what} failed: {_short(exc)}")
+            self.disable(f"{what} failed: {short_error(exc)}")
             return None
 
     # -- runs -----------------------------------------------------------------------------------
     def create_run(self, name: str, tags: dict[str, Any] | None = None, parent_id: str | None = None) -> str | None:
-        tags = {k: str(v) for k, v in (tags or {}).items()}
+        tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         run = self._guard("create run", self.client.create_run if self.client else None,
@@ -82,9 +141,9 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        p = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in (params or {}).items()]
+        p = [Param(k, redact(str(v))[:MAX_PARAM_LEN]) for k, v in (params or {}).items()]
         m = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
-        t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        t = [RunTag(k, redact(str(v))) for k, v in (tags or {}).items()]
         # MLflow caps one batch at 100 params, 100 tags and 1000 metrics.
         chunks = max(-(-len(p) // 100), -(-len(m) // 1000), -(-len(t) // 100), 1)
         for i in range(chunks):
@@ -102,3 +161,4 @@ def _is_number(v: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return f == f and f not in (float("inf"), float("-inf"))
+

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import augment_batch
+from .batches import batch_loader
 from .calibration import fit_calibration
 from .checkpoint import save_checkpoint
 from .errors import TrainingConfigError, TrainingDivergedError
@@ -49,6 +50,7 @@ class TrainingConfig:
     amp: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16", "off"
     device: str = "auto"  # "auto", "cpu", "cuda"
     num_threads: int | None = None
+    num_workers: int | None = None  # DataLoader workers; None: 0 for data in memory, a pool for data on disk
     seed: int = 0
     progress: bool = True
     use_mlflow: bool = True
@@ -66,7 +68,8 @@ class TrainingConfig:
         num_epochs 1..10000; batch_size 1..4096; learning_rate (0, 1]; weight_decay 0..1;
         classifier_lr_mult (0, 100]; warmup_fraction 0..1; min_lr_ratio 0..1; label_smoothing [0, 1);
         grad_clip 0..1e6 (0 = off); early_stopping_patience 1..10000; ema_decay (0, 1) open;
-        amp auto/bf16/off; device auto/cpu/cuda/cuda:N; num_threads None or 1..1024; seed 0..2**32-1.
+        amp auto/bf16/off; device auto/cpu/cuda/cuda:N; num_threads None or 1..1024; num_workers None or 0..64;
+        seed 0..2**32-1.
         Every number must be finite.
         """
         def bad(name: str, want: str) -> TrainingConfigError:
@@ -81,6 +84,9 @@ class TrainingConfig:
         if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
                                              or not 1 <= self.num_threads <= 1024):
             raise bad("num_threads", "None or an integer in [1, 1024]")
+        if self.num_workers is not None and (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
+                                             or not 0 <= self.num_workers <= 64):
+            raise bad("num_workers", "None or an integer in [0, 64]")
         # (name, low, high, low end open, high end open)
         for name, lo, hi, lo_open, hi_open in (
                 ("learning_rate", 0.0, 1.0, True, False), ("weight_decay", 0.0, 1.0, False, False),
@@ -102,7 +108,8 @@ class TrainingConfig:
     def cache_key(self) -> dict[str, Any]:
         """The fields that change the trained weights (not logging or progress)."""
         d = self.to_dict()
-        for k in ("progress", "use_mlflow", "mlflow_experiment", "mlflow_run_name", "mlflow_tags", "num_threads", "device"):
+        for k in ("progress", "use_mlflow", "mlflow_experiment", "mlflow_run_name", "mlflow_tags", "num_threads", "device",
+                  "num_workers"):
             d.pop(k)
         return d
 
@@ -172,9 +179,9 @@ class SignTrainer:
     def predict_logits(self, dataset, model=None, batch_size: int = 256) -> np.ndarray:
         model = (model or self.model).eval()
         out = []
-        for i in range(0, len(dataset), batch_size):
-            x = torch.from_numpy(dataset.features[i:i + batch_size]).to(self.device)
-            m = torch.from_numpy(dataset.mask[i:i + batch_size]).to(self.device)
+        workers = 0 if getattr(dataset, "in_memory", True) else self.config.num_workers
+        for x, m, _ in batch_loader(dataset, batch_size, num_workers=workers):
+            x, m = x.to(self.device), m.to(self.device)
             out.append(model(x, m).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
 
@@ -244,17 +251,14 @@ class SignTrainer:
         try:
             from tqdm.auto import tqdm
 
+            loader = batch_loader(train, cfg.batch_size, rng, cfg.num_workers, pin_memory=self.device.type == "cuda")
             for epoch in range(cfg.num_epochs):
                 self.model.train()
-                order = rng.permutation(len(train))
-                bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
-                           disable=None if cfg.progress else True, file=sys.stderr, unit="batch")
+                # iter() once: tqdm would call it twice, and each call draws a shuffle from rng
+                bar = tqdm(iter(loader), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.num_epochs}",
+                           leave=False, disable=None if cfg.progress else True, file=sys.stderr, unit="batch")
                 run_loss, seen = 0.0, 0
-                for b in bar:
-                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    x = torch.from_numpy(train.features[idx])
-                    m = torch.from_numpy(train.mask[idx])
-                    y = torch.from_numpy(train.labels[idx].astype(np.int64))
+                for b, (x, m, y) in enumerate(bar):  # the loader draws this epoch's shuffle from rng, as slicing did
                     if cfg.augment:
                         x, m = augment_batch(x, m, rng)
                     x, m, y = x.to(self.device), m.to(self.device), y.to(self.device)
@@ -275,8 +279,8 @@ class SignTrainer:
                         with torch.no_grad():
                             for pe, pm in zip(ema.parameters(), self.model.parameters()):
                                 pe.mul_(cfg.ema_decay).add_(pm.detach(), alpha=1 - cfg.ema_decay)
-                    run_loss += float(loss.item()) * len(idx)
-                    seen += len(idx)
+                    run_loss += float(loss.item()) * len(y)
+                    seen += len(y)
                     bar.set_postfix(loss=f"{run_loss / seen:.3f}")
                 bar.close()
                 rep = self.evaluate(val, ema)

@@ -211,7 +211,7 @@ class _Worker:
         sync = self.runner.synchronize if getattr(self.runner, "asynchronous", False) else None
         return (lambda: run(x, m)), sync
 
-    def warmup(self, key, max_calls: int, max_seconds: float) -> int:
+    def warmup(self, key, max_calls: int, max_seconds: float) -> list[int]:
         from .timing import warm_up
 
         fn, sync = self._call(key)

@@ -270,4 +270,4 @@ def test_the_conformance_kit_builds_the_kind_a_runner_consumes(tmp_path, tiny_ar
     assert "onnx-copy" not in tiny_artifacts.paths  # the shared artifacts are left as they were
     no_kind = PluginRegistry(entry_points=False, environment=False)
     report = check_runner(CopyRunner, tmp_path, artifacts=tiny_artifacts, registry=no_kind)
-    assert not report.ok and "artifact must be one of torch, onnx, onnx-optimized, got 'onnx-copy'" in report.problems[0]
+    assert not report.ok and "artifact must be one of torch, onnx, onnx-optimized, onnx-fp16, got 'onnx-copy'" in report.problems[0]

@@ -59,6 +59,7 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, wa
         assert lo <= r["accuracy"]["top1"] <= hi and r["accuracy"]["n"] == r["params"]["test_size"]
         assert r["memory"]["peak_mb"] >= r["memory"]["baseline_mb"] > 0 and "VmHWM" in r["memory"]["what"]
         assert r["params"]["artifact_sha256"] and r["params"]["threads"] >= 1
+        assert r["params"]["data_split"].startswith("signer-split(seed=0")
         assert r["describe"]["provider"]
     assert recs["onnx-cpu"]["describe"]["provider"] == "CPUExecutionProvider"
     sp = recs["onnx-cpu"]["speedup"]["1"]
@@ -216,6 +217,7 @@ def test_synthetic_splits_cache_round_trips_exactly(isolated_home):
     assert len(files) == 1
     again = load_splits_cached(TINY_DATA, 0, isolated_home)
     assert again.fingerprint == first.fingerprint and again.class_names == first.class_names
+    assert again.split == first.split and again.split.startswith("signer-split")
     for part in ("train", "val", "test"):
         a, b = getattr(first, part), getattr(again, part)
         assert np.array_equal(a.features, b.features) and np.array_equal(a.mask, b.mask)

@@ -17,7 +17,8 @@ from signflow_zoo.parity import compare
 from signflow_zoo.plugins import PluginRegistry, get_registry
 from signflow_zoo.testing import check_runner
 
-BUILTIN = ["torch-eager", "onnx-cpu", "onnx-cuda", "onnx-optimized"]
+BUILTIN = ["torch-eager", "onnx-cpu", "onnx-cuda", "onnx-cuda-graph", "onnx-cuda-graph-fp16", "onnx-optimized",
+           "torch-compile", "torch-compile-bf16", "onnx-tensorrt"]
 REGISTERED = get_registry().names()
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = [n for n in dir(hookspecs) if n.startswith("register_")]
@@ -32,7 +33,8 @@ def test_builtins_are_registered_as_plugins_in_order():
     reg = registry()
     assert reg.names() == BUILTIN
     assert all(reg.get(name).plugin.package == "built-in" for name in BUILTIN)
-    assert not reg.broken and [p.name for p in reg.plugins] == ["torch_eager", "onnx_cpu", "onnx_cuda", "onnx_optimized"]
+    assert not reg.broken and [p.name for p in reg.plugins] == [
+        "torch_eager", "onnx_cpu", "onnx_cuda", "onnx_optimized", "torch_compile", "onnx_tensorrt"]
     assert PluginRegistry(builtins=False, entry_points=False, environment=False).names() == []
 
 
@@ -359,7 +361,8 @@ def test_backends_command_lists_every_kind_of_broken_plugin_and_runs_the_rest(tm
 
 def test_blocking_a_builtin_by_name(monkeypatch):
     monkeypatch.setenv("SIGNFLOW_ZOO_BLOCK_PLUGINS", "onnx_cuda,signflow_zoo.default_plugins.torch_eager")
-    assert PluginRegistry(entry_points=False).names() == ["onnx-cpu", "onnx-optimized"]
+    assert PluginRegistry(entry_points=False).names() == ["onnx-cpu", "onnx-optimized", "torch-compile",
+                                                          "torch-compile-bf16", "onnx-tensorrt"]
 
 
 def test_unknown_backend_is_a_clear_error():
@@ -406,7 +409,7 @@ def test_kinds_register_before_runners_so_a_backend_may_use_another_plugins_kind
     user = _named(OrtRunner, "uses-b", artifact="kind-b")
     reg = registry(_KindPlugin(runners=[user]), _KindPlugin(_kind("kind-a")), _KindPlugin(_kind("kind-b", "kind-a")))
     assert not reg.broken
-    assert reg.kind_names() == ["torch", "onnx", "onnx-optimized", "kind-b", "kind-a"]
+    assert reg.kind_names() == ["torch", "onnx", "onnx-optimized", "onnx-fp16", "kind-b", "kind-a"]
     assert reg.get("uses-b").cls is user and reg.artifact_kind("kind-b").source == "kind-a"
     with pytest.raises(BackendError, match="unknown artifact kind 'kind-c'; known kinds: torch, onnx, onnx-optimized"):
         reg.artifact_kind("kind-c")
@@ -423,13 +426,13 @@ def test_bad_kinds_break_their_plugin_only():
         _KindPlugin(runners=[_named(OrtRunner, "uses-missing", artifact="orphan")]),
     )
     errors = [b.error for b in reg.broken]
-    assert reg.kind_names()[3:] == ["fine"] and "uses-fine" in reg.names() and "uses-missing" not in reg.names()
+    assert reg.kind_names()[4:] == ["fine"] and "uses-fine" in reg.names() and "uses-missing" not in reg.names()
     assert any("artifact kind 'onnx' is built in" in e for e in errors)
     assert any("artifact kind 'orphan': unknown source kind 'nowhere' (orphan)" in e for e in errors)
     assert any("a cycle" in e for e in errors)
     assert any("must set main_file" in e for e in errors)
     assert any("main_file must be a file name inside dest" in e for e in errors)
-    assert any("backend 'uses-missing': artifact must be one of torch, onnx, onnx-optimized, fine" in e for e in errors)
+    assert any("backend 'uses-missing': artifact must be one of torch, onnx, onnx-optimized, onnx-fp16, fine" in e for e in errors)
 
 
 # -- the contract is documented and tested (each hook) --------------------------------------------------

@@ -95,8 +95,8 @@ def test_time_block_times_each_call_and_reaches_count_and_duration():
 
 def test_warm_up_is_capped_by_time_for_slow_calls():
     calls = []
-    n = warm_up(lambda: (calls.append(1), time.sleep(0.02)), None, 50, 0.05)
-    assert n == len(calls) and 2 <= n <= 5
+    times = warm_up(lambda: (calls.append(1), time.sleep(0.02)), None, 50, 0.05)
+    assert len(times) == len(calls) and 2 <= len(times) <= 5 and all(t >= 15e6 for t in times)
 
 
 def test_nonsense_timing_config_is_refused():
@@ -120,7 +120,7 @@ class FakeWorker:
         if self.fail_on == cmd:
             raise BackendError(f"{self.name} failed at {cmd}")
         if cmd == "warmup":
-            return 3
+            return [self.call_ns] * 3
         if cmd == "time":
             _key, min_calls, min_seconds, discard = args
             n = max(min_calls, int(np.ceil(min_seconds * 1e9 / self.call_ns)))
