@@ -58,12 +58,13 @@ def collect_records(
     presets, backends, hosts = _names(preset), _names(backend), _names(host)
     since_ms = parse_since(since)
     if client is None:
-        uri = mlflow_store.tracking_uri()
-        _check_store(uri, experiment)  # before the client exists: building one creates a SQLite store
-        client = mlflow_store.make_client()
+        raw = mlflow_store.tracking_uri()
+        _check_store(raw, experiment)  # before the client exists: building one creates a SQLite store
+        client = mlflow_store.make_client(raw)
     else:
-        uri = str(getattr(client, "tracking_uri", "") or "")
-        _check_store(uri, experiment)
+        raw = str(getattr(client, "tracking_uri", "") or "")
+        _check_store(raw, experiment)
+    uri = mlflow_store.redact_uri(raw)  # what messages show: never a password
 
     try:
         exp = client.get_experiment_by_name(experiment)

@@ -176,6 +176,16 @@ def test_parse_since_forms():
         report.parse_since("last tuesday")
 
 
+def test_report_errors_never_show_a_password(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret-pw@127.0.0.1:{port}")
+    with pytest.raises(TrackingError) as err:
+        report.collect_records()
+    assert "s3cret-pw" not in str(err.value) and "alice:***@" in str(err.value)
+
+
 def test_missing_experiment_says_run_bench(tracking):
     with pytest.raises(TrackingError, match="no bench results exist yet.*signflow-zoo bench"):
         report.collect_records(experiment="never-benched")
