@@ -102,27 +102,14 @@ def build_artifacts(preset: str, folder, num_classes: int = 20):
                      checkpoint=ckpt, onnx=folder / "m.onnx", onnx_optimized=folder / "m.opt.onnx", workdir=folder)
 
 
-def synthetic_calibration(n_total: int = 0):
-    """Calibration batches for plugin kinds that need them (benchmarks time untrained weights: random
-    landmark-like features are as good a calibration set as any)."""
-    import numpy as np
-
-    def batches(n: int):
-        rng = np.random.default_rng(0)
-        for start in range(0, n, 16):
-            b = min(16, n - start)
-            yield rng.standard_normal((b, 64, 469)).astype(np.float32), np.ones((b, 64), bool)
-
-    batches.fingerprint = "benchmarks-synthetic-calibration-v1"
-    return batches
-
-
 def ensure_kind(arts, kind: str):
     """Build the artifact kind a backend consumes (plugin kinds included) before it is prepared."""
     from signflow_zoo.api import ensure_artifact
     from signflow_zoo.plugins import get_registry
+    from signflow_zoo.testing import RandomCalibration
 
-    return ensure_artifact(arts, kind, get_registry(), home=arts.workdir, calibration=synthetic_calibration(),
+    # untrained weights, no data set: calibrated kinds (static int8) get the conformance kit's random clips
+    return ensure_artifact(arts, kind, get_registry(), home=arts.workdir, calibration=RandomCalibration(),
                            log=lambda msg: None)
 
 

@@ -1,6 +1,7 @@
 """``signflow-zoo predict`` and ``signflow-zoo stream``: serve a model file on recorded clips.
 
-Thin: parse, call :mod:`signflow_zoo.pipeline`, print. Clip inputs:
+Thin: parse, call :mod:`signflow_zoo.pipeline` (``predict``) or :func:`signflow_zoo.replay.replay_stream`
+(``stream``), print. Clip inputs:
 
 - a SignFlow recording: ``.npy`` [frames, 225]; a ``.pose`` file (MediaPipe Holistic, first person);
 - one LSFB-ISOL instance: any of its files ``ROOT/poses/<left_hand|right_hand|pose>/ID.npy``, or the
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +45,9 @@ def _pipeline(args):
     from .pipeline import PipelineConfig, SignFlowInferencePipeline
 
     cfg = PipelineConfig(threads=args.threads)
-    if args.threshold is not None:
+    if args.threshold is not None:  # the cap on raised thresholds never lowers the one asked for
         cfg.confidence_threshold = args.threshold
+        cfg.max_threshold = max(cfg.max_threshold, args.threshold)
     if getattr(args, "temperature", None) is not None:
         cfg.temperature = args.temperature
     import warnings
@@ -71,9 +72,8 @@ def _add_common(s) -> None:
     s.add_argument("--threads", type=int, metavar="N", help="backend threads (default: the runtime's)")
 
 
-def _alts(pred, skip_first: bool = False) -> str:
-    alts = pred.alternatives[1:] if skip_first else pred.alternatives
-    return ", ".join(f"{label} {p:.3f}" for label, p in alts)
+def _alts(pred) -> str:
+    return ", ".join(f"{label} {p:.3f}" for label, p in pred.alternatives)
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -113,77 +113,44 @@ def cmd_predict(args) -> int:
 
 # -- stream ----------------------------------------------------------------------------------------
 def cmd_stream(args) -> int:
-    from .payload import payload_from_raw
-    from .pipeline import _stats, stream_from_clips
+    from .replay import replay_stream
 
     clips = [c for f in args.file for c in read_clips(f, args.instance)]
     pipe = _pipeline(args)
-    rows, spans = stream_from_clips([c.raw for c in clips], args.rest_frames, pipe.config.motion_threshold)
-    payloads = [payload_from_raw(r) for r in rows]
-    interval = 1.0 / args.fps
     as_json = args.format == "json"
     if not as_json:
         mode = "real time" if args.realtime else "as fast as possible"
-        print(f"streaming {len(clips)} clip(s), {len(payloads)} frames at {args.fps:g} fps ({mode}) on "
-              f"{pipe.backend_name}, model {Path(args.model).name}")
+        print(f"streaming {len(clips)} clip(s) at {args.fps:g} fps ({mode}) on {pipe.backend_name}, "
+              f"model {Path(args.model).name}")
 
-    def truth_at(frame: int) -> str | None:
-        for clip, (start, end) in zip(clips, spans):
-            if start <= frame < end + args.rest_frames:
-                return clip.true_label
-        return None
-
-    latencies, late, preds = [], 0, []
-
-    def show(pred) -> None:
-        latencies.append(pred.latency_ms)
-        preds.append(pred)
+    def show(pred, clip_index) -> None:
+        truth = None if clip_index is None else clips[clip_index].true_label
         t = pred.frame_index / args.fps
         if as_json:
-            line = {"t": round(t, 3), "true_label": truth_at(pred.frame_index), **pred.to_dict()}
-            print(json.dumps(line), flush=True)
+            print(json.dumps({"t": round(t, 3), "true_label": truth, **pred.to_dict()}), flush=True)
             return
         if pred.accepted:
             what = f"{pred.label} {pred.confidence:.3f}"
         else:
             what = f"NONE (best {pred.candidate} {pred.confidence:.3f} < {pred.threshold:.2f})"
-        truth = truth_at(pred.frame_index)
-        print(f"[frame {pred.frame_index:5d}  t={t:7.2f}s] {what}   top-3: {_alts(pred)}   "
+        print(f"[frame {pred.frame_index:5d}  t={t:7.2f}s] {what}   top-{len(pred.alternatives)}: {_alts(pred)}   "
               f"latency {pred.latency_ms:.1f} ms (model {pred.inference_ms:.1f})   window {pred.frames} frames"
               + (f"   [true: {truth}]" if truth else ""), flush=True)
 
-    start = time.perf_counter()
     try:
-        for i, payload in enumerate(payloads):
-            if args.realtime:
-                due = start + i * interval
-                wait = due - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
-                elif wait < -interval:
-                    late += 1
-            pred = pipe.process_frame(payload)
-            if pred.ended:
-                show(pred)
-        pred = pipe.flush()
-        if pred is not None:
-            show(pred)
+        summary = replay_stream(pipe, [c.raw for c in clips], args.rest_frames, args.fps, args.realtime, show)
     finally:
         pipe.close()
-    wall = time.perf_counter() - start
-    summary = {"frames": len(payloads), "signs": len(clips), "predictions": len(preds),
-               "accepted": sum(p.accepted for p in preds), "sentence": pipe.sentence,
-               "latency_ms": _stats(latencies), "wall_s": wall, "frames_per_s": len(payloads) / wall if wall else None,
-               "frames_late": late, "backend": pipe.backend_name}
     if as_json:
         print(json.dumps({"summary": summary}))
         return 0
     lat = summary["latency_ms"]
-    print(f"sentence: {' '.join(pipe.sentence) or '(empty)'}")
+    print(f"sentence: {' '.join(summary['sentence']) or '(empty)'}")
     if lat["count"]:
         print(f"latency, last frame of a sign -> prediction: p50 {lat['p50_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms, "
               f"max {lat['max_ms']:.1f} ms over {lat['count']} sign(s)")
-    print(f"{len(payloads)} frames in {wall:.2f} s ({summary['frames_per_s']:.0f} frames/s)"
+    late = summary["frames_late"]
+    print(f"{summary['frames']} frames in {summary['wall_s']:.2f} s ({summary['frames_per_s'] or 0:.0f} frames/s)"
           + (f"; {late} frame(s) processed more than one frame late" if late else ""))
     return 0
 

@@ -82,15 +82,19 @@ def export_to_onnx(
     metadata: dict[str, Any] | None = None,
     exporter: str = "dynamo",
     opset: int = OPSET,
+    labels: list[str] | None = None,
 ) -> ExportInfo:
     """Export ``model`` to ``save_path`` with dynamic batch and frame axes; verify it when asked.
 
     ``input_shape`` gives the example's frames and features; its batch is raised to at least 2 so that
     no exporter can bake batch=1 into the graph. ``metadata`` (preset, labels, ...) is stored in the
-    model's metadata_props so that the file can be served alone.
+    model's metadata_props so that the file can be served alone. ``labels`` (one per class, in class
+    order) fills the metadata's label list; given neither, the file gets the labels "0".."N-1", marked
+    ``default_labels`` so that whoever serves it is told to pass real ones.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    serving = _serving_labels(model, metadata, labels)
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
     _, frames, feat = input_shape
@@ -126,7 +130,7 @@ def export_to_onnx(
 
     proto = onnx.load(str(tmp))
     meta = {"exporter": exporter, "opset": str(opset), "input_layout": INPUT_LAYOUT}
-    for k, v in (metadata or {}).items():
+    for k, v in {**(metadata or {}), **serving}.items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     set_metadata(proto, meta)
     onnx.checker.check_model(proto)
@@ -137,6 +141,32 @@ def export_to_onnx(
         info.verified = verify_onnx(model, save_path)
         info.max_abs_error = max(v["max_abs_error"] for v in info.verified)
     return info
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+        return n
+    with torch.no_grad():  # a model without the attribute: ask it
+        out = model(torch.zeros(1, 8, getattr(model, "input_dim", 469)), torch.ones(1, 8, dtype=torch.bool))
+    return int(out.shape[-1])
+
+
+def _serving_labels(model: torch.nn.Module, metadata: dict[str, Any] | None, labels) -> dict[str, Any]:
+    """The label entries of the metadata: ``labels`` if given, the metadata's own, else "0".."N-1"."""
+    n = _num_classes(model)
+    given = (metadata or {}).get("labels")
+    if labels is not None:
+        labels = [str(x) for x in labels]
+        if given is not None and list(given) != labels:
+            raise ValueError("export_to_onnx: labels= and metadata['labels'] differ; pass the labels once")
+    elif given is not None:
+        labels = list(given)
+    else:
+        return {"labels": [str(i) for i in range(n)], "num_classes": n, "default_labels": True}
+    if len(labels) != n:
+        raise ValueError(f"export_to_onnx: {len(labels)} labels for a model with {n} classes")
+    return {"labels": labels, "num_classes": n}
 
 
 def _save_atomic(onnx, proto, path: Path) -> None:

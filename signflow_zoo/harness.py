@@ -406,6 +406,40 @@ class Bench:
         self.doc.drift.readings.append({"at": at, "ms": ms, "time": now_iso()})
         return ms
 
+    def ceilings(self) -> dict[str, Any]:
+        """This machine's matmul ceilings per precision, measured once per machine and thread count (cached)."""
+        from . import roofline
+
+        if not self.doc.ceilings:
+            try:
+                rec = roofline.load_or_measure(self.threads, home=self.home)
+                self.doc.ceilings = {"gflops": dict(rec["ceilings"]), "measured_at": rec.get("measured_at", ""),
+                                     "load_avg_1min": rec.get("load_avg_1min"),
+                                     "engines": rec.get("ceiling_engines", {}), "threads": self.threads}
+            except Exception as exc:  # noqa: BLE001 - no roofline is a missing column, not a failed bench
+                self.log(f"note: roofline ceilings not measured: {type(exc).__name__}: {exc}")
+                self.doc.ceilings = {"error": f"{type(exc).__name__}: {exc}"}
+        return self.doc.ceilings.get("gflops", {})
+
+    def roofline(self, records: list[BenchRecord]) -> None:
+        """Per result and batch size: achieved GFLOP/s and the share of the CPU ceiling of its precision."""
+        from . import roofline
+        from .errors import InputError
+
+        ceilings = self.ceilings()
+        if not ceilings:
+            return
+        for rec in records:
+            cls = self.registry.runners.get(rec.backend)
+            if cls is None or getattr(cls.cls, "device_kind", "cpu") != "cpu":
+                continue  # a GPU is held to a GPU's ceiling, which this CPU measurement is not
+            for b, lat in rec.latency.items():
+                try:
+                    rec.roofline[b] = roofline.roofline(float(rec.params["gflops"]), b, lat.p50_ms,
+                                                        str(rec.params.get("precision")), ceilings)
+                except (InputError, KeyError, TypeError, ValueError):
+                    continue
+
     @staticmethod
     def normalize(records: list[BenchRecord], before_ms: float, after_ms: float) -> None:
         """p50 / mean of the reference readings around this preset: comparable across runs on a drifting machine."""
@@ -440,6 +474,7 @@ class Bench:
             records = self.run_preset(entry)
             after = self.read_reference(f"after {entry.name}")
             self.normalize(records, before, after)
+            self.roofline(records)
             before = after
             self.doc.records.extend(records)
             write_result(self.doc)  # saved before any tracking call

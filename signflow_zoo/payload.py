@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PayloadError
-from .features import NUM_HAND_POINTS, NUM_POSE_POINTS, RAW_DIM
+from .features import NUM_HAND_POINTS, NUM_POSE_POINTS, RAW_DIM, part_present
 
 MAX_ABS_COORD = 1e4
 _PARTS = (("hands.left", NUM_HAND_POINTS, 0), ("hands.right", NUM_HAND_POINTS, 63), ("pose", NUM_POSE_POINTS, 126))
@@ -149,14 +149,11 @@ def parse_payload(payload: Any) -> tuple[np.ndarray, FrameInfo]:
 
     values = (hands["left"], hands["right"], payload["pose"])
     row = np.zeros(RAW_DIM, dtype=np.float32)
-    present = []
     for (field, n, start), value in zip(_PARTS, values):
         pts = _points(value, field, n)
-        if pts is None:
-            present.append(False)
-            continue
-        row[start : start + 3 * n] = pts.reshape(-1)
-        present.append(bool(np.any(row[start : start + 3 * n] != 0)))  # all zeros = not detected
+        if pts is not None:
+            row[start : start + 3 * n] = pts.reshape(-1)
+    present = part_present(row)  # all zeros = not detected
 
     confidence = meta.get("averageConfidence")
     if confidence is not None:
@@ -171,9 +168,9 @@ def parse_payload(payload: Any) -> tuple[np.ndarray, FrameInfo]:
             raise PayloadError(field, f"expected a number in 0..1, got {confidence}")
     left_flag, right_flag = _flag(meta, "leftHandVisible"), _flag(meta, "rightHandVisible")
     info = FrameInfo(
-        left_visible=present[0] and left_flag is not False,
-        right_visible=present[1] and right_flag is not False,
-        pose_visible=present[2],
+        left_visible=bool(present["left"]) and left_flag is not False,
+        right_visible=bool(present["right"]) and right_flag is not False,
+        pose_visible=bool(present["pose"]),
         confidence=confidence,
     )
     return row, info
@@ -185,10 +182,10 @@ def payload_from_raw(row, confidence: float | None = None) -> dict[str, Any]:
     The inverse of :func:`parse_payload` for valid rows: used to replay recordings as a live stream.
     """
     row = np.asarray(row, dtype=np.float32).reshape(RAW_DIM)
+    present = part_present(row)
     parts = []
-    for _, n, start in _PARTS:
-        block = row[start : start + 3 * n]
-        parts.append(block.reshape(n, 3).tolist() if np.any(block != 0) else None)
+    for (_, n, start), name in zip(_PARTS, ("left", "right", "pose")):
+        parts.append(row[start : start + 3 * n].reshape(n, 3).tolist() if present[name] else None)
     meta: dict[str, Any] = {"leftHandVisible": parts[0] is not None, "rightHandVisible": parts[1] is not None}
     if confidence is not None:
         meta["averageConfidence"] = float(confidence)

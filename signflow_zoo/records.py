@@ -188,6 +188,7 @@ class BenchDocument:
     config: dict[str, Any]
     records: list[BenchRecord] = field(default_factory=list)
     drift: Drift = field(default_factory=Drift)
+    ceilings: dict[str, Any] = field(default_factory=dict)  # this machine's matmul GFLOP/s per precision
     tracking: dict[str, Any] = field(default_factory=dict)
     result_file: str = ""
     outputs: list[str] = field(default_factory=list)
@@ -196,6 +197,7 @@ class BenchDocument:
         return {"schema": SCHEMA, "invocation_id": self.invocation_id, "created": self.created,
                 "environment": self.environment, "config": self.config,
                 "records": [r.to_dict() for r in self.records], "drift": self.drift.to_dict(),
+                "ceilings": dict(self.ceilings),
                 "tracking": self.tracking, "result_file": self.result_file, "outputs": list(self.outputs)}
 
     @classmethod
@@ -210,5 +212,6 @@ class BenchDocument:
         return cls(invocation_id=str(d["invocation_id"]), created=str(d["created"]),
                    environment=dict(d.get("environment") or {}), config=dict(d.get("config") or {}),
                    records=[BenchRecord.from_dict(r) for r in d["records"]], drift=drift,
+                   ceilings=dict(d.get("ceilings") or {}),
                    tracking=dict(d.get("tracking") or {}), result_file=str(d.get("result_file", "")),
                    outputs=list(d.get("outputs") or []))

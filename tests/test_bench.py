@@ -38,6 +38,7 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, wa
     # drift: the reference workload was read at the start and after the preset
     assert [r["at"] for r in doc["drift"]["readings"]] == ["start", "after tiny (end)"]
     assert doc["drift"]["ratio"] > 0 and doc["config"]["timing"]["schedule"] == "interleaved"
+    assert doc["ceilings"]["gflops"]["fp32"] > 0  # this machine's roofline, measured once and cached
     recs = {r["backend"]: r for r in doc["records"]}
     assert {"torch-eager", "onnx-cpu", "onnx-optimized", "onnx-cuda"} <= set(recs)
     for name in ("torch-eager", "onnx-cpu", "onnx-optimized"):
@@ -60,6 +61,9 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, wa
         assert r["memory"]["peak_mb"] >= r["memory"]["baseline_mb"] > 0 and "VmHWM" in r["memory"]["what"]
         assert r["params"]["artifact_sha256"] and r["params"]["threads"] >= 1
         assert r["params"]["data_split"].startswith("signer-split(seed=0")
+        roof = r["roofline"]["1"]
+        assert roof["gflop_per_seq"] == r["params"]["gflops"] and 0 < roof["share"] < 1
+        assert roof["achieved_gflops"] == pytest.approx(r["params"]["gflops"] / (r["latency"]["1"]["p50_ms"] / 1e3), abs=0.06)
         assert r["describe"]["provider"]
     assert recs["onnx-cpu"]["describe"]["provider"] == "CPUExecutionProvider"
     sp = recs["onnx-cpu"]["speedup"]["1"]

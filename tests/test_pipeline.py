@@ -1,17 +1,21 @@
-"""The streaming pipeline: state machine, decision rules, model files and backends, CLI, end to end."""
+"""The streaming pipeline: state machine, decision rules, wire format, config, model files, CLI, end to end."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
+import types
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from signflow_zoo.errors import BackendError, InputError, ModelFileError, PayloadError, SignFlowError
-from signflow_zoo.features import FEATURE_VERSION
+from signflow_zoo.features import FEATURE_VERSION, prepare_clip
 from signflow_zoo.payload import parse_payload, payload_from_raw
 from signflow_zoo.pipeline import (
     NONE_LABEL,
@@ -29,7 +33,7 @@ from signflow_zoo.synthetic import SyntheticSpec, generate
 
 # -- stand-in runners -------------------------------------------------------------------------------
 class ScriptedRunner(Runner):
-    """Returns the next logits of a script (or a fixed vector); counts calls after warm-up."""
+    """Returns the next logits of a script (or a fixed vector); the first call is the warm-up."""
 
     name = "test-scripted"
     artifact = "onnx"
@@ -60,6 +64,7 @@ def logits_for(p_top: float, top: int = 0, n: int = 3) -> np.ndarray:
 
 
 LABELS = ["a", "b", "c"]
+RAW = PipelineConfig(calibrate_confidence=False)  # confidence = the probability: isolates the other rules
 
 
 def base_row() -> np.ndarray:
@@ -83,6 +88,9 @@ def script_rows(*parts) -> np.ndarray:
     return np.asarray(rows, np.float32)
 
 
+SIGN = (("rest", 20), ("move", 30), ("rest", 20))  # a sign: motion on frames 20..49
+
+
 def run_stream(pipe, rows, **meta):
     preds = []
     for r in rows:
@@ -96,25 +104,31 @@ def ended(preds):
     return [p for p in preds if p.ended]
 
 
-def make_pipe(logits=None, **cfg) -> tuple[SignFlowInferencePipeline, ScriptedRunner]:
-    runner = ScriptedRunner(logits_for(0.9) if logits is None else logits)
-    return SignFlowInferencePipeline.from_runner(runner, LABELS, PipelineConfig(**cfg)), runner
+def make_pipe(logits=None, config=None, labels=LABELS, meta=None, **cfg):
+    runner = ScriptedRunner(logits_for(0.99) if logits is None else logits)
+    config = PipelineConfig(**{**(config.to_dict() if config else {}), **cfg})
+    return SignFlowInferencePipeline.from_runner(runner, labels, config, meta), runner
 
 
 # -- state machine --------------------------------------------------------------------------------
-def test_sign_ends_after_ten_rest_frames_with_preroll_and_trimmed_rest():
+def test_sign_ends_after_ten_rest_frames_with_preroll_and_the_trailing_rest_cut():
     pipe, runner = make_pipe()
-    preds = run_stream(pipe, script_rows(("rest", 20), ("move", 30), ("rest", 20)))
+    rows = script_rows(*SIGN)
+    preds = run_stream(pipe, rows)
     assert [p.state for p in preds[19:22]] == ["idle", "recording", "recording"]
-    assert preds[20].frames == 5  # 4 frames of pre-roll + the frame that started it
+    assert preds[20].frames == 4  # 3 frames of pre-roll + the frame that started it (the original's 4)
     [sign] = ended(preds)
-    # motion starts at frame 20; frames 50.. are at rest; the 10th rest frame (59) ends it
+    # motion on 20..49; frames 50.. are at rest; the 10th rest frame (59) ends it
     assert sign.frame_index == 59 and preds[59] is sign and sign.reason == "rest"
-    # window: 4 pre-roll + 40 recorded, minus the rest frames beyond the 4 kept
-    assert sign.frames == 4 + 40 - (10 - 4)
+    # window 17..59 (43 frames) is longer than 10 rest + max(2, 15 // 2): all 10 rest frames are cut
+    assert (sign.start_frame, sign.frames) == (17, 33)
+    feats, mask = runner.windows[-1]
+    want_f, want_m = prepare_clip(rows[17:50])  # what the model got: the window resampled and enriched
+    np.testing.assert_array_equal(feats[0], want_f)
+    np.testing.assert_array_equal(mask[0], want_m)
     assert sign.label == "a" and sign.accepted and sign.state == "idle"
     assert runner.calls == 2  # warm-up + ONE inference for the sign
-    assert sign.latency_ms is not None and sign.latency_ms >= sign.inference_ms > 0
+    assert sign.latency_ms >= sign.inference_ms > 0
     assert all(not p.ended and p.label is None for p in preds if p is not sign)
 
 
@@ -122,49 +136,102 @@ def test_a_short_movement_is_recorded_until_min_sign_frames():
     pipe, _ = make_pipe()
     [sign] = ended(run_stream(pipe, script_rows(("rest", 20), ("move", 5), ("rest", 30))))
     assert sign.frame_index == 34  # recorded 15 (5 moving + 10 rest) and 10 rest frames
-    assert sign.frames == 4 + 15 - 6
+    assert (sign.start_frame, sign.frames) == (17, 3 + 15 - 10)
+
+
+def test_a_short_window_keeps_its_trailing_rest():
+    """The original cuts the trailing rest only from a window longer than rest + max(2, min_sign_frames // 2)."""
+    pipe, _ = make_pipe(min_sign_frames=12, preroll_frames=0)
+    [sign] = ended(run_stream(pipe, script_rows(("rest", 20), ("move", 2), ("rest", 30))))
+    assert sign.frame_index == 31 and sign.frames == 12  # 12 <= 10 + 6: nothing cut
 
 
 def test_continuous_motion_ends_at_max_frames():
     pipe, _ = make_pipe()
     preds = run_stream(pipe, script_rows(("rest", 20), ("move", 200)))
     first = ended(preds)[0]
-    assert first.frame_index == 20 + 175 and first.frames == 180 and first.reason == "max_frames"
-    assert preds[196].state == "recording"  # motion goes on: a new sign starts at once
+    assert first.frame_index == 20 + 176 and first.frames == 180 and first.reason == "max_frames"
+    # the frame after a sign has no motion (the original cleared its buffer), the one after starts again
+    assert preds[197].state == "idle" and preds[197].motion == 0 and preds[198].state == "recording"
 
 
 def test_thresholds_and_timings_come_from_the_config():
-    pipe, _ = make_pipe(preroll_frames=0, min_rest_frames=5, trailing_rest_kept=0)
-    [sign] = ended(run_stream(pipe, script_rows(("rest", 20), ("move", 30), ("rest", 20))))
-    assert sign.frame_index == 54 and sign.frames == 30
+    pipe, _ = make_pipe(preroll_frames=0, min_rest_frames=5)
+    [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+    assert sign.frame_index == 54 and (sign.start_frame, sign.frames) == (20, 30)
+    pipe, _ = make_pipe(preroll_frames=0, min_rest_frames=5, trailing_rest_kept=2)
+    [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+    assert sign.frames == 32
     pipe, _ = make_pipe(motion_threshold=0.02)  # the movement (0.01 per frame) is now below it
-    assert not ended(run_stream(pipe, script_rows(("rest", 20), ("move", 30), ("rest", 20))))
+    assert not ended(run_stream(pipe, script_rows(*SIGN)))
 
 
-def test_motion_needs_a_visible_hand_and_tracking_events_are_not_motion():
-    rows = script_rows(("rest", 20), ("move", 30), ("rest", 20))
-    no_hands = rows.copy()
-    no_hands[:, :126] = 0
-    no_hands[:, 126:] += np.arange(len(rows))[:, None] * 0.02  # the body moves, no hand seen
+def test_motion_is_measured_on_hip_centred_coordinates():
+    rows = script_rows(("rest", 2), ("move", 3))
+    np.testing.assert_allclose(motion_profile(rows), [0, 0, 0.01, 0.01, 0.01], atol=1e-6)
     pipe, _ = make_pipe()
-    assert all(p.state == "idle" for p in run_stream(pipe, no_hands))
+    np.testing.assert_allclose([p.motion for p in run_stream(pipe, rows)], motion_profile(rows), atol=1e-6)
 
+    body = np.repeat(base_row()[None], 4, axis=0)
+    drift = np.zeros(225, np.float32)
+    drift[0::3] = 0.05  # the whole body (hands, pose, hips) moves sideways: the signer steps, no sign
+    body += np.arange(4)[:, None] * drift
+    np.testing.assert_allclose(motion_profile(body), 0, atol=1e-6)
+    hips = np.repeat(base_row()[None], 2, axis=0)
+    hips[1, 126 + 69 : 126 + 75 : 3] += 0.04  # only the hips move (x of points 23, 24): the hands move against them
+    assert motion_profile(hips)[1] == pytest.approx(42 * 0.04 / 126)
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+def test_the_stream_measures_motion_as_motion_profile_does(ignore):
+    rng = np.random.default_rng(0)
+    rows = script_rows(*SIGN) + rng.normal(0, 0.003, (70, 225)).astype(np.float32)
+    rows[rng.random(70) < 0.2, :63] = 0  # hands and the pose lost now and then
+    rows[rng.random(70) < 0.2, 63:126] = 0
+    rows[rng.random(70) < 0.1, 126:] = 0
+    pipe, _ = make_pipe(motion_threshold=1.0, ignore_tracking_jumps=ignore)  # never starts: no sign ends
+    got = [p.motion for p in run_stream(pipe, rows)]
+    np.testing.assert_allclose(got, motion_profile(rows, ignore_tracking_jumps=ignore), rtol=1e-6, atol=1e-9)
+
+
+def test_a_hand_appearing_or_vanishing_is_not_motion():
     flicker = np.repeat(base_row()[None], 60, axis=0)
     flicker[::2, 63:126] = 0  # the right hand is lost every other frame, never moves
     assert np.all(motion_profile(flicker) == 0)
     pipe, _ = make_pipe()
     assert all(p.state == "idle" for p in run_stream(pipe, flicker))
+    # the original's rule: the lost hand jumps to minus the hip centre and back, every frame a "movement"
+    assert motion_profile(flicker, ignore_tracking_jumps=False)[1:].min() > 0.1
+    pipe, _ = make_pipe(ignore_tracking_jumps=False)
+    assert run_stream(pipe, flicker)[1].state == "recording"
 
+
+def test_a_sign_needs_more_than_min_hand_visibility():
+    rows = script_rows(*SIGN)
+    rows = rows[0] + 4 * (rows - rows[0])  # faster: 9 moving points still make 0.017 per frame
+    few = rows.copy()
+    few[:, :63] = 0
+    few[:, 63 + 8 * 3 : 126] = 0  # 8 of 42 hand points seen: 0.19 < 0.2
     pipe, _ = make_pipe()
-    hidden = run_stream(pipe, rows, leftHandVisible=False, rightHandVisible=False)
-    assert all(p.state == "idle" for p in hidden)  # the frontend says no hand is visible
-
-
-def test_motion_energy_is_mean_abs_delta_over_the_hand_values():
-    rows = script_rows(("rest", 2), ("move", 3))
-    np.testing.assert_allclose(motion_profile(rows), [0, 0, 0.01, 0.01, 0.01], atol=1e-6)
+    assert all(p.state == "idle" for p in run_stream(pipe, few))
+    enough = rows.copy()
+    enough[:, :63] = 0
+    enough[:, 63 + 9 * 3 : 126] = 0  # 9 of 42: 0.214
     pipe, _ = make_pipe()
-    np.testing.assert_allclose([p.motion for p in run_stream(pipe, rows)], motion_profile(rows), atol=1e-6)
+    assert run_stream(pipe, enough)[20].state == "recording"
+    # poor tracking lowers the visibility: 0.214 - 0.8 * (0.35 - 0.3) = 0.174
+    pipe, _ = make_pipe()
+    assert all(p.state == "idle" for p in run_stream(pipe, enough, averageConfidence=0.3))
+
+
+def test_leading_and_trailing_frames_with_nothing_tracked_are_cut():
+    rows = script_rows(*SIGN)
+    rows[:19] = 0  # nothing tracked before frame 19
+    pipe, _ = make_pipe(preroll_frames=6)
+    preds = run_stream(pipe, rows)
+    # 19 appears (not motion), 20 moves: the pre-roll 14..19 holds five empty frames; one is kept
+    [sign] = ended(preds)
+    assert sign.start_frame == 18 and sign.frames == 2 + 30
 
 
 def test_flush_ends_a_recording_at_end_of_stream():
@@ -172,62 +239,104 @@ def test_flush_ends_a_recording_at_end_of_stream():
     preds = run_stream(pipe, script_rows(("rest", 5), ("move", 40)))
     assert not ended(preds) and pipe.state == "recording"
     sign = pipe.flush()
-    assert sign.reason == "flush" and sign.frames == 4 + 40 and pipe.state == "idle"
+    assert sign.reason == "flush" and sign.frames == 3 + 40 and pipe.state == "idle"
     assert pipe.flush() is None
     run_stream(pipe, script_rows(("rest", 5), ("move", 3)))  # too short to be a sign
     assert pipe.flush() is None and pipe.state == "idle"
 
 
-def test_the_window_given_to_the_model_is_resampled_and_enriched():
-    from signflow_zoo.features import prepare_clip
-
-    pipe, runner = make_pipe()
-    rows = script_rows(("rest", 20), ("move", 30), ("rest", 20))
-    run_stream(pipe, rows)
-    feats, mask = runner.windows[-1]
-    want_f, want_m = prepare_clip(rows[16:54])  # pre-roll 16..19, sign 20..49, 4 rest frames kept
-    np.testing.assert_array_equal(feats[0], want_f)
-    np.testing.assert_array_equal(mask[0], want_m)
-
-
 # -- decision rules ---------------------------------------------------------------------------------
-def test_softmax_temperature_and_top3():
+def test_softmax_temperature_from_the_config_or_the_model_file():
     logits = np.array([2.0, 1.0, 0.0, -1.0], np.float32)
-    runner = ScriptedRunner(logits)
-    pipe = SignFlowInferencePipeline.from_runner(runner, list("abcd"), PipelineConfig(temperature=2.0))
-    [sign] = ended(run_stream(pipe, script_rows(("rest", 20), ("move", 30), ("rest", 20))))
-    z = np.exp(logits / 2.0)
-    probs = z / z.sum()
-    assert [lab for lab, _ in sign.alternatives] == ["a", "b", "c"]
-    np.testing.assert_allclose([p for _, p in sign.alternatives], probs[:3], rtol=1e-6)
-    assert sign.probability == pytest.approx(probs[0]) and sign.label == NONE_LABEL  # 0.47 < 0.7
+    for cfg, meta, t in ((RAW, None, 1.0), (PipelineConfig(calibrate_confidence=False, temperature=2.0), None, 2.0),
+                         (RAW, {"calibration_temperature": 0.5}, 0.5),
+                         (PipelineConfig(calibrate_confidence=False, temperature=2.0), {"calibration_temperature": 0.5},
+                          2.0)):
+        pipe, _ = make_pipe(logits, cfg, labels=list("abcd"), meta=meta)
+        [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+        z = np.exp(logits / t)
+        probs = z / z.sum()
+        assert pipe.temperature == t
+        assert [lab for lab, _ in sign.alternatives] == ["a", "b", "c", "d"]  # top_k 4
+        np.testing.assert_allclose([p for _, p in sign.alternatives], probs, rtol=1e-6)
+        assert sign.probability == pytest.approx(probs[0]) and sign.margin == pytest.approx(probs[0] - probs[1])
 
 
-def test_threshold_is_raised_for_low_visibility_and_low_motion():
-    rows = script_rows(("rest", 20), ("move", 30), ("rest", 20))
-    pipe, _ = make_pipe(logits_for(0.75))
+def test_confidence_is_calibrated_as_the_original_does():
+    pipe, _ = make_pipe(logits_for(0.9))
+    [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+    probs = np.array([0.9, 0.05, 0.05])
+    certainty = 1 + float(np.sum(probs * np.log(probs))) / math.log(3)
+    # the sign ended on a still frame: motion factor 0, and x 0.85 for motion below min_motion_energy
+    want = 0.85 * (0.58 * 0.9 + 0.24 * 0.85 + 0.10 * certainty)
+    assert sign.confidence == pytest.approx(want, abs=1e-6) and want == pytest.approx(0.672, abs=1e-3)
+    assert sign.label == NONE_LABEL and sign.rejected_by == "threshold"  # 0.672 < 0.7: the original's harshness
+
+    pipe, _ = make_pipe(logits_for(0.9))  # ends at max_frames while moving (0.01 per frame): factor 1, no x 0.85
+    sign = ended(run_stream(pipe, script_rows(("rest", 20), ("move", 200))))[0]
+    assert sign.confidence == pytest.approx(0.58 * 0.9 + 0.24 * 0.85 + 0.10 * certainty + 0.08, abs=1e-6)
+    assert sign.accepted
+
+
+def test_a_small_top2_margin_scales_the_confidence_down():
+    logits = np.log(np.array([0.5, 0.45, 0.05])).astype(np.float32)
+    pipe, _ = make_pipe(logits, RAW, confidence_threshold=0.2)
+    [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+    assert sign.margin == pytest.approx(0.05)
+    assert sign.confidence == pytest.approx(0.5 * 0.05 / 0.1)  # x margin / min_prediction_margin
+    assert sign.accepted
+    pipe, _ = make_pipe(logits, RAW, confidence_threshold=0.2, min_prediction_margin=0.0)  # 0 turns it off
+    assert ended(run_stream(pipe, script_rows(*SIGN)))[0].confidence == pytest.approx(0.5)
+
+
+def test_class_thresholds_from_the_model_file_raise_the_bar_for_their_class():
+    meta = {"class_thresholds": [0.95, 0.1, 0.5]}
+    pipe, _ = make_pipe(logits_for(0.9, 0), RAW, meta=meta)
+    [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+    assert (sign.class_threshold, sign.adaptive_threshold, sign.threshold) == (0.95, 0.7, 0.95)
+    assert sign.label == NONE_LABEL and sign.rejected_by == "threshold"  # 0.9 < max(0.7, 0.95)
+    pipe, _ = make_pipe(logits_for(0.8, 1), RAW, meta=meta)
+    [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+    assert sign.threshold == 0.7 and sign.label == "b"  # a low class threshold does not lower the adaptive one
+    with pytest.raises(ModelFileError, match="class_thresholds"):
+        make_pipe(meta={"class_thresholds": [0.5, 0.5]})
+
+
+def test_threshold_is_raised_for_low_visibility_low_motion_and_poor_tracking():
+    rows = script_rows(*SIGN)
+    pipe, _ = make_pipe(logits_for(0.75), RAW)
     [ok] = ended(run_stream(pipe, rows, averageConfidence=0.9))
     assert ok.accepted and ok.label == "a" and ok.threshold == pytest.approx(0.7) and ok.flags == ()
 
-    pipe, _ = make_pipe(logits_for(0.75))
-    [low] = ended(run_stream(pipe, rows, averageConfidence=0.2))
-    assert not low.accepted and low.label == NONE_LABEL and low.candidate == "a"
-    assert low.threshold == pytest.approx(0.8) and low.flags == ("low_visibility",)
+    pipe, _ = make_pipe(logits_for(0.75), RAW)
+    [fair] = ended(run_stream(pipe, rows, averageConfidence=0.5))
+    assert fair.threshold == pytest.approx(0.74) and fair.flags == ("fair_tracking",) and fair.accepted
+    pipe, _ = make_pipe(logits_for(0.75), RAW)
+    [poor] = ended(run_stream(pipe, rows, averageConfidence=0.3))
+    assert poor.threshold == pytest.approx(0.78) and poor.flags == ("poor_tracking",)
+    assert poor.label == NONE_LABEL and poor.candidate == "a" and poor.rejected_by == "threshold"
 
-    pipe, _ = make_pipe(logits_for(0.75), min_motion_energy=0.02)
+    pipe, _ = make_pipe(logits_for(0.75), RAW, min_motion_energy=0.02)
     [still] = ended(run_stream(pipe, rows))
-    assert still.label == NONE_LABEL and still.flags == ("low_motion",)
+    assert still.flags == ("low_motion",) and still.threshold == pytest.approx(0.76)
 
-    pipe, _ = make_pipe(logits_for(0.99), min_motion_energy=0.02, low_motion_penalty=0.2, low_visibility_penalty=0.2)
-    [capped] = ended(run_stream(pipe, rows, averageConfidence=0.1))
-    assert capped.flags == ("low_visibility", "low_motion")
-    assert capped.threshold == pytest.approx(0.95) and capped.accepted  # 0.7 + 0.4, capped at max_threshold
+    one_hand = rows[0] + 2 * (rows - rows[0])  # faster, so that 12 moving points are not low motion
+    one_hand[:, :63] = 0
+    one_hand[:, 63 + 12 * 3 : 126] = 0  # 12 of 42 points: 0.29 < max(0.3, 0.2 + 0.05)
+    pipe, _ = make_pipe(logits_for(0.75), RAW)
+    [low] = ended(run_stream(pipe, one_hand))
+    assert low.flags == ("low_visibility",) and low.threshold == pytest.approx(0.75)
+
+    pipe, _ = make_pipe(logits_for(0.99), RAW, min_motion_energy=0.02, low_motion_penalty=0.2)
+    [capped] = ended(run_stream(pipe, one_hand, averageConfidence=0.3))
+    assert capped.flags == ("low_visibility", "low_motion", "poor_tracking")
+    assert capped.threshold == pytest.approx(0.95) and capped.accepted  # 0.7 + 0.33, capped at max_threshold
 
 
 def test_vote_confirms_a_repeated_sign_and_restarts_on_a_new_one():
     rows = script_rows(*[("rest", 20), ("move", 30)] * 3, ("rest", 20))
     script = [logits_for(0.9, 0), logits_for(0.6, 0), logits_for(0.6, 1)]
-    pipe, _ = make_pipe(script)
+    pipe, _ = make_pipe(script, RAW)
     s1, s2, s3 = ended(run_stream(pipe, rows))
     assert (s1.label, s1.votes) == ("a", 1)
     # a again at 0.6: confirmed by the run (mean 0.75 >= 0.7)
@@ -236,26 +345,40 @@ def test_vote_confirms_a_repeated_sign_and_restarts_on_a_new_one():
     # b at 0.6: the history restarts, b is not helped by the a's
     assert (s3.label, s3.candidate, s3.votes, s3.confidence) == (NONE_LABEL, "b", 1, pytest.approx(0.6))
 
-    pipe, _ = make_pipe(script, vote_window=1)
+    pipe, _ = make_pipe(script, RAW, vote_window=1)
     assert [p.label for p in ended(run_stream(pipe, rows))] == ["a", NONE_LABEL, NONE_LABEL]
+
+
+def test_a_none_class_on_top_is_rejected_and_not_voted():
+    rows = script_rows(*[("rest", 20), ("move", 30)] * 3, ("rest", 20))
+    script = [logits_for(0.8, 1), logits_for(0.9, 0), logits_for(0.6, 1)]
+    pipe, _ = make_pipe(script, RAW, labels=["NONE", "b", "c"])
+    s1, s2, s3 = ended(run_stream(pipe, rows))
+    assert s2.candidate == "NONE" and s2.label == NONE_LABEL and s2.rejected_by == "none_class"
+    # the run of b's was not broken by NONE: 0.6 is confirmed by the mean of 0.8 and 0.6
+    assert s3.votes == 2 and s3.confidence == pytest.approx(0.7) and s3.label == "b"
+    assert s2.to_dict()["alternatives"] == [{"sign": "b", "confidence": 0.05}, {"sign": "c", "confidence": 0.05}]
 
 
 def test_sentence_buffer_and_reset():
     rows = script_rows(*[("rest", 20), ("move", 30)] * 4, ("rest", 20))
     script = [logits_for(0.9, 0), logits_for(0.9, 0), logits_for(0.9, 1), logits_for(0.4, 2)]
-    pipe, _ = make_pipe(script)
+    pipe, _ = make_pipe(script, RAW)
     preds = ended(run_stream(pipe, rows))
     assert [p.label for p in preds] == ["a", "a", "b", NONE_LABEL]
     assert pipe.sentence == ["a", "b"] and pipe.sentence_text == "a b"  # a repeat is not added twice
     assert preds[-1].sentence == ("a", "b")
     pipe.reset()
     assert pipe.sentence == [] and pipe.state == "idle"
+    pipe, _ = make_pipe(script, RAW, sentence_max_words=1)
+    run_stream(pipe, rows)
+    assert pipe.sentence == ["b"]
 
 
 def test_spawned_pipelines_share_the_runner_not_the_state():
     pipe, runner = make_pipe()
     other = pipe.spawn()
-    rows = script_rows(("rest", 20), ("move", 30), ("rest", 20))
+    rows = script_rows(*SIGN)
     run_stream(pipe, rows[:40])
     assert pipe.state == "recording" and other.state == "idle" and other.runner is runner
     [sign] = ended(run_stream(other, rows))
@@ -272,20 +395,20 @@ def test_a_failing_backend_leaves_a_clean_state():
                 raise BackendError("device lost")
             return super().infer(features, mask)
 
-    runner = Flaky(logits_for(0.9))
+    runner = Flaky(logits_for(0.99))
     pipe = SignFlowInferencePipeline.from_runner(runner, LABELS)
-    rows = script_rows(("rest", 20), ("move", 30), ("rest", 20), ("move", 30), ("rest", 20))
+    rows = script_rows(*SIGN, ("move", 30), ("rest", 20))
+    before = run_stream(pipe, rows[:59])
+    assert not ended(before) and before[-1].state == "recording"
     runner.fail = True
-    for i, r in enumerate(rows):
-        try:
-            pipe.process_frame(payload_from_raw(r))
-        except BackendError as exc:
-            assert "device lost" in str(exc) and i == 59
-            break
-    assert (pipe.state, pipe._n) == ("idle", 0)
+    with pytest.raises(BackendError, match="device lost"):
+        pipe.process_frame(payload_from_raw(rows[59]))  # the frame that ends the sign
+    assert pipe.state == "idle"
     runner.fail = False
-    [second] = ended(run_stream(pipe, rows[60:]))  # the stream goes on: the next sign is clean
-    assert second.label == "a" and second.frames == 38 and second.frame_index == 99 + 10
+    after = run_stream(pipe, rows[60:])
+    assert after[0].state == "idle" and after[0].frames == 0  # nothing left over from the failed sign
+    [second] = ended(after)  # the stream goes on: the next sign is clean
+    assert second.label == "a" and second.frame_index == 109 and (second.start_frame, second.frames) == (67, 33)
 
 
 def test_wrong_logits_shape_and_nan_are_backend_errors():
@@ -293,29 +416,90 @@ def test_wrong_logits_shape_and_nan_are_backend_errors():
         SignFlowInferencePipeline.from_runner(ScriptedRunner(np.zeros(5, np.float32)), LABELS)
     pipe, runner = make_pipe([np.array([np.nan, 0, 0], np.float32)])  # warm-up checks shape only
     with pytest.raises(BackendError, match="non-finite"):
-        run_stream(pipe, script_rows(("rest", 20), ("move", 30), ("rest", 20)))
+        run_stream(pipe, script_rows(*SIGN))
 
 
-def test_prediction_to_dict_is_json():
+def test_a_bad_frame_changes_nothing():
+    rows = script_rows(*SIGN)
+    clean, _ = make_pipe()
+    want = [p.to_dict() for p in run_stream(clean, rows)]
     pipe, _ = make_pipe()
-    preds = run_stream(pipe, script_rows(("rest", 20), ("move", 30), ("rest", 20)))
-    d = json.loads(json.dumps(ended(preds)[0].to_dict()))
-    assert d["label"] == "a" and d["ended"]
-    assert d["alternatives"][0] == {"label": "a", "probability": pytest.approx(0.9)}
-    idle = json.loads(json.dumps(preds[0].to_dict()))
-    assert idle["label"] is None and not idle["ended"] and idle["state"] == "idle"
+    got = []
+    for i, r in enumerate(rows):
+        if i in (10, 20, 35, 55, 59):  # at rest, on the starting frame, mid-sign, in the trailing rest, at the end
+            for junk in ({"hands": {"left": None}}, {"hands": {"left": None, "right": [[0, 0, float("nan")]] * 21},
+                                                     "pose": None}, "frame", None):
+                with pytest.raises(PayloadError):
+                    pipe.process_frame(junk)
+        got.append(pipe.process_frame(payload_from_raw(r)).to_dict())
+
+    def same(d):
+        return {k: v for k, v in d.items() if k not in ("latency_ms", "features_ms", "inference_ms")}
+
+    assert [same(d) for d in got] == [same(d) for d in want]
 
 
-@pytest.mark.parametrize("bad", [
-    {"motion_threshold": -1}, {"preroll_frames": -1}, {"min_rest_frames": 0},
-    {"max_sign_frames": 3, "preroll_frames": 4},
-    {"confidence_threshold": 1.5}, {"temperature": 0}, {"temperature": float("nan")}, {"top_k": 0},
-    {"vote_window": 2.5}, {"min_sign_frames": True},
+# -- wire format ------------------------------------------------------------------------------------
+def test_to_dict_speaks_the_original_wire_format_and_more():
+    script = [logits_for(0.99, 0, n=4), logits_for(0.5, 1, n=4)]
+    pipe, _ = make_pipe(script, labels=list("abcd"))
+    rows = script_rows(*SIGN, ("move", 30), ("rest", 20))
+    preds = [json.loads(json.dumps(p.to_dict())) for p in run_stream(pipe, rows)]
+    idle, recording, accepted, rejected = preds[5], preds[30], preds[59], preds[109]
+    wire = ("prediction", "confidence", "alternatives", "sentence_buffer", "is_sentence_complete",
+            "decision_diagnostics", "latency_ms")
+    for d in preds:
+        assert set(wire) <= set(d) and d["is_sentence_complete"] is False
+        assert isinstance(d["sentence_buffer"], str) and isinstance(d["confidence"], float)
+    assert (idle["prediction"], idle["confidence"], idle["alternatives"]) == ("NONE", 0.0, [])
+    assert idle["decision_diagnostics"] is None and idle["label"] is None and not idle["ended"]
+    assert recording["prediction"] == "RECORDING" and recording["state"] == "recording"
+    assert accepted["prediction"] == "a" and accepted["confidence"] == round(accepted["candidate_confidence"], 3)
+    assert accepted["alternatives"] == [{"sign": lab, "confidence": round(0.01 / 3, 3)} for lab in "bcd"]
+    assert accepted["sentence_buffer"] == "a" and accepted["sentence"] == ["a"]
+    assert accepted["decision_diagnostics"]["effective_threshold"] == pytest.approx(0.7)
+    assert [x["label"] for x in accepted["top_k"]] == list("abcd")  # the richer form keeps the top-1 and full floats
+    # rejected: the original says NONE with confidence 0; the candidate and its confidence stay in the rich fields
+    assert (rejected["prediction"], rejected["confidence"], rejected["accepted"]) == ("NONE", 0.0, False)
+    assert rejected["candidate"] == "b" and 0 < rejected["candidate_confidence"] < 0.7
+    assert rejected["decision_diagnostics"]["rejected_by"] == "threshold"
+    assert rejected["sentence_buffer"] == "a"
+
+
+# -- config -----------------------------------------------------------------------------------------
+def test_defaults_are_the_original_ones():
+    cfg = PipelineConfig()
+    original = {"motion_threshold": 0.005, "min_rest_frames": 10, "min_sign_frames": 15, "max_sign_frames": 180,
+                "vote_window": 5, "confidence_threshold": 0.7, "min_hand_visibility": 0.2,
+                "low_visibility_penalty": 0.05, "min_motion_energy": 0.003, "low_motion_penalty": 0.06,
+                "tracking_confidence_floor": 0.35, "poor_tracking_penalty": 0.08, "fair_tracking_confidence": 0.55,
+                "fair_tracking_penalty": 0.04, "max_threshold": 0.95, "min_prediction_margin": 0.1,
+                "calibrate_confidence": True, "top_k": 4, "trailing_rest_kept": 0, "temperature": None}
+    assert {k: getattr(cfg, k) for k in original} == original
+    assert cfg.preroll_frames + 1 == 4  # the original keeps 4 frames, the starting one among them
+
+
+@pytest.mark.parametrize("bad,names", [
+    ({"motion_threshold": -1}, ["motion_threshold"]), ({"preroll_frames": -1}, ["preroll_frames"]),
+    ({"min_rest_frames": 0}, ["min_rest_frames"]), ({"confidence_threshold": 1.5}, ["confidence_threshold"]),
+    ({"temperature": 0}, ["temperature"]), ({"temperature": float("nan")}, ["temperature"]),
+    ({"top_k": 0}, ["top_k"]), ({"vote_window": 2.5}, ["vote_window"]),
+    ({"min_sign_frames": True}, ["min_sign_frames"]),
+    ({"seq_len": 5000}, ["seq_len"]), ({"max_sign_frames": 10**6}, ["max_sign_frames"]),
+    ({"calibrate_confidence": "yes"}, ["calibrate_confidence"]),
+    # combinations that cannot work
+    ({"max_sign_frames": 5, "preroll_frames": 4}, ["max_sign_frames", "preroll_frames"]),
+    ({"min_sign_frames": 30, "max_sign_frames": 20}, ["min_sign_frames", "max_sign_frames"]),
+    ({"min_rest_frames": 15, "max_sign_frames": 18}, ["min_rest_frames", "max_sign_frames"]),
+    ({"trailing_rest_kept": 11}, ["trailing_rest_kept", "min_rest_frames"]),
+    ({"confidence_threshold": 0.97}, ["confidence_threshold", "max_threshold"]),
+    ({"min_hand_visibility": 1.0}, ["min_hand_visibility"]),
 ])
-def test_config_rejects_bad_values(bad):
+def test_config_refuses_bad_values_and_combinations_in_one_line(bad, names):
     with pytest.raises(PipelineConfigError) as err:
         PipelineConfig(**bad).validate()
-    assert next(iter(bad)) in str(err.value) or "max_sign_frames" in str(err.value)
+    message = str(err.value)
+    assert all(name in message for name in names) and "\n" not in message
     assert isinstance(err.value, SignFlowError)
 
 
@@ -325,26 +509,59 @@ def test_config_from_dict_names_unknown_options():
         PipelineConfig.from_dict({"motion_treshold": 0.1})
 
 
-def test_a_bad_frame_changes_nothing():
-    pipe, _ = make_pipe()
-    rows = script_rows(("rest", 20), ("move", 30), ("rest", 20))
-    for r in rows[:30]:
-        pipe.process_frame(payload_from_raw(r))
-    state = (pipe.state, pipe._n, pipe._recorded, pipe._rest, pipe._frame_index, pipe._prev_hands.copy())
-    for junk in ({"hands": {"left": None}}, {"hands": {"left": None, "right": [[0, 0, float("nan")]] * 21},
-                                             "pose": None}, "frame", None):
-        with pytest.raises(PayloadError):
-            pipe.process_frame(junk)
-    after = (pipe.state, pipe._n, pipe._recorded, pipe._rest, pipe._frame_index, pipe._prev_hands)
-    assert after[:5] == state[:5] and np.array_equal(after[5], state[5])
+def test_top_k_beyond_the_classes_lists_every_class():
+    pipe, _ = make_pipe(top_k=10)
+    [sign] = ended(run_stream(pipe, script_rows(*SIGN)))
+    assert [lab for lab, _ in sign.alternatives] == LABELS
+
+
+_STREAM = None
+
+
+def _property_stream() -> np.ndarray:
+    """Rest, signs of several lengths, tracking dropouts and a long movement: every state transition."""
+    global _STREAM
+    if _STREAM is None:
+        rows = script_rows(("rest", 8), ("move", 6), ("rest", 14), ("move", 25), ("rest", 3), ("move", 4),
+                           ("rest", 12), ("move", 60), ("rest", 5))
+        rows[40:44, 63:126] = 0  # the moving hand is lost for a while
+        rows[90:92] = 0  # nothing tracked
+        _STREAM = [payload_from_raw(r, confidence=c) for r, c in zip(rows, np.linspace(0.1, 1.0, len(rows)))]
+    return _STREAM
+
+
+small_int = st.integers(min_value=-2, max_value=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({
+    "motion_threshold": st.sampled_from([0.0, 0.001, 0.005, 0.02]), "preroll_frames": small_int,
+    "min_rest_frames": small_int, "min_sign_frames": small_int, "max_sign_frames": st.integers(-1, 70),
+    "trailing_rest_kept": small_int, "seq_len": st.one_of(st.none(), st.integers(0, 80)),
+    "top_k": small_int, "vote_window": small_int, "confidence_threshold": st.floats(-0.1, 1.1),
+    "min_hand_visibility": st.floats(0, 1), "max_threshold": st.floats(0, 1.1),
+    "min_prediction_margin": st.floats(0, 1), "ignore_tracking_jumps": st.booleans(),
+    "calibrate_confidence": st.booleans(), "sentence_max_words": small_int,
+}))
+def test_any_config_is_refused_or_runs_every_frame(options):
+    """Either validate() refuses the config, or a replayed stream runs through without any exception."""
+    try:
+        config = PipelineConfig(**options).validate()
+    except PipelineConfigError:
+        return
+    runner = ScriptedRunner([logits_for(0.95, 0), logits_for(0.5, 1), logits_for(0.8, 2)])
+    pipe = SignFlowInferencePipeline.from_runner(runner, LABELS, config)
+    for payload in _property_stream():
+        p = pipe.process_frame(payload)
+        assert p.frames <= config.max_sign_frames
+    pipe.flush()
 
 
 # -- whole clips ------------------------------------------------------------------------------------
 def test_process_sequence_takes_raw_or_landmark_arrays_and_keeps_the_stream_state():
     pipe, runner = make_pipe()
     rows = script_rows(("rest", 5), ("move", 30))
-    run_stream(pipe, rows[:10])
-    state = (pipe.state, pipe._n)
+    before = run_stream(pipe, rows[:10])
     a = pipe.process_sequence(rows)
     b = pipe.process_sequence({"left": rows[:, :63].reshape(-1, 21, 3), "right": rows[:, 63:126].reshape(-1, 21, 3),
                                "pose": rows[:, 126:].reshape(-1, 33, 3)})
@@ -352,12 +569,25 @@ def test_process_sequence_takes_raw_or_landmark_arrays_and_keeps_the_stream_stat
     assert a.reason == "clip" and a.label == "a" and a.frames == len(rows) and a.votes == 1
     np.testing.assert_array_equal(runner.windows[-3][0], runner.windows[-2][0])
     assert c.frames == len(rows)
-    assert (pipe.state, pipe._n) == state and pipe.sentence == []  # stateless
     assert b.alternatives == a.alternatives
+    # stateless: the stream goes on as if the clips had not been classified
+    after = run_stream(pipe, rows[10:])
+    fresh, _ = make_pipe()
+    expect = run_stream(fresh, rows)[10:]
+    assert [(p.state, p.frames) for p in after] == [(p.state, p.frames) for p in expect]
+    assert before[-1].state == "recording" and pipe.sentence == []
     with pytest.raises(InputError):
         pipe.process_sequence(np.zeros((10, 224), np.float32))
     with pytest.raises(InputError):
         pipe.process_sequence({"hand": rows})
+
+
+def test_process_sequence_judges_the_clip_as_its_own_window():
+    pipe, _ = make_pipe(logits_for(0.75), RAW)
+    rows = script_rows(("move", 30))
+    assert pipe.process_sequence(rows).flags == ()
+    assert pipe.process_sequence(rows, confidence=0.3).flags == ("poor_tracking",)
+    assert pipe.process_sequence(script_rows(("rest", 30))).flags == ("low_motion",)
 
 
 # -- model files and backends -------------------------------------------------------------------------
@@ -404,9 +634,10 @@ def test_explicit_backend_must_match_the_file(tiny):
     assert pipe.backend_name == "onnx-cpu"
 
 
-def test_a_third_party_backend_is_used_by_name(tiny, monkeypatch, sample_clip):
+def test_a_third_party_backend_comes_from_the_registry_passed_in(tiny, sample_clip):
     from signflow_zoo.default_plugins.onnx_cpu import OnnxCpuRunner
-    from signflow_zoo.plugins import PluginInfo, RunnerEntry, get_registry
+    from signflow_zoo.hookspecs import hookimpl
+    from signflow_zoo.plugins import PluginRegistry, get_registry
 
     class ThirdParty(OnnxCpuRunner):
         name = "acme-onnx"
@@ -416,10 +647,46 @@ def test_a_third_party_backend_is_used_by_name(tiny, monkeypatch, sample_clip):
             ThirdParty.prepared_with = artifacts.path_for("onnx")
             super().prepare(artifacts)
 
-    monkeypatch.setitem(get_registry().runners, "acme-onnx", RunnerEntry(ThirdParty, PluginInfo("acme", "acme 1.0")))
-    pipe = SignFlowInferencePipeline(tiny.onnx, backend="acme-onnx")
+    plugin = types.ModuleType("acme")
+    plugin.register_runners = hookimpl(lambda register: register(ThirdParty))
+    registry = PluginRegistry([plugin], entry_points=False)
+    pipe = SignFlowInferencePipeline(tiny.onnx, backend="acme-onnx", registry=registry)
     assert pipe.backend_name == "acme-onnx" and ThirdParty.prepared_with == tiny.onnx
     assert pipe.process_sequence(sample_clip).candidate in tiny.labels
+    assert "acme-onnx" not in get_registry().names()  # the process-wide registry was not touched
+    with pytest.raises(BackendError, match="acme-onnx"):
+        SignFlowInferencePipeline(tiny.onnx, backend="acme-onnx")
+
+
+def test_a_plugin_artifact_kind_is_built_from_the_model_file(tiny, sample_clip):
+    from signflow_zoo.plugins import get_registry
+
+    if "onnx-int8" not in get_registry().names():
+        pytest.skip("the example plugin signflow-zoo-ort-int8 is not installed (pip install -e plugins/...)")
+    with pytest.warns(RuntimeWarning, match="building artifact 'onnx-int8-dynamic'"):
+        pipe = SignFlowInferencePipeline(tiny.onnx, backend="onnx-int8")
+    assert pipe.backend_name == "onnx-int8" and pipe.process_sequence(sample_clip).candidate in tiny.labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SignFlowInferencePipeline(tiny.onnx, backend="onnx-int8")  # built once: cached in the zoo home
+
+
+def test_a_plugin_kind_built_from_a_checkpoint_needs_the_checkpoint(tiny):
+    from signflow_zoo.api import ArtifactKind, Runner, hookimpl
+    from signflow_zoo.plugins import PluginRegistry
+
+    class FromTorch(ArtifactKind):
+        name, source, version, main_file = "from-torch", "torch", "1", "model.bin"
+
+    class FromTorchRunner(Runner):
+        name, artifact = "from-torch-runner", "from-torch"
+
+    plugin = types.ModuleType("acme")
+    plugin.register_artifact_kinds = hookimpl(lambda register: register(FromTorch))
+    plugin.register_runners = hookimpl(lambda register: register(FromTorchRunner))
+    registry = PluginRegistry([plugin], entry_points=False)
+    with pytest.raises(BackendError, match=r"runs a PyTorch checkpoint: pass a \.pt model file"):
+        SignFlowInferencePipeline(tiny.onnx, backend="from-torch-runner", registry=registry)
 
 
 def test_without_onnxruntime_an_onnx_file_falls_back_to_its_checkpoint(tiny, tmp_path, monkeypatch, sample_clip):
@@ -529,6 +796,8 @@ def _replay(pipe, rows):
 
 @pytest.mark.slow
 def test_pt_and_onnx_give_the_same_answers_on_a_stream_of_known_signs(trained):
+    from signflow_zoo.replay import segmentation_score
+
     test = trained["test"]
     order = [test[i] for i in np.random.default_rng(0).permutation(len(test))]
     rows, spans = stream_from_clips(order, rest_frames=20)
@@ -539,7 +808,8 @@ def test_pt_and_onnx_give_the_same_answers_on_a_stream_of_known_signs(trained):
             assert pipe.backend_name == {"pt": "torch-eager", "onnx": "onnx-cpu"}[kind]
             runs[kind] = (_replay(pipe, rows), pipe.sentence)
     pt, onnx = runs["pt"][0], runs["onnx"][0]
-    assert len(pt) >= len(order) // 2, "the state machine must find the signs in the stream"
+    score = segmentation_score(pt, spans)
+    assert score["detected"] >= len(order) // 2, f"the state machine must find the signs in the stream: {score}"
     assert [p.frame_index for p in pt] == [p.frame_index for p in onnx]
     assert [p.candidate for p in pt] == [p.candidate for p in onnx]
     assert [p.label for p in pt] == [p.label for p in onnx]
@@ -552,7 +822,7 @@ def test_pt_and_onnx_give_the_same_answers_on_a_stream_of_known_signs(trained):
         return trained["names"][order[max(i for i, (s, _) in enumerate(spans) if s <= frame)].label]
 
     correct = [p for p in pt if p.candidate == truth(p.frame_index)]
-    # measured: 14 of 15 signs right (val accuracy 1.0); half leaves room for another machine's training
+    # half leaves room for another machine's training
     assert len(correct) >= len(pt) / 2, f"{len(correct)}/{len(pt)} right (val accuracy {trained['val_accuracy']:.2f})"
 
 
@@ -610,12 +880,12 @@ def clip_files(tmp_path_factory, trained):
 def test_cli_predict_npy_text_and_json(trained, clip_files, capsys):
     assert cli("predict", clip_files["npy"], "--model", trained["onnx"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("one: ") and "  1. " in out and "  3. " in out
+    assert out.startswith("one: ") and "  1. " in out and "  4. " in out
     assert cli("predict", clip_files["npy"], "--model", trained["pt"], "--format", "json") == 0
     res = json.loads(capsys.readouterr().out)
     assert res["backend"] == "torch-eager" and len(res["predictions"]) == 1
     pred = res["predictions"][0]
-    assert pred["candidate"] in trained["names"] and len(pred["alternatives"]) == 3
+    assert pred["candidate"] in trained["names"] and len(pred["top_k"]) == 4 and len(pred["alternatives"]) == 3
     assert pred["candidate"] in out  # same answer from .pt and .onnx
 
 
@@ -641,8 +911,9 @@ def test_cli_stream_prints_predictions_with_latency(trained, clip_files, capsys)
     summary = lines[-1]["summary"]
     preds = lines[:-1]
     assert summary["predictions"] == len(preds) >= 1 and summary["signs"] == 2
+    assert summary["frames"] == summary["expected_frames"]
     assert all(p["ended"] and p["latency_ms"] > 0 and p["t"] == pytest.approx(p["frame_index"] / 25, abs=1e-3)
-               for p in preds)
+               and p["prediction"] in trained["names"] + ["NONE"] for p in preds)
     assert cli("stream", clip_files["npy"], "--model", trained["pt"], "--no-realtime") == 0
     out = capsys.readouterr().out
     assert "latency" in out and "sentence:" in out and "torch-eager" in out
@@ -662,6 +933,13 @@ def test_cli_user_errors_exit_2_with_a_message(argv, message, tiny, tmp_path, ca
     subs = {"tmp": tmp_path, "pt": tiny.checkpoint, "npy": tmp_path / "clip.npy", "bad": tmp_path / "bad.npy"}
     assert cli(*[a.format(**subs) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_threshold_above_the_cap_is_honoured(tiny, tmp_path, capsys):
+    clip, _ = generate(SyntheticSpec(num_classes=2, num_signers=1, clips_per_signer_per_class=1, seed=5))
+    np.save(tmp_path / "clip.npy", clip[0].raw)
+    assert cli("predict", tmp_path / "clip.npy", "--model", tiny.onnx, "--threshold", "0.99", "--format", "json") == 0
+    assert json.loads(capsys.readouterr().out)["predictions"][0]["threshold"] == pytest.approx(0.99)
 
 
 def test_measure_stream_latency_needs_no_model_file():

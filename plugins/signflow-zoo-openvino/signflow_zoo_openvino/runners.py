@@ -1,0 +1,100 @@
+"""OpenVINO CPU runners: one compiled model per runner, tuned for latency (one stream, pinned threads)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .kinds import OpenVinoInt8IR, OpenVinoIR
+from signflow_zoo.api import Availability, Runner
+
+
+class OpenVinoRunner(Runner):
+    """Compiles an IR kind with PERFORMANCE_HINT=LATENCY, one stream, the harness's thread count, pinned."""
+
+    artifact = OpenVinoIR.name
+    inference_precision: ClassVar[str] = "f32"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            return Availability.no(f"openvino is not importable ({exc}); pip install openvino nncf")
+        try:
+            caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except Exception as exc:  # noqa: BLE001 - no CPU plugin is a reason, not a crash
+            return Availability.no(f"OpenVINO has no usable CPU device: {str(exc).splitlines()[0][:200]}")
+        if cls.inference_precision == "bf16" and "BF16" not in caps:
+            return Availability.no("this CPU has no bf16 support in OpenVINO (needs AVX512_BF16 or AMX); "
+                                   "OpenVINO would compute in fp32")
+        return Availability.yes(f"OpenVINO {ov.get_version()} CPU ({', '.join(caps)})")
+
+    def config(self) -> dict[str, Any]:
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "ENABLE_CPU_PINNING": True,
+               "INFERENCE_PRECISION_HINT": self.inference_precision}
+        if self.options.threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(self.options.threads)
+        return cfg
+
+    def prepare(self, artifacts) -> None:
+        import openvino as ov
+
+        self.ov = ov
+        self.path = artifacts.path_for(self.artifact)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", self.config())
+        self.request = self.compiled.create_infer_request()
+        self.input_dim = int(self.compiled.inputs[0].get_partial_shape()[2].get_length())
+        self.prepared = True
+
+    def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = self.request.infer({"features": features, "mask": mask}, share_inputs=True, share_outputs=False)
+        return np.asarray(out[0], dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        get = self.compiled.get_property
+        return {"backend": self.name, "precision": self.precision, "provider": "openvino-CPU",
+                "openvino": self.ov.get_version(), "threads": get("INFERENCE_NUM_THREADS"),
+                "inference_precision": get("INFERENCE_PRECISION_HINT").get_type_name(), "streams": get("NUM_STREAMS"),
+                "performance_hint": str(get("PERFORMANCE_HINT")), "cpu_pinning": get("ENABLE_CPU_PINNING"),
+                "model": f"{self.artifact}/{self.path.name}"}
+
+    def close(self) -> None:
+        self.request = self.compiled = None
+
+
+class OpenVinoFp32Runner(OpenVinoRunner):
+    name = "openvino-fp32"
+    precision = "fp32"
+    summary = "OpenVINO CPU, fp32 IR, INFERENCE_PRECISION_HINT=f32 (OpenVINO's default on bf16 CPUs is bf16)"
+
+
+class OpenVinoBf16Runner(OpenVinoRunner):
+    name = "openvino-bf16"
+    precision = "bf16"
+    inference_precision = "bf16"
+    summary = "OpenVINO CPU, fp32 IR computed in bf16 (INFERENCE_PRECISION_HINT=bf16, AVX512_BF16/AMX)"
+
+
+class OpenVinoInt8Runner(OpenVinoRunner):
+    name = "openvino-int8"
+    precision = "int8"
+    artifact = OpenVinoInt8IR.name
+    # The layers NNCF leaves in float run in fp32, not bf16: with bf16, OpenVINO's per-layer counters showed
+    # 47% of large's batch-1 time in Reorder (bf16 <-> int8 conversions) around the int8 GEMMs; with f32
+    # those reorders disappeared and the int8 GEMMs took 60% of the time (benchmarks/RESULTS.md).
+    inference_precision = "f32"
+    summary = "OpenVINO CPU, NNCF int8 post-training quantization calibrated on training data (rest fp32)"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            import nncf  # noqa: F401
+        except ImportError as exc:
+            return Availability.no(f"nncf is not importable ({exc}); pip install nncf")
+        return super().availability()
+
+
+RUNNERS = (OpenVinoFp32Runner, OpenVinoBf16Runner, OpenVinoInt8Runner)

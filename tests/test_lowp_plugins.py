@@ -1,0 +1,182 @@
+"""The low-precision CPU backend plugins (OpenVINO fp32/bf16/int8, ONNX Runtime static int8): their
+artifact kinds built on a tiny model with calibration from a training split, and the conformance kit.
+
+Each plugin is a separate distribution (plugins/signflow-zoo-openvino, plugins/signflow-zoo-ort-static-int8);
+a test is skipped, with the reason, when the plugin or its runtime is not installed here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from signflow_zoo.api import BuildContext
+
+TRAIN_SPEC = "synthetic:classes=4,signers=6,clips=2,seed=1"
+
+
+def plugin(module: str, runtime: str):
+    try:
+        importlib.import_module(runtime)
+    except ImportError as exc:
+        pytest.skip(f"{runtime} is not installed ({exc}); pip install -e plugins/... installs it")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.skip(f"plugin {module} is not installed ({exc})")
+
+
+@pytest.fixture(scope="module")
+def train_batches():
+    """Calibration from a real TRAINING split, as ``BuildContext.calibration`` promises: n -> batches of n clips."""
+    from signflow_zoo.data import load_data
+
+    train = load_data(TRAIN_SPEC).train
+
+    def calibration(n: int):
+        for i in range(0, min(n, len(train)), 8):
+            j = min(i + 8, n, len(train))
+            yield train.features[i:j], train.mask[i:j]
+
+    return calibration, train
+
+
+def build(kind, source: Path, dest: Path, calibration=None) -> Path:
+    dest.mkdir(parents=True)
+    record = kind().build(BuildContext("conformance-tiny", source, dest, calibration, lambda msg: None))
+    assert (dest / kind.main_file).is_file() and isinstance(record, dict)
+    return dest / kind.main_file
+
+
+def reference(arts, x, m):
+    import torch
+
+    with torch.inference_mode():
+        return arts.torch_model()(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+
+
+# -- OpenVINO --------------------------------------------------------------------------------------
+OV_RUNNERS = ["openvino-fp32", "openvino-bf16", "openvino-int8"]
+
+
+@pytest.mark.parametrize("name", OV_RUNNERS)
+def test_openvino_runners_conform(name, tiny_artifacts, tmp_path):
+    mod = plugin("signflow_zoo_openvino", "openvino")
+    from signflow_zoo.testing import check_runner
+
+    cls = {c.name: c for c in mod.RUNNERS}[name]
+    report = check_runner(cls, tmp_path, artifacts=tiny_artifacts)
+    if not report.available:
+        pytest.skip(f"{name} unavailable here: {report.reason}")
+    assert report.ok, report.problems
+    if cls.precision == "fp32":
+        assert report.parity["max_rel"] < 1e-5
+    else:  # really computed in low precision, not fp32 under another name
+        assert report.parity["max_abs"] > 1e-4
+
+
+def test_openvino_runner_keeps_the_harness_thread_count_and_latency_settings(tiny_artifacts, tmp_path):
+    mod = plugin("signflow_zoo_openvino", "openvino")
+    from signflow_zoo.api import RunnerOptions
+
+    arts = replace(tiny_artifacts, paths=dict(tiny_artifacts.paths))
+    arts.paths["openvino-ir"] = build(mod.kinds.OpenVinoIR, arts.path_for("onnx"), tmp_path / "ir")
+    runner = mod.runners.OpenVinoFp32Runner(RunnerOptions(threads=1))
+    runner.prepare(arts)
+    d = runner.describe()
+    assert d["threads"] == 1 and d["streams"] == 1 and "LATENCY" in d["performance_hint"]
+    assert d["inference_precision"] == "f32"  # OpenVINO's own default here may be bf16: fp32 must say f32
+    runner.close()
+
+
+def test_openvino_int8_is_built_from_training_data_and_keeps_top1(tiny_artifacts, tmp_path, train_batches):
+    mod = plugin("signflow_zoo_openvino", "nncf")
+    import openvino as ov
+
+    calibration, train = train_batches
+    ir = build(mod.kinds.OpenVinoIR, tiny_artifacts.path_for("onnx"), tmp_path / "ir")
+    q = build(mod.kinds.OpenVinoInt8IR, ir, tmp_path / "int8", calibration)
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(q)).get_ops()}
+    assert "FakeQuantize" in ops  # quantized, not a copy of the fp32 IR
+    compiled = ov.Core().compile_model(str(q), "CPU")
+    x, m = train.features[:16], train.mask[:16]
+    out = compiled({"features": x, "mask": m})[0]
+    assert (out.argmax(1) == reference(tiny_artifacts, x, m).argmax(1)).mean() >= 0.9
+
+
+def test_openvino_int8_build_refuses_without_calibration(tiny_artifacts, tmp_path):
+    mod = plugin("signflow_zoo_openvino", "nncf")
+    with pytest.raises(ValueError, match="calibration"):
+        build(mod.kinds.OpenVinoInt8IR, tmp_path / "missing.xml", tmp_path / "int8", None)
+
+
+def test_openvino_compile_check_reports_a_broken_ir(tmp_path):
+    mod = plugin("signflow_zoo_openvino", "openvino")
+    bad = tmp_path / "model.xml"
+    bad.write_text("<net name='broken'></net>")
+    with pytest.raises(RuntimeError, match="cannot compile model.xml"):
+        mod.kinds.check_compiles(bad)
+
+
+# -- ONNX Runtime static int8 ----------------------------------------------------------------------
+def test_ort_static_int8_conforms(tiny_artifacts, tmp_path):
+    mod = plugin("signflow_zoo_ort_static_int8", "onnxruntime.quantization")
+    from signflow_zoo.testing import check_runner
+
+    report = check_runner(mod.OnnxInt8StaticRunner, tmp_path, artifacts=tiny_artifacts)
+    assert report.available, report.reason
+    assert report.ok, report.problems
+    assert report.parity["max_abs"] > 1e-4  # really quantized
+
+
+def test_ort_static_int8_graph_is_qdq_on_weight_matmuls_only(tiny_artifacts, tmp_path, train_batches):
+    mod = plugin("signflow_zoo_ort_static_int8", "onnxruntime.quantization")
+    import onnx
+    import onnxruntime as ort
+
+    calibration, train = train_batches
+    q = build(mod.OnnxInt8Static, tiny_artifacts.path_for("onnx"), tmp_path / "qdq", calibration)
+    graph = onnx.load(str(q)).graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    qdq_in = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    quantized = [n for n in matmuls if n.input[0] in qdq_in and n.input[1] in qdq_in]
+    # every MatMul with a weight operand is fed by DequantizeLinear on both sides; attention's stay float
+    weight_mm = [n for n in matmuls if n.input[1] in inits or (n.input[1] in producers and
+                                                                producers[n.input[1]].op_type == "DequantizeLinear")]
+    assert quantized and len(quantized) == len(weight_mm) < len(matmuls)
+    act_zp = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+    assert act_zp and all(z.data_type == onnx.TensorProto.UINT8 for z in act_zp)  # u8 activations (fast path)
+    weight_scales = [inits[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                     and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weight_scales and any(len(s.dims) == 1 and s.dims[0] > 1 for s in weight_scales)  # per-channel
+    sess = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+    x, m = train.features[:16], train.mask[:16]
+    out = sess.run(None, {"features": x, "mask": m})[0]
+    assert (out.argmax(1) == reference(tiny_artifacts, x, m).argmax(1)).mean() >= 0.9
+
+
+def test_ort_static_int8_reduce_range_follows_vnni(monkeypatch):
+    mod = plugin("signflow_zoo_ort_static_int8", "onnxruntime.quantization")
+    import builtins
+
+    real_open = builtins.open
+
+    def fake_cpuinfo(flags):
+        def opener(path, *a, **k):
+            if str(path) == "/proc/cpuinfo":
+                import io
+
+                return io.StringIO(f"processor : 0\nflags : {flags}\n")
+            return real_open(path, *a, **k)
+        return opener
+
+    monkeypatch.setattr(builtins, "open", fake_cpuinfo("fpu avx2 avx512f avx512_vnni"))
+    assert mod.cpu_has_vnni()
+    monkeypatch.setattr(builtins, "open", fake_cpuinfo("fpu avx2 avx512f"))
+    assert not mod.cpu_has_vnni()
