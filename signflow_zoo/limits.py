@@ -62,6 +62,10 @@ MIN_TIME = Range(float, 0.0, 3600.0)  # seconds
 TIMEOUT = Range(float, 0.0, 86_400.0, lo_open=True)  # seconds
 PORT = Range(int, 1, 65_535)
 SYNTHETIC_CLIPS = Range(int, 1, 20_000)  # classes x signers x clips of a synthetic data set (~120 kB each)
+THRESHOLD = Range(float, 0.0, 1.0)  # a confidence
+TEMPERATURE = Range(float, 0.0, 100.0, lo_open=True)  # softmax temperature: 100 already flattens any model
+FPS = Range(float, 0.1, 1000.0)  # stream replay: a frame every 10 s .. 1000 frames a second
+REST_FRAMES = Range(int, 0, 10_000)  # still frames around each replayed clip (over 5 minutes at 30 fps)
 REPORT_SINCE_DAYS = 36_500  # report --since reaches back 100 years at most
 
 # Every ranged CLI option, for the README check and the fuzz suite: option -> range.
@@ -69,4 +73,5 @@ CLI_OPTIONS: dict[str, Range] = {
     "--seed": SEED, "--epochs": EPOCHS, "--lr": LEARNING_RATE, "--batch-size": BATCH_SIZE,
     "--batch-sizes": BATCH_SIZE, "--num-classes": NUM_CLASSES, "--threads": THREADS, "--warmup": WARMUP,
     "--min-iters": MIN_ITERS, "--min-time": MIN_TIME, "--timeout": TIMEOUT, "--port": PORT,
+    "--threshold": THRESHOLD, "--temperature": TEMPERATURE, "--fps": FPS, "--rest-frames": REST_FRAMES,
 }

@@ -25,6 +25,9 @@ RANGED = [
     ("bench", "--batch-sizes", []), ("bench", "--threads", []), ("bench", "--warmup", []), ("bench", "--min-iters", []),
     ("bench", "--min-time", []), ("bench", "--timeout", []), ("bench", "--seed", []), ("bench", "--epochs", []),
     ("ui", "--port", []), ("report", "--batch-size", []),
+    ("predict", "--threshold", ["clip.npy", "--model", "m.onnx"]), ("predict", "--temperature", ["clip.npy", "--model", "m.onnx"]),
+    ("predict", "--threads", ["clip.npy", "--model", "m.onnx"]), ("stream", "--fps", ["clip.npy", "--model", "m.onnx"]),
+    ("stream", "--rest-frames", ["clip.npy", "--model", "m.onnx"]),
 ]
 
 

@@ -84,6 +84,10 @@ COMMANDS = {
                                               "--experiment", "--format"]),
     "export": (["export", "no-such-checkpoint.pt"], [], ["--output", "--exporter"]),
     "sync": (["sync"], [], ["--results", "--experiment"]),
+    "predict": (["predict", "no-such-clip.npy", "--model", "no-such-model.onnx"],
+                ["--threshold", "--temperature", "--threads"], ["--backend", "--instance", "--format"]),
+    "stream": (["stream", "no-such-clip.npy", "--model", "no-such-model.onnx", "--no-realtime"],
+               ["--fps", "--rest-frames", "--threshold", "--temperature", "--threads"], ["--backend", "--format"]),
 }
 
 
@@ -353,7 +357,7 @@ def model_files(tmp_path_factory, tiny_artifacts):
     clip = folder / "clip.npy"
     np.save(clip, np.random.default_rng(0).uniform(0.2, 0.8, (30, 225)).astype(np.float32))
     return ModelFiles(state=blob["state_dict"], meta=json.loads(blob["metadata"]), clip=clip,
-                      onnx=onnx.load(str(tiny_artifacts.onnx)))
+                      onnx=onnx.load(str(tiny_artifacts.onnx)), onnx_path=tiny_artifacts.onnx)
 
 
 @fuzz_settings(25)
@@ -373,6 +377,23 @@ def test_checkpoint_metadata_loads_or_is_a_checkpoint_error(data, model_files, t
             reader(path)
         except CheckpointError as exc:
             assert str(path) in str(exc)
+
+
+@fuzz_settings(10)
+@given(fps=st.one_of(st.floats(min_value=0.1, max_value=1000.0), st.sampled_from([0.1, 1000.0])),
+       rest=st.integers(min_value=0, max_value=40), threshold=st.floats(min_value=0.0, max_value=1.0),
+       temperature=st.one_of(st.floats(min_value=1e-300, max_value=100.0), st.just(100.0)),
+       threads=st.integers(min_value=1, max_value=2))
+def test_stream_replays_with_any_valid_numbers(fps, rest, threshold, temperature, threads, model_files, capsys,
+                                               tmp_path):
+    """A real replay (as fast as possible, few rest frames) with the other numbers from anywhere in their ranges."""
+    code, out = check_contract(["stream", str(model_files["clip"]), "--model", str(model_files["onnx_path"]),
+                                "--no-realtime", "--format", "json", "--fps", repr(fps), "--rest-frames", str(rest),
+                                "--threshold", repr(threshold), "--temperature", repr(temperature),
+                                "--threads", str(threads)], capsys, tmp_path)
+    if code == 0:
+        summary = json.loads(out.strip().splitlines()[-1])["summary"]
+        assert summary["frames"] >= 30
 
 
 @pytest.mark.skipif(importlib.util.find_spec("signflow_zoo.modelfile") is None,
