@@ -1,4 +1,10 @@
-"""The ``signflow-zoo`` command: parses, calls the library, prints. User errors exit 2 with no traceback."""
+"""The ``signflow-zoo`` command: parses, calls the library, prints.
+
+Every command is one library call a user could make from Python (each command's docstring names it).
+User errors exit 2 with one line on stderr and no traceback (``SIGNFLOW_ZOO_TRACEBACK=1`` shows one);
+numbers outside their range (:mod:`signflow_zoo.limits`) stop at parsing. Output piped into a reader
+that stops early (``| head``) ends quietly with exit 141, like other command-line tools.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,13 @@ import os
 import sys
 import warnings
 
-from . import __version__
-from .argtypes import int_list as _int_list
-from .argtypes import non_negative_float as _non_negative_float
-from .argtypes import positive_float as _positive_float
-from .argtypes import positive_int as _positive_int
+from . import __version__, limits
+from .argtypes import in_range, int_list_in
 from .errors import SignFlowError
+from .mlflow_store import EXPERIMENT
 
 ENV_TRACEBACK = "SIGNFLOW_ZOO_TRACEBACK"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 
 def _zoo(args):
@@ -24,49 +29,35 @@ def _zoo(args):
     return Zoo.load(getattr(args, "zoo", None))
 
 
-# -- presets -------------------------------------------------------------------------------------
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- presets / backends --------------------------------------------------------------------------
 def cmd_presets(args) -> int:
+    """Python: ``signflow_zoo.presets.describe_presets(zoo, num_classes)``."""
     from tabulate import tabulate
 
-    from .model import build_model, count_parameters, estimate_gflops
+    from .presets import describe_presets
 
-    rows = []
-    for e in _zoo(args):
-        params = count_parameters(build_model(e, num_classes=args.num_classes))
-        rows.append({"name": e.name, "d_model": e.d_model, "heads": e.heads, "layers": e.layers, "dim_ff": e.dim_ff,
-                     "params": params, "gflop_per_seq": round(estimate_gflops(e, args.num_classes), 3),
-                     "use_case": e.use_case})
+    rows = describe_presets(_zoo(args), num_classes=args.num_classes)
     if args.json:
         print(json.dumps(rows, indent=1))
-    else:
-        table = [{**r, "params": f"{r['params'] / 1e6:.2f}M"} for r in rows]
-        print(tabulate(table, headers="keys", tablefmt="simple"))
-        print(f"\nparams counted by instantiating SignTransformer with {args.num_classes} classes; "
-              "GFLOP per 64-frame sequence (2 x multiply-accumulates).")
+        return 0
+    table = [{**r, "params": f"{r['params'] / 1e6:.2f}M"} for r in rows]
+    print(tabulate(table, headers="keys", tablefmt="simple"))
+    print(f"\nparams counted by instantiating SignTransformer with {args.num_classes} classes; "
+          "GFLOP per 64-frame sequence (2 x multiply-accumulates).")
     return 0
 
 
-# -- backends ------------------------------------------------------------------------------------
-def backend_rows() -> tuple[list[dict], list[dict]]:
-    from .plugins import get_registry
-
-    reg = get_registry()
-    rows, broken = [], [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
-    for name, be in reg.runners.items():
-        av = reg.availability(name)
-        rows.append({"name": name, "plugin": be.plugin.name, "package": be.plugin.package, "artifact": be.cls.artifact,
-                     "precision": be.cls.precision, "device": be.cls.device_kind, "available": av.ok,
-                     "reason": "" if av.ok else av.reason, "detail": av.reason if av.ok else "",
-                     "summary": be.cls.summary})
-        if av.broken:
-            broken.append({"plugin": be.plugin.name, "package": be.plugin.package, "error": f"{name}: {av.reason}"})
-    return rows, broken
-
-
 def cmd_backends(args) -> int:
+    """Python: ``signflow_zoo.backend_status.describe_backends()``."""
     from tabulate import tabulate
 
-    rows, broken = backend_rows()
+    from .backend_status import describe_backends
+
+    rows, broken = describe_backends()
     if args.json:
         print(json.dumps({"backends": rows, "broken_plugins": broken}, indent=1))
         return 0
@@ -80,39 +71,26 @@ def cmd_backends(args) -> int:
 
 # -- train / export ------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from .artifacts import checkpoint_path, zoo_home
+    """Python: ``signflow_zoo.presets.train_preset(entry, load_data(spec, seed), training_config(entry, ...), output)``."""
     from .data import load_data
-    from .model import build_model, count_parameters
-    from .training import SignTrainer, TrainingConfig
+    from .output_paths import check_output_file
+    from .presets import default_checkpoint, train_preset, training_config
 
     entry = _zoo(args).get(args.preset)
+    if args.output is not None:
+        check_output_file(args.output, "--output")  # before the data is read and the model trained
+    config = training_config(entry, epochs=args.epochs, seed=args.seed, learning_rate=args.lr,
+                             batch_size=args.batch_size, track=not args.no_track, progress=not args.no_progress)
     splits = load_data(args.data, seed=args.seed)
-    cfg = TrainingConfig(num_epochs=args.epochs or entry.epochs, seed=args.seed, use_mlflow=not args.no_track,
-                         mlflow_run_name=f"train-{entry.name}", mlflow_tags={"preset": entry.name},
-                         **({"learning_rate": args.lr} if args.lr else {}),
-                         **({"batch_size": args.batch_size} if args.batch_size else {}))
-    cached = checkpoint_path(entry, len(splits.class_names), splits.fingerprint, cfg.cache_key(), zoo_home())
     if args.from_registry:
-        return _pull_weights(entry, cached, args.output)
-    model = build_model(entry, num_classes=len(splits.class_names))
-    print(f"training {entry.name} ({count_parameters(model) / 1e6:.2f}M params) for {cfg.num_epochs} epochs on "
-          f"{len(splits.train)} clips, validating on {len(splits.val)} ({splits.spec})", file=sys.stderr)
-    trainer = SignTrainer(model, cfg, class_names=list(splits.class_names),
-                          metadata={"preset": entry.name, "data_spec": splits.spec, "data_fingerprint": splits.fingerprint})
-    res = trainer.fit(splits.train, splits.val)
-    test = trainer.evaluate(splits.test)
-    out = args.output or cached
-    trainer.save_model(out, extra={"test_accuracy": test["top1"]})
-    if not args.no_track and not args.output:  # the zoo's own checkpoint: shared through the Model Registry
+        return _pull_weights(entry, default_checkpoint(entry, splits, config), args.output)
+    trained = train_preset(entry, splits, config, args.output, log=_log)
+    if not args.no_track and args.output is None:  # the zoo's own checkpoint: shared through the Model Registry
+        from .artifacts import zoo_home
         from .model_registry import register_checkpoint
 
-        register_checkpoint(out, "dynamo", zoo_home(), lambda msg: print(msg, file=sys.stderr))
-    print(json.dumps({"preset": entry.name, "checkpoint": str(out), "train_seconds": round(res["train_seconds"], 1),
-                      "epochs_run": res["epochs_run"], "val_accuracy": round(res["val_accuracy"], 4),
-                      "test_accuracy": round(test["top1"], 4), "test_macro_f1": round(test["macro_f1"], 4),
-                      **{k: None if res.get(k) is None else round(res[k], 4) for k in ("ece_before", "ece_after",
-                                                                                        "temperature")},
-                      "mlflow_run_id": res.get("run_id")}, indent=1))
+        register_checkpoint(trained.checkpoint, "dynamo", zoo_home(), _log)
+    print(json.dumps(trained.summary(), indent=1))
     return 0
 
 
@@ -139,24 +117,16 @@ def _pull_weights(entry, cached, output) -> int:
 
 
 def cmd_export(args) -> int:
-    from .artifacts import serving_metadata
-    from .checkpoint import load_checkpoint
-    from .export import export_to_onnx, optimize_onnx_model
+    """Python: ``signflow_zoo.export.export_checkpoint(checkpoint, output, exporter, optimize)``."""
+    from .export import export_checkpoint
 
-    model, meta = load_checkpoint(args.checkpoint)
-    out = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
-    info = export_to_onnx(model, out, metadata=serving_metadata(meta), exporter=args.exporter)
-    result = {"export": info.to_dict()}
-    if args.optimize:
-        kw = meta["model_kwargs"]
-        rep = optimize_onnx_model(out, os.path.splitext(out)[0] + ".optimized.onnx", kw["nhead"], kw["d_model"])
-        result["optimize"] = {k: v for k, v in rep.to_dict().items() if k not in ("ops_before", "ops_after")}
-    print(json.dumps(result, indent=1))
+    print(json.dumps(export_checkpoint(args.checkpoint, args.output, args.exporter, args.optimize), indent=1))
     return 0
 
 
 # -- bench / sync ----------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
+    """Python: ``signflow_zoo.harness.run_bench(BenchConfig(...))``; the table is ``report.comparison_table``."""
     from dataclasses import replace
 
     from .harness import BenchConfig, run_bench
@@ -210,33 +180,55 @@ def cmd_sync(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    """Python: ``signflow_zoo.doctor.run_doctor(json_out)``."""
     from .doctor import run_doctor
 
     return run_doctor(json_out=args.json)
 
 
 def cmd_ui(args) -> int:
+    """Python: ``subprocess.call(signflow_zoo.mlflow_store.ui_command(host, port))``."""
     import subprocess
 
-    from .tracking import redact, tracking_uri
+    from .mlflow_store import redact, ui_command
 
-    uri = tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd = ui_command(args.host, args.port)
     print("starting:", redact(" ".join(cmd)), file=sys.stderr)
     return subprocess.call(cmd)
 
 
 # -- parser ----------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``signflow-zoo bench: error: argument --seed: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:  # argparse turns `--output=--` into [] without calling the type
+            if action.nargs is None and isinstance(getattr(ns, action.dest, None), list):
+                name = "/".join(action.option_strings) or action.metavar or action.dest
+                self.error(f"argument {name}: expected one argument")
+        return ns, extras
+
+
+def _ranged(parser, flag: str, help: str, **kw) -> None:
+    """An option whose number must lie in ``limits.CLI_OPTIONS[flag]``; the range ends its help text."""
+    r = limits.CLI_OPTIONS[flag]
+    parser.add_argument(flag, type=in_range(r), help=f"{help}; {r.what}", **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="signflow-zoo", description="Model zoo and benchmark harness for SignFlow's "
-                                "sign-language transformers: which preset, on which runtime, at what accuracy and latency.")
+    p = Parser(prog="signflow-zoo", description="Model zoo and benchmark harness for SignFlow's "
+               "sign-language transformers: which preset, on which runtime, at what accuracy and latency.")
     p.add_argument("--version", action="version", version=f"signflow-zoo {__version__}")
     p.add_argument("--zoo", metavar="PATH", help="extra zoo file with [[entry]] tables (or $SIGNFLOW_ZOO_FILE)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     s = sub.add_parser("presets", help="list zoo entries with counted parameters and GFLOP")
-    s.add_argument("--num-classes", type=_positive_int, default=100)
+    _ranged(s, "--num-classes", "classes of the model whose parameters are counted (default 100)", default=100)
     s.add_argument("--json", action="store_true", help="print a JSON list")
     s.set_defaults(func=cmd_presets)
 
@@ -246,21 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a preset (tracked in MLflow) and save a weights-only checkpoint")
     s.add_argument("--preset", required=True)
-    s.add_argument("--epochs", type=_positive_int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--batch-size", type=_positive_int)
+    _ranged(s, "--epochs", "training epochs (default: the preset's)")
+    _ranged(s, "--lr", "peak learning rate (default 1e-3)")
+    _ranged(s, "--batch-size", "training batch size (default 32)")
     s.add_argument("--data", default="synthetic",
                    help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache)")
+    _ranged(s, "--seed", "seed of the data split, initialisation and augmentation (default 0)", default=0)
+    s.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache, where bench finds it)")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (bars draw only on a terminal anyway)")
     s.add_argument("--from-registry", action="store_true",
                    help="pull the registered weights of this preset, data and config instead of training")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("export", help="export a checkpoint to ONNX (verified) and optionally optimize it")
     s.add_argument("checkpoint")
-    s.add_argument("--output", "-o")
+    s.add_argument("--output", "-o", help="ONNX file (default: the checkpoint's name with .onnx)")
     s.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
     s.add_argument("--optimize", action="store_true")
     s.set_defaults(func=cmd_export)
@@ -268,35 +261,37 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="train/load, export, check parity, time and score presets x backends")
     s.add_argument("--preset", default="lightweight", help="all | NAME | A,B (default: lightweight)")
     s.add_argument("--backends", default="all", help="all | NAME | A,B (default: all)")
-    s.add_argument("--batch-sizes", type=_int_list, help="comma-separated (default 1,32; --quick: 1,8)")
-    s.add_argument("--threads", type=_positive_int, help="threads for every backend (default: all cores)")
-    s.add_argument("--warmup", type=int, help="untimed calls per backend (default 10)")
-    s.add_argument("--min-iters", type=_positive_int, help="timed calls per backend, at least (default 20)")
-    s.add_argument("--min-time", type=_non_negative_float, help="seconds of timed calls per backend, at least (default 1)")
+    bs = limits.CLI_OPTIONS["--batch-sizes"]
+    s.add_argument("--batch-sizes", type=int_list_in(bs, limits.MAX_BATCH_SIZES),
+                   help=f"comma-separated (default 1,32; --quick: 1,8); each {bs.text}, at most "
+                        f"{limits.MAX_BATCH_SIZES} sizes, and what fits in this machine's memory")
+    _ranged(s, "--threads", "threads for every backend (default: all cores; at most 4 per core, 256 in all)")
+    _ranged(s, "--warmup", "untimed calls per backend (default 10)")
+    _ranged(s, "--min-iters", "timed calls per backend, at least (default 20)")
+    _ranged(s, "--min-time", "seconds of timed calls per backend, at least (default 1)")
     s.add_argument("--quick", action="store_true", help="short timing for a smoke run")
     s.add_argument("--schedule", choices=["interleaved", "sequential"],
                    help="interleaved (default): backends take turns in long blocks with a settling gap; "
                         "sequential: one backend after the other")
     s.add_argument("--check-timing", action="store_true",
                    help="also time every backend alone and report solo vs scheduled p50/p99 per batch size")
-    s.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
-                   help="seconds a backend may take beyond plan for one request before its worker is stopped "
-                        "and its row marked timeout (default 300)")
+    _ranged(s, "--timeout", "seconds a backend may take beyond plan for one request before its worker is stopped "
+            "and its row marked timeout (default 300)", metavar="SECONDS")
     s.add_argument("--data", default="synthetic",
                    help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--epochs", type=_positive_int, help="override the preset's training epochs")
+    _ranged(s, "--seed", "seed of the data split, training and parity inputs (default 0)", default=0)
+    _ranged(s, "--epochs", "override the preset's training epochs")
     s.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint is cached")
     s.add_argument("--retrain", action="store_true", help="train again even if a checkpoint is cached")
     s.add_argument("--from-registry", action="store_true",
                    help="take weights from the cache or the MLflow Model Registry, never train here (without it, "
                         "a registered version matching the cache key is pulled automatically when one exists)")
     s.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
-    s.add_argument("--json", metavar="PATH", help="also write the result JSON here")
-    s.add_argument("--experiment", default="signflow-zoo")
+    s.add_argument("--json", metavar="PATH", help="also write the result JSON here (checked before the bench starts)")
+    s.add_argument("--experiment", default=EXPERIMENT)
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow (results still saved as JSON)")
     s.add_argument("--no-stream", action="store_true", help="skip the streaming-latency scenario")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (bars draw only on a terminal anyway)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("sync", help="upload result files that could not be tracked earlier (idempotent)")
@@ -311,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ui", help="start the MLflow UI on the current tracking store")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=5000)
+    _ranged(s, "--port", "port of the UI (default 5000)", default=5000)
     s.set_defaults(func=cmd_ui)
 
     for modname in ("cli_report", "cli_serve"):
@@ -323,9 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _one_line(message: str) -> str:
+    """A message on one line: its lines joined, a list after a colon kept readable."""
+    out = ""
+    for line in (line.strip() for line in str(message).splitlines()):
+        if line:
+            out = line if not out else out + (" " if out.endswith(":") else "; ") + line
+    return out
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2), --help and --version (0): a code, not an exception, for callers
+        return exc.code if isinstance(exc.code, int) else 2
     if args.zoo:
         os.environ["SIGNFLOW_ZOO_FILE"] = args.zoo
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -335,11 +342,32 @@ def main(argv: list[str] | None = None) -> int:
     except SignFlowError as exc:
         if os.environ.get(ENV_TRACEBACK):
             raise
-        print(f"signflow-zoo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"signflow-zoo {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status is returned (the console script passes it to ``sys.exit``)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """After the reader of stdout went away: point stdout at /dev/null so that the final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a descriptor
+        pass
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from . import report
-from .errors import SignFlowError
+from .argtypes import in_range
+from .limits import BATCH_SIZE, REPORT_SINCE_DAYS
+from .output_paths import check_output_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,33 +25,37 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--preset", help="only these presets (comma-separated)")
     p.add_argument("--backend", help="only these backends (comma-separated)")
     p.add_argument("--host", help="only runs from these hosts (comma-separated)")
-    p.add_argument("--since", help="only runs started since: an age (7d, 24h, 30m, 2w) or an ISO date/time")
+    p.add_argument("--since", help="only runs started since: an age (7d, 24h, 30m, 2w; at most "
+                   f"{REPORT_SINCE_DAYS}d) or an ISO date/time")
     p.add_argument("--all-runs", action="store_true",
                    help="show every matching run, not only the newest per (preset, backend, host)")
     p.add_argument("--format", choices=report.FORMATS, default="terminal", help="table format (default: %(default)s)")
     p.add_argument("--compare", metavar="A,B",
                    help="print the preset-vs-preset table (e.g. baseline,large) instead of the full table")
     p.add_argument("--plots", metavar="DIR", help="also write the plots into DIR and print their paths")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size for the Pareto plot (default: %(default)s)")
+    p.add_argument("--batch-size", type=in_range(BATCH_SIZE), default=1,
+                   help=f"batch size for the Pareto plot (default: %(default)s); {BATCH_SIZE.what}")
     p.set_defaults(func=handler)
     return p
 
 
 def handler(args: argparse.Namespace) -> int:
+    """Python: ``report.collect_records(..., required=True)``, then ``report.comparison_table(records, fmt)``
+    (or ``compare_presets_table``) and ``report.plot_pareto``."""
     compare = _pair(args.compare) if args.compare else None
+    plot = Path(args.plots) / f"pareto_b{args.batch_size}.png" if args.plots else None
+    if plot is not None:
+        check_output_file(plot, "--plots")  # before the store is read
     records = report.collect_records(
         experiment=args.experiment, preset=args.preset, backend=args.backend, host=args.host,
-        since=args.since, latest=not args.all_runs,
+        since=args.since, latest=not args.all_runs, required=True,
     )
-    if not records:
-        raise report.ReportError(_nothing_matches(args))
     if compare:
         print(report.compare_presets_table(records, a=compare[0], b=compare[1], fmt=args.format))
     else:
         print(report.comparison_table(records, fmt=args.format))
     if args.plots:
-        path = report.plot_pareto(records, Path(args.plots) / f"pareto_b{args.batch_size}.png",
-                                  batch_size=args.batch_size)
+        path = report.plot_pareto(records, plot, batch_size=args.batch_size)
         # csv/json on stdout stay machine-readable: the path goes to stderr then.
         out = sys.stderr if args.format in ("csv", "json") else sys.stdout
         print(f"wrote {path}", file=out)
@@ -61,20 +67,3 @@ def _pair(spec: str) -> tuple[str, str]:
     if len(names) != 2:
         raise report.ReportError(f"--compare takes two presets separated by a comma, e.g. baseline,large; got {spec!r}")
     return names[0], names[1]
-
-
-def _nothing_matches(args: argparse.Namespace) -> str:
-    filters = [f"{k}={getattr(args, k)}" for k in ("preset", "backend", "host", "since") if getattr(args, k)]
-    msg = f"no bench results in experiment {args.experiment!r}"
-    if not filters:
-        return msg + "; run `signflow-zoo bench` first"
-    msg += f" match {', '.join(filters)}"
-    try:
-        everything = report.collect_records(experiment=args.experiment)
-    except SignFlowError:
-        everything = []
-    if everything:
-        for key in ("preset", "backend", "host"):
-            have = sorted({str(r.get(key, "")) for r in everything})
-            msg += f"; {key}s with results: {', '.join(have)}"
-    return msg + "; widen the filters or run `signflow-zoo bench` for what is missing"

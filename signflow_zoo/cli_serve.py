@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .argtypes import non_negative_int as _non_negative_int
-from .argtypes import positive_float as _positive_float
+from .argtypes import in_range
+from .limits import FPS, REST_FRAMES, TEMPERATURE, THREADS, THRESHOLD
 
 
 @dataclass
@@ -66,10 +66,12 @@ def _add_common(s) -> None:
                    ".pt -> torch-eager); any registered backend, see `signflow-zoo backends`")
     s.add_argument("--instance", metavar="ID", help="LSFB-ISOL: the instance id, with the data set root as FILE")
     s.add_argument("--format", choices=["text", "json"], default="text")
-    s.add_argument("--threshold", type=float, metavar="P", help="confidence threshold (default 0.7)")
-    s.add_argument("--temperature", type=_positive_float, metavar="T",
-                   help="softmax temperature (default: the model's calibration, else 1)")
-    s.add_argument("--threads", type=int, metavar="N", help="backend threads (default: the runtime's)")
+    s.add_argument("--threshold", type=in_range(THRESHOLD), metavar="P",
+                   help=f"confidence threshold (default 0.7); {THRESHOLD.what}")
+    s.add_argument("--temperature", type=in_range(TEMPERATURE), metavar="T",
+                   help=f"softmax temperature (default: the model's calibration, else 1); {TEMPERATURE.what}")
+    s.add_argument("--threads", type=in_range(THREADS), metavar="N",
+                   help=f"backend threads (default: the runtime's); {THREADS.what}")
 
 
 def _alts(pred) -> str:
@@ -167,9 +169,9 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("file", metavar="FILE", nargs="+", help="clip(s) to replay, in order, with rest frames between")
     _add_common(s)
-    s.add_argument("--fps", type=_positive_float, default=30.0, help="frame rate of the replay (default 30)")
+    s.add_argument("--fps", type=in_range(FPS), default=30.0, help=f"frame rate of the replay (default 30); {FPS.what}")
     s.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
                    help="pace frames at --fps like a camera (default), or --no-realtime: as fast as possible")
-    s.add_argument("--rest-frames", type=_non_negative_int, default=20,
-                   help="still frames before each clip and after the last (default 20)")
+    s.add_argument("--rest-frames", type=in_range(REST_FRAMES), default=20,
+                   help=f"still frames before each clip and after the last (default 20); {REST_FRAMES.what}")
     s.set_defaults(func=cmd_stream)

@@ -343,3 +343,28 @@ def optimize_onnx_model(
         str(src), str(dst), sum(ops_before.values()), sum(ops_after.values()), dict(ops_before),
         dict(ops_after), fusions, steps, file_sha256(dst), note,
     )
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, exporter: str = "dynamo",
+                      optimize: bool = False) -> dict[str, Any]:
+    """Export a signflow-zoo checkpoint to ONNX with its serving metadata (verified), optionally optimized.
+
+    ``output`` defaults to the checkpoint's path with ``.onnx``; the optimized graph goes next to it as
+    ``NAME.optimized.onnx``. Returns ``{"export": ExportInfo.to_dict(), "optimize": {...}}`` (``optimize``
+    only when asked, without the per-op counts). What ``signflow-zoo export`` runs.
+    """
+    from .artifacts import serving_metadata
+    from .checkpoint import load_checkpoint
+    from .output_paths import check_output_file
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    out = check_output_file(output if output is not None else Path(checkpoint).with_suffix(".onnx"), "--output")
+    model, meta = load_checkpoint(checkpoint)  # before anything is written: a bad checkpoint leaves no file
+    info = export_to_onnx(model, out, metadata=serving_metadata(meta), exporter=exporter)
+    result: dict[str, Any] = {"export": info.to_dict()}
+    if optimize:
+        kw = meta["model_kwargs"]
+        rep = optimize_onnx_model(out, out.with_name(out.stem + ".optimized.onnx"), kw["nhead"], kw["d_model"])
+        result["optimize"] = {k: v for k, v in rep.to_dict().items() if k not in ("ops_before", "ops_after")}
+    return result

@@ -21,13 +21,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import model_registry
+from . import limits, model_registry
 from .artifacts import build_artifacts, checkpoint_path, zoo_home
 from .cachefiles import HeldLock, exclusive, lock_path
 from .environment import environment
 from .errors import BackendError, CheckpointError, SignFlowError
 from .features import FEATURE_DIM
+from .mlflow_store import INVOCATION_ID_TAG
 from .model import count_parameters, estimate_gflops
+from .output_paths import check_output_file
+from .presets import check_batch_memory, train_preset, training_config
 from .plugins import PluginRegistry, get_registry
 from .records import BenchDocument, BenchRecord, Drift
 from .results import EXPERIMENT, flat_records, now_iso, upload, write_json_atomic, write_result
@@ -73,13 +76,25 @@ class BenchConfig:
         return cfg
 
     def validate(self) -> "BenchConfig":
-        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
-            raise SignFlowError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        if self.threads is not None and self.threads < 1:
-            raise SignFlowError(f"--threads must be >= 1, got {self.threads}")
-        if self.epochs is not None and self.epochs < 1:
-            raise SignFlowError(f"--epochs must be >= 1, got {self.epochs}")
+        """Ranges from :mod:`signflow_zoo.limits`; a ``json_path`` that cannot be written fails here, before any work."""
+        sizes = list(self.batch_sizes or ())
+        if not sizes or len(sizes) > limits.MAX_BATCH_SIZES or any(b not in limits.BATCH_SIZE for b in sizes):
+            raise SignFlowError(f"batch sizes must be 1 to {limits.MAX_BATCH_SIZES} integers, each "
+                                f"{limits.BATCH_SIZE.text}, got {sizes}")
+        t = self.timing
+        for name, value, r in (("threads", self.threads, limits.THREADS), ("epochs", self.epochs, limits.EPOCHS),
+                               ("seed", self.seed, limits.SEED), ("warmup", t.warmup, limits.WARMUP),
+                               ("min-iters", t.min_iters, limits.MIN_ITERS), ("min-time", t.min_time, limits.MIN_TIME),
+                               ("timeout", t.timeout, limits.TIMEOUT)):
+            if value is not None and value not in r:
+                raise SignFlowError(f"--{name} must be {r.what}, got {value!r}")
         self.timing.validate()
+        if self.data.strip().startswith("synthetic"):  # its numbers are checked here; files when they are read
+            from .data import parse_synthetic_spec
+
+            parse_synthetic_spec(self.data.strip(), self.seed)
+        if self.json_path is not None:
+            check_output_file(self.json_path, "--json")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,12 +184,8 @@ class Bench:
         return self._splits
 
     def training_config(self, entry: ZooEntry):
-        from .training import TrainingConfig
-
-        return TrainingConfig(num_epochs=self.cfg.epochs or entry.epochs, seed=self.cfg.seed,
-                              progress=self.cfg.progress, use_mlflow=self.cfg.track,
-                              mlflow_run_name=f"train-{entry.name}",
-                              mlflow_tags={"preset": entry.name, "signflow_zoo.invocation_id": self.doc.invocation_id})
+        return training_config(entry, epochs=self.cfg.epochs, seed=self.cfg.seed, progress=self.cfg.progress,
+                               track=self.cfg.track, tags={INVOCATION_ID_TAG: self.doc.invocation_id})
 
     def checkpoint_file(self, entry: ZooEntry) -> Path:
         splits = self.splits()
@@ -229,24 +240,12 @@ class Bench:
             return False
 
     def train(self, entry: ZooEntry, path: Path) -> tuple[Path, dict[str, Any]]:
-        from .checkpoint import read_checkpoint
-        from .model import build_model
-        from .training import SignTrainer
-
-        splits = self.splits()
-        tcfg = self.training_config(entry)
-        model = build_model(entry, num_classes=len(splits.class_names))
-        self.log(f"{entry.name}: training {count_parameters(model) / 1e6:.2f}M params for {tcfg.num_epochs} epochs "
-                 f"on {len(splits.train)} clips ({splits.spec}) ...")
-        trainer = SignTrainer(model, tcfg, class_names=list(splits.class_names),
-                              metadata={"preset": entry.name, "data_spec": splits.spec,
-                                        "data_fingerprint": splits.fingerprint})
-        res = trainer.fit(splits.train, splits.val)
-        trainer.save_model(path)
-        self.log(f"{entry.name}: trained in {res['train_seconds']:.0f} s, val top-1 {res['val_accuracy']:.3f} -> {path}")
+        trained = train_preset(entry, self.splits(), self.training_config(entry), path, evaluate_test=False,
+                               log=self.log)
         if self.cfg.track:  # share the weights: other hosts pull them instead of training their own
-            model_registry.register_checkpoint(path, self.cfg.exporter, self.home, self.log, self._registry_tracker)
-        return path, read_checkpoint(path)[1]
+            model_registry.register_checkpoint(trained.checkpoint, self.cfg.exporter, self.home, self.log,
+                                               self._registry_tracker)
+        return trained.checkpoint, trained.metadata
 
     # -- one preset -----------------------------------------------------------------------------
     def _reference(self, arts, test) -> tuple[list, list, np.ndarray]:
@@ -453,6 +452,8 @@ class Bench:
     def run(self) -> dict[str, Any]:
         """The bench, holding its result file's lock: `sync` leaves a file alone while its bench runs,
         and the file says ``tracking.in_progress`` until every preset is done (a bench that died keeps it)."""
+        check_batch_memory(self.entries, self.cfg.batch_sizes, self.splits().test.features.shape[1],
+                           backends=len(self.selected))  # before anything is written
         lock = HeldLock(self.json_path)
         self.doc.tracking["in_progress"] = {"pid": os.getpid(), "host": self.doc.environment.get("host", "")}
         try:

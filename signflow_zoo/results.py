@@ -23,12 +23,11 @@ from typing import Any
 
 from .cachefiles import atomic_write_text, exclusive, is_locked, lock_path
 from .errors import TrackingError
+from .mlflow_store import (COMPLETE_TAG, EXPERIMENT, INVOCATION_ID_TAG, KIND_INVOCATION, KIND_RECORD, KIND_TAG,
+                           RESULT_ID_TAG, kind_filter)
 from .records import BenchDocument
 from .tracking import Tracker, short_error
 
-COMPLETE_TAG = "signflow_zoo.complete"  # set last on a run: without it the run does not count
-
-EXPERIMENT = "signflow-zoo"
 STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
                "schedule", "data_split", "data")
@@ -196,19 +195,19 @@ def _require(tracker: Tracker) -> None:
 
 def _runs(tracker: Tracker, tag: str, value: str, kind: str) -> list:
     return tracker.call(tracker.client.search_runs, [tracker.experiment_id],
-                        filter_string=f"tags.`{tag}` = '{value}' and tags.`signflow_zoo.kind` = '{kind}'",
+                        filter_string=kind_filter(kind, {tag: value}),
                         max_results=50)
 
 
 def _parent_run(doc: dict[str, Any], tracker: Tracker) -> str:
-    runs = _runs(tracker, "signflow_zoo.invocation_id", doc["invocation_id"], "bench-invocation")
+    runs = _runs(tracker, INVOCATION_ID_TAG, doc["invocation_id"], KIND_INVOCATION)
     runs.sort(key=lambda r: r.data.tags.get(COMPLETE_TAG) != "1")  # a complete one first
     if runs and runs[0].data.params:
         return runs[0].info.run_id
     if runs:  # created, but cut off before its params: log them now
         parent = runs[0].info.run_id
     else:
-        tags = {"signflow_zoo.kind": "bench-invocation", "signflow_zoo.invocation_id": doc["invocation_id"],
+        tags = {KIND_TAG: KIND_INVOCATION, INVOCATION_ID_TAG: doc["invocation_id"],
                 **doc.get("environment", {})}
         parent = tracker.create_run(f"bench-{doc['created']}", tags)
         _require(tracker)
@@ -219,7 +218,7 @@ def _parent_run(doc: dict[str, Any], tracker: Tracker) -> str:
 
 def _record_run(doc: dict[str, Any], rec: dict[str, Any], parent: str, tracker: Tracker) -> None:
     """One child run, complete: found again by its result_id, or logged (replacing a cut-off one)."""
-    runs = _runs(tracker, "signflow_zoo.result_id", rec["result_id"], "bench-record")
+    runs = _runs(tracker, RESULT_ID_TAG, rec["result_id"], KIND_RECORD)
     done = [r for r in runs if r.data.tags.get(COMPLETE_TAG) == "1"]
     keep = done[0].info.run_id if done else None
     for r in runs:
@@ -230,8 +229,8 @@ def _record_run(doc: dict[str, Any], rec: dict[str, Any], parent: str, tracker: 
         return
     env = doc.get("environment", {})
     params, metrics = split_flat(flatten(rec, doc))
-    tags = {"signflow_zoo.kind": "bench-record", "signflow_zoo.result_id": rec["result_id"],
-            "signflow_zoo.invocation_id": doc["invocation_id"], "preset": rec["preset"],
+    tags = {KIND_TAG: KIND_RECORD, RESULT_ID_TAG: rec["result_id"],
+            INVOCATION_ID_TAG: doc["invocation_id"], "preset": rec["preset"],
             "backend": rec["backend"], "host": env.get("host", ""), "status": rec["status"]}
     run_id = tracker.create_run(f"{rec['preset']}/{rec['backend']}", tags, parent_id=parent)
     _require(tracker)

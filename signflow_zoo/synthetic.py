@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import DataError
 from .features import NUM_HAND_POINTS, NUM_POSE_POINTS, RAW_DIM
+from .limits import SEED, SYNTHETIC_CLIPS
 
 GENERATOR_VERSION = "signflow-synthetic-v1"  # bump when the output for a given spec changes
 
@@ -61,8 +62,12 @@ class SyntheticSpec:
             )
         if self.num_signers < 1 or self.clips_per_signer_per_class < 1:
             raise DataError("synthetic spec: num_signers and clips_per_signer_per_class must be >= 1")
-        if self.seed < 0:
-            raise DataError(f"synthetic spec: seed must be >= 0, got {self.seed}")
+        if self.seed not in SEED:
+            raise DataError(f"synthetic spec: seed must be {SEED.what}, got {self.seed}")
+        total = self.num_classes * self.num_signers * self.clips_per_signer_per_class
+        if total > SYNTHETIC_CLIPS.hi:
+            raise DataError(f"synthetic spec: classes x signers x clips = {total} clips, more than "
+                            f"{SYNTHETIC_CLIPS.hi} (memory); use fewer signers or clips")
         if isinstance(self.difficulty, bool) or not isinstance(self.difficulty, (int, float, np.number)):
             raise DataError(f"synthetic spec: difficulty must be a number, got {self.difficulty!r}")
         if not (np.isfinite(self.difficulty) and 0 <= self.difficulty <= 10):

@@ -14,119 +14,20 @@ locked" is retried.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
-import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import TrackingError
+from .mlflow_store import (check_reachable, client_settings, make_client, redact, redact_uri, short_error,
+                           split_credentials, sqlite_path, tracking_uri)
 
+# The store's names, credentials and checks live in signflow_zoo.mlflow_store; these stay importable from here.
+__all__ = ["Tracker", "check_reachable", "redact", "redact_uri", "short_error", "split_credentials", "sqlite_path",
+           "tracking_uri"]
 MAX_PARAM_LEN = 6000
 SQLITE_RETRIES = 5
-_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:]*):(?P<pw>[^\s/@]*)@")
-
-
-def tracking_uri() -> str:
-    try:
-        import mlflow
-
-        return mlflow.get_tracking_uri()
-    except ImportError:
-        return os.environ.get("MLFLOW_TRACKING_URI", "")
-
-
-def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """``(uri without user:password, user, password)`` for an HTTP(S) URI; others come back unchanged."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or (parts.username is None and parts.password is None):
-        return uri, None, None
-    host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    unquote = urllib.parse.unquote
-    return clean, unquote(parts.username or ""), None if parts.password is None else unquote(parts.password)
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***`` (the user name stays: it says who logs)."""
-    return redact(str(uri))
-
-
-def _known_secrets() -> list[str]:
-    out = []
-    for uri in (os.environ.get("MLFLOW_TRACKING_URI", ""),):
-        _, _, pw = split_credentials(uri)
-        if pw:
-            out += [pw, urllib.parse.quote(pw, safe="")]
-    for var in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        if os.environ.get(var):
-            out.append(os.environ[var])
-    return sorted({s for s in out if len(s) >= 3}, key=len, reverse=True)
-
-
-def redact(text: str) -> str:
-    """``text`` with every ``scheme://user:password@`` password and every known tracking secret
-    (the password of ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_PASSWORD``/``TOKEN``) replaced by ``***``."""
-    text = _CREDENTIALS_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
-    for secret in _known_secrets():
-        text = text.replace(secret, "***")
-    return text
-
-
-def _auth_header(user: str | None, password: str | None) -> str | None:
-    if user is None:
-        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user is not None:
-        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-        return f"Basic {token}"
-    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        return f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
-    return None
-
-
-def check_reachable(uri: str, timeout: float = 3.0) -> None:
-    """Raise :class:`TrackingError` when an HTTP tracking server does not answer ``/health``.
-
-    Credentials in the URI (or MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) go as basic auth,
-    so a server behind an authenticating proxy is reachable too; the host is asked without them.
-    """
-    if not uri.startswith(("http://", "https://")):
-        return
-    clean, user, password = split_credentials(uri)
-    shown = redact_uri(uri)
-    request = urllib.request.Request(clean.rstrip("/") + "/health")
-    auth = _auth_header(user, password)
-    if auth:
-        request.add_header("Authorization", auth)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            if resp.status != 200:
-                raise TrackingError(f"tracking server {shown} answered /health with HTTP {resp.status}")
-    except urllib.error.HTTPError as exc:
-        hint = ("; give user:password in MLFLOW_TRACKING_URI (http://USER:PASSWORD@HOST) or set "
-                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") if exc.code in (401, 403) else ""
-        raise TrackingError(f"tracking server {shown} answered /health with HTTP {exc.code} {exc.reason}{hint}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = redact(str(getattr(exc, "reason", exc)))
-        raise TrackingError(
-            f"tracking server {shown} is unreachable ({reason}); start it, or unset MLFLOW_TRACKING_URI "
-            "to use the local store"
-        ) from None
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
 
 
 class Tracker:
@@ -145,25 +46,18 @@ class Tracker:
         if not enabled:
             return
         try:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # our stdout holds tables
+            client_settings()
             import mlflow
-            from mlflow.tracking import MlflowClient
         except ImportError as exc:
             self.disable(f"mlflow is not importable ({exc}); results are kept locally only")
             return
         try:
             raw = mlflow.get_tracking_uri()
             self.uri = redact_uri(raw)
-            clean, user, password = split_credentials(raw)
-            if user is not None:  # MLflow sends these as basic auth; its URL (and messages) stay clean
-                os.environ["MLFLOW_TRACKING_USERNAME"] = user
-                os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
             check_reachable(raw)
-            self._db = sqlite_path(clean)
+            self._db = sqlite_path(split_credentials(raw)[0])
             with self.store_lock():
-                self.client = MlflowClient(clean)
+                self.client = make_client(raw)  # credentials go to MLflow's env, not its URL
                 self.experiment_id = self._experiment_id(experiment)
             self.active = True
             self.reason = ""
@@ -268,7 +162,3 @@ def _is_number(v: Any) -> bool:
         return False
     return f == f and f not in (float("inf"), float("-inf"))
 
-
-def short_error(exc: BaseException) -> str:
-    text = redact(str(exc)).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"

@@ -256,7 +256,7 @@ class SignTrainer:
                 self.model.train()
                 # iter() once: tqdm would call it twice, and each call draws a shuffle from rng
                 bar = tqdm(iter(loader), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.num_epochs}",
-                           leave=False, disable=not cfg.progress, file=sys.stderr, unit="batch")
+                           leave=False, disable=None if cfg.progress else True, file=sys.stderr, unit="batch")
                 run_loss, seen = 0.0, 0
                 for b, (x, m, y) in enumerate(bar):  # the loader draws this epoch's shuffle from rng, as slicing did
                     if cfg.augment:

@@ -104,20 +104,36 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, wa
 @pytest.mark.parametrize("args,words", [
     (["bench", "--preset", "huge"], ["unknown preset 'huge'", "lightweight"]),
     (["bench", "--backends", "onnx-cpu,tensorrt"], ["unknown backend 'tensorrt'", "onnx-cpu"]),
-    (["bench", "--batch-sizes", "0,4"], ["positive integers"]),
-    (["bench", "--min-time", "-1"], ["number >= 0"]),
-    (["bench", "--threads", "zero"], ["positive integer"]),
+    (["bench", "--batch-sizes", "0,4"], ["each in 1..4096"]),
+    (["bench", "--batch-sizes", "1,100000"], ["each in 1..4096"]),
+    (["bench", "--min-time", "-1"], ["number in 0..3600"]),
+    (["bench", "--threads", "zero"], ["--threads", "integer in 1.."]),
+    (["bench", "--threads", "10000"], ["--threads", "integer in 1.."]),
+    (["bench", "--seed", "-1"], ["--seed", "0..4294967295"]),
     (["bench", "--schedule", "random"], ["invalid choice", "interleaved"]),
-    (["bench", "--timeout", "0"], ["must be > 0"]),
+    (["bench", "--timeout", "0"], ["--timeout", "> 0"]),
     (["bench", "--data", "kaggle:foo"], ["synthetic"]),
+    (["bench", "--data", "synthetic:signers=100000000"], ["more than 20000"]),
+    (["bench", "--json", "."], ["--json", "is a directory"]),
 ])
-def test_bench_user_errors_exit_2_without_traceback(args, words):
-    proc = subprocess.run([sys.executable, "-m", "signflow_zoo.cli", *args, "--no-track"], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
+def test_bench_user_errors_exit_2_with_one_line(args, words, capsys, isolated_home):
+    assert main([*args, "--no-track"]) == 2
+    err = capsys.readouterr().err
     for w in words:
-        assert w in proc.stderr
-    assert "Traceback" not in proc.stderr
+        assert w in err
+    assert "Traceback" not in err
+    assert not (isolated_home / "results").exists()  # failed before any work: nothing written
+    if args[1] != "--data":  # a spec naming files is checked when they are read, after the "data:" log line
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_entry_point_exits_2_without_a_traceback():
+    """The real console entry point (not main() in-process): usage and library errors exit 2, one line each."""
+    for args in (["bench", "--seed", "-1"], ["presets", "--zoo-typo"], ["--zoo", "/nonexistent.toml", "presets"]):
+        proc = subprocess.run([sys.executable, "-m", "signflow_zoo.cli", *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_no_train_without_cache_and_corrupt_cache_are_clear_errors(tiny_zoo_file, capsys, isolated_home,

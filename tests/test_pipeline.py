@@ -923,7 +923,7 @@ def test_cli_stream_prints_predictions_with_latency(trained, clip_files, capsys)
     (["predict", "{tmp}/nope.npy", "--model", "{pt}"], "not found"),
     (["predict", "{npy}", "--model", "{tmp}/nope.onnx"], "model file not found"),
     (["predict", "{npy}", "--model", "{pt}", "--backend", "onnx-cpu"], ".onnx"),
-    (["predict", "{npy}", "--model", "{pt}", "--threshold", "2"], "confidence_threshold"),
+    (["predict", "{npy}", "--model", "{pt}", "--threshold", "2"], "--threshold: expected a number in 0..1"),
     (["predict", "{bad}", "--model", "{pt}"], "expected [frames, 225]"),
     (["stream", "{npy}", "--model", "{pt}", "--no-realtime", "--backend", "nope"], "unknown backend"),
 ])

@@ -161,7 +161,7 @@ def test_collect_filters(tracking):
 
 
 def test_collect_paginates(tracking, monkeypatch):
-    monkeypatch.setattr(report, "PAGE_SIZE", 5)
+    monkeypatch.setattr("signflow_zoo.report_records.PAGE_SIZE", 5)
     assert len(report.collect_records(latest=False)) == 13
     assert len(report.collect_records()) == 12
 
@@ -174,6 +174,16 @@ def test_parse_since_forms():
     assert report.parse_since(None) is None
     with pytest.raises(ReportError, match="7d"):
         report.parse_since("last tuesday")
+
+
+def test_report_errors_never_show_a_password(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret-pw@127.0.0.1:{port}")
+    with pytest.raises(TrackingError) as err:
+        report.collect_records()
+    assert "s3cret-pw" not in str(err.value) and "alice:***@" in str(err.value)
 
 
 def test_missing_experiment_says_run_bench(tracking):
@@ -403,6 +413,18 @@ def test_cli_report_user_errors(tracking, cli):
         cli("--experiment", "elsewhere")
     with pytest.raises(SignFlowError):
         cli("--since", "yesterday-ish")
+    with pytest.raises(SignFlowError, match="reaches back more than 36500 days"):
+        cli("--since", "1000000d")
+
+
+def test_plots_into_a_file_fail_before_reading_and_in_the_library(tracking, cli, records, tmp_path):
+    a_file = tmp_path / "plots"
+    a_file.write_text("not a folder")
+    with pytest.raises(SignFlowError, match="--plots.*is a file, not a folder"):
+        cli("--plots", str(a_file))
+    with pytest.raises(ReportError, match="cannot write the plot"):
+        report.plot_pareto(records, a_file / "p.png")
+    assert a_file.read_text() == "not a folder"
 
 
 def test_pareto_front_with_intervals_ignores_a_one_clip_edge():
