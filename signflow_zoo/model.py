@@ -24,7 +24,7 @@ from torch import nn
 
 from .features import FEATURE_DIM
 from .tensors import check_input  # noqa: F401 - model users validate batches with it
-from .zoo import SIZE_BOUNDS, size_problem
+from .zoo import SIZE_BOUNDS, parameter_count, parameters_problem, size_problem
 
 MAX_REL_DISTANCE = 64
 # Bumped whenever a change makes old weights meaningless for this class (new layers, a new order of
@@ -201,6 +201,11 @@ def model_kwargs_problem(kwargs: Any) -> str | None:
         return f"model_kwargs nhead={kwargs['nhead']} does not divide d_model={kwargs['d_model']}"
     if kwargs.get("input_dim") != FEATURE_DIM:
         return f"model_kwargs input_dim is {kwargs.get('input_dim')!r}; this version computes {FEATURE_DIM} features"
+    too_big = parameters_problem(parameter_count(kwargs["d_model"], kwargs["nhead"], kwargs["num_layers"],
+                                                 kwargs["dim_feedforward"], kwargs["num_classes"], FEATURE_DIM,
+                                                 kwargs["max_rel_distance"]))
+    if too_big:
+        return f"model_kwargs describe a model that {too_big}"
     for name in DROPOUT_ARGS:
         v = kwargs.get(name, 0.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:

@@ -92,6 +92,31 @@ SIZE_BOUNDS: dict[str, tuple[int, int]] = {
 }
 
 
+MAX_PARAMETERS = 1_000_000_000  # 4 GB of fp32 weights: well past xlarge (28M); stops absurd sizes before allocation
+MAX_EPOCHS = 10_000
+
+
+def parameter_count(d_model: int, nhead: int, num_layers: int, dim_feedforward: int, num_classes: int = 100,
+                    input_dim: int = 469, max_rel_distance: int = 64) -> int:
+    """SignTransformer's exact parameter count, computed without building it (tests pin it to the model)."""
+    d, ff, c1 = d_model, dim_feedforward, d_model // 3
+    c3 = d - 2 * c1
+    n = 2 * input_dim + input_dim * d + d  # input norm, embedding
+    n += sum(input_dim * c * k + c for c, k in ((c1, 3), (c1, 5), (c3, 7)))  # multiscale stem
+    n += 2 * d * d + d + d + 2 * max_rel_distance + 1  # fuse, CLS token, relative bias
+    n += num_layers * (4 * d * d + 2 * d * ff + 9 * d + ff)  # encoder blocks
+    n += 2 * d + (2 * d * d + d) + (d + 1)  # output norm, pooling gate MLP
+    n += d * num_classes + num_classes + num_classes * d + 1 + d * d + d  # classifier, prototypes, scale, metric proj
+    return n
+
+
+def parameters_problem(count: int) -> str | None:
+    if count > MAX_PARAMETERS:
+        return (f"would have {count / 1e9:.1f}B parameters ({count * 4 / 2**30:.0f} GiB of fp32 weights); "
+                f"the limit is {MAX_PARAMETERS / 1e9:.0f}B")
+    return None
+
+
 def size_problem(name: str, value: Any) -> str | None:
     """What is wrong with ``value`` as the size ``name`` (a key of :data:`SIZE_BOUNDS`), or None."""
     lo, hi = SIZE_BOUNDS[name]
@@ -137,13 +162,16 @@ def _validate_entry(raw: Any, index: int, path: Path | str) -> ZooEntry:
         problem = size_problem(arg, raw[key])
         if problem:
             raise _err(path, label, key, problem)
-    if "epochs" in raw and raw["epochs"] <= 0:
-        raise _err(path, label, "epochs", f"must be a positive integer, got {raw['epochs']}")
+    if "epochs" in raw and not 0 < raw["epochs"] <= MAX_EPOCHS:
+        raise _err(path, label, "epochs", f"must be an integer in [1, {MAX_EPOCHS}], got {raw['epochs']}")
     for key in ("dropout", "feature_dropout", "pooling_dropout"):
         if not 0.0 <= float(raw[key]) < 1.0:
             raise _err(path, label, key, f"must be in [0, 1), got {raw[key]}")
     if raw["d_model"] % raw["heads"] != 0:
         raise _err(path, label, "heads", f"heads={raw['heads']} does not divide d_model={raw['d_model']}")
+    too_big = parameters_problem(parameter_count(raw["d_model"], raw["heads"], raw["layers"], raw["dim_ff"]))
+    if too_big:
+        raise _err(path, label, "d_model", f"d_model/layers/dim_ff {too_big}")
     values = {k: (float(v) if k.endswith("dropout") else v) for k, v in raw.items()}
     return ZooEntry(**values, source=str(path))
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from signflow_zoo.errors import InputError
 from signflow_zoo.features import FEATURE_DIM
 from signflow_zoo.model import SignTransformer, build_model, check_input, count_parameters, estimate_gflops
-from signflow_zoo.zoo import list_model_configs
+from signflow_zoo.zoo import get_model_config, list_model_configs, list_presets
 
 PRESETS = list(list_model_configs())
 # The original SignFlow model's parameter counts at 100 classes (0.87M / 2.55M / 5.84M / 12.5M / 28.1M),
@@ -219,3 +219,36 @@ def test_training_mode_is_stochastic_eval_is_not():
 def test_check_input_names_what_was_expected(features, mask, words):
     with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
         check_input(features, mask)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_closed_form_parameter_count_matches_the_model(name):
+    from signflow_zoo.zoo import parameter_count
+
+    e = get_model_config(name)
+    for classes in (7, 100):
+        assert parameter_count(e.d_model, e.heads, e.layers, e.dim_ff, classes) == \
+            count_parameters(build_model(e, num_classes=classes))
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated():
+    from signflow_zoo.errors import ZooError
+    from signflow_zoo.model import model_kwargs_problem
+    from signflow_zoo.zoo import parse_zoo
+
+    doc = """[[entry]]
+name = "huge"
+d_model = 4096
+heads = 8
+layers = 64
+dim_ff = 16384
+dropout = 0.1
+feature_dropout = 0.1
+pooling_dropout = 0.1
+use_case = "x"
+"""
+    with pytest.raises(ZooError, match="B parameters"):
+        parse_zoo(doc)
+    kwargs = dict(build_model(get_model_config("lightweight"), 5).init_kwargs, d_model=4096, nhead=8, num_layers=64,
+                  dim_feedforward=16384)
+    assert "B parameters" in model_kwargs_problem(kwargs)

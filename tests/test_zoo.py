@@ -60,7 +60,7 @@ MALFORMED = [
     ("absurd width", _with("d_model = 64", "d_model = 1048576"), "'d_model'", "[3, 4096], got 1048576"),
     ("absurd depth", _with("layers = 2", "layers = 100000"), "'layers'", "[1, 64], got 100000"),
     ("too many heads", _with("heads = 4", "heads = 128"), "'heads'", "[1, 64], got 128"),
-    ("zero epochs", _with('use_case = "mine"', 'use_case = "mine"\nepochs = 0'), "'epochs'", "positive"),
+    ("zero epochs", _with('use_case = "mine"', 'use_case = "mine"\nepochs = 0'), "'epochs'", "[1, 10000]"),
     ("dropout out of range", _with("dropout = 0.1\nfeature", "dropout = 1.5\nfeature"), "'dropout'", "[0, 1)"),
     ("duplicate name", GOOD + GOOD, "'name'", "duplicate"),
 ]
