@@ -213,7 +213,7 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
     text = _render(columns, rows, fmt, right)
     if not raw:
         notes = ([NOISY_LEGEND] if any_noisy else []) + ([SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if any_same else [])
-        notes += drift_lines(records)
+        notes += data_lines(records) + drift_lines(records)
         if any(row.get("memory_mb") for row in rows):
             notes.append("mem MB = peak resident memory of the backend's own worker process above its level just "
                          "before prepare")
@@ -255,6 +255,18 @@ def drift_lines(records: Iterable[dict[str, Any]]) -> list[str]:
         lines.append(f"machine drift, run {inv} on {host or 'this host'}: {100 * (ratio - 1):+.1f}% from start to end "
                      f"(reference workload{spread_text})")
     return lines
+
+
+def data_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The data and split each result was measured on (an official split, or this project's signer split),
+    one line per distinct pair: accuracies on different splits are not comparable."""
+    seen: dict[tuple[str, str], int] = {}
+    for r in records:
+        data, split = str(r.get("data", "") or ""), str(r.get("data_split", "") or "")
+        if data or split:
+            seen[(data, split)] = seen.get((data, split), 0) + 1
+    return [f"data: {data or '?'}; split: {split or 'not recorded'}" + (f" ({n} rows)" if len(seen) > 1 else "")
+            for (data, split), n in seen.items()]
 
 
 def timing_check_table(records: Sequence[dict[str, Any]], fmt: str = "terminal") -> str:

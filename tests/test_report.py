@@ -442,3 +442,12 @@ def test_pareto_plot_draws_intervals(tmp_path, records):
             for r in records if r.get("accuracy_top1") is not None]
     path = report.plot_pareto(recs, tmp_path / "p.png")
     assert path.is_file() and path.stat().st_size > 10_000
+
+
+def test_table_says_which_data_and_split_each_result_used(records):
+    recs = [dict(r, data="lsfb:/data/lsfb", data_split="lsfb-official:train/test, val=fold_4") for r in records[:3]]
+    recs += [dict(r, data="synthetic:classes=20", data_split="signer-split(seed=0, val=0.15, test=0.15)")
+             for r in records[3:]]
+    text = report.comparison_table(recs)
+    assert "data: lsfb:/data/lsfb; split: lsfb-official:train/test, val=fold_4 (3 rows)" in text
+    assert "split: signer-split(seed=0, val=0.15, test=0.15)" in text
