@@ -108,6 +108,60 @@ def test_openvino_int8_is_built_from_training_data_and_keeps_top1(tiny_artifacts
     assert (out.argmax(1) == reference(tiny_artifacts, x, m).argmax(1)).mean() >= 0.9
 
 
+def test_openvino_int8_keeps_the_bias_table_and_the_head_in_float(tiny_artifacts, tmp_path, train_batches):
+    """The relative-position table's gather and the head (gate MLP, classifier, metric projection, cosine)
+    get no int8: a quantized table crashed OpenVINO 2026.4's compiler; the head is a negligible share."""
+    mod = plugin("signflow_zoo_openvino", "nncf")
+    import openvino as ov
+
+    calibration, _ = train_batches
+    ir = build(mod.kinds.OpenVinoIR, tiny_artifacts.path_for("onnx"), tmp_path / "ir")
+    fp32 = ov.Core().read_model(str(ir))
+    tables, head = mod.kinds.constant_tables(fp32), mod.kinds.head_operations(fp32)
+    head_ops = [op for op in fp32.get_ordered_ops() if op.get_friendly_name() in head]
+    assert len(tables) == 1  # the relative-position bias (the legacy exporter writes a Gather)
+    assert sum(op.get_type_name() == "MatMul" for op in head_ops) == 5  # gate x2, classifier, metric, cosine
+    assert not any(op.get_type_name() in ("MVN", "ScaledDotProductAttention") for op in head_ops)
+    q = ov.Core().read_model(str(build(mod.kinds.OpenVinoInt8IR, ir, tmp_path / "int8", calibration)))
+    by_name = {op.get_friendly_name(): op for op in q.get_ordered_ops()}
+    table = by_name[tables[0]].input_value(0).get_node()
+    assert table.get_type_name() == "Constant" and table.get_element_type() == ov.Type.f32
+    for name in head:
+        if name in by_name and by_name[name].get_type_name() == "MatMul":
+            for value in by_name[name].inputs():
+                src = value.get_source_output().get_node()
+                assert src.get_type_name() not in ("FakeQuantize", "Multiply"), f"{name} is quantized"
+    encoder = [op for op in q.get_ordered_ops() if op.get_type_name() == "MatMul" and op.get_friendly_name() not in head]
+    assert encoder and all(op.input_value(1).get_node().get_type_name() == "Multiply" for op in encoder)  # int8
+
+
+def test_openvino_compile_check_turns_a_compiler_crash_into_an_error(tmp_path):
+    """A graph that kills OpenVINO 2026.4's CPU compiler (an int8 table whose per-entry scales are all equal,
+    gathered at run-time indices) fails the build with the signal instead of killing the harness."""
+    mod = plugin("signflow_zoo_openvino", "openvino")
+    import openvino as ov
+    import openvino.opset13 as op
+
+    x = op.parameter([-1, -1], np.float32, name="x")
+    n = op.gather(op.shape_of(x), op.constant(np.int64(1)), op.constant(np.int64(0)))
+    idx = op.range(op.constant(np.int64(0)), n, op.constant(np.int64(1)), "i64")
+    dist = op.subtract(op.unsqueeze(idx, op.constant(0)), op.unsqueeze(idx, op.constant(1)))
+    dist = op.add(op.clamp(dist, -64, 64), op.constant(np.int64(64)))
+    table = op.multiply(op.convert(op.constant(np.arange(-64, 65, dtype=np.int8)), "f32"),
+                        op.constant(np.full(129, 0.01, np.float32)))
+    rel = op.gather(table, dist, op.constant(np.int64(0)))
+    out = op.add(op.unsqueeze(rel, op.constant(0)), op.unsqueeze(op.fake_quantize(x, -1.0, 1.0, -1.0, 1.0, 256),
+                                                                  op.constant(1)))
+    path = tmp_path / "model.xml"
+    ov.save_model(ov.Model([out], [x]), str(path))
+    try:
+        mod.kinds.check_compiles(path)
+    except RuntimeError as exc:
+        assert "cannot compile model.xml (signal" in str(exc)
+    else:
+        pytest.skip(f"OpenVINO {ov.get_version()} compiles this graph: its Gather int8 bug is fixed here")
+
+
 def test_openvino_int8_build_refuses_without_calibration(tiny_artifacts, tmp_path):
     mod = plugin("signflow_zoo_openvino", "nncf")
     with pytest.raises(ValueError, match="calibration"):
