@@ -123,8 +123,8 @@ def gate(request):
     """Record a ratio: ``gate(name, kind, value, detail)`` -> the judged :class:`ratio_gate.Check`."""
     baseline = ratio_gate.load_baseline()
 
-    def record(name: str, kind: str, value: float, detail: str = "") -> ratio_gate.Check:
-        check = ratio_gate.judge(name, kind, value, detail, baseline)
+    def record(name: str, kind: str, value: float, detail: str = "", peers=None) -> ratio_gate.Check:
+        check = ratio_gate.judge(name, kind, value, detail, baseline, peers)
         request.config._gate_checks.append(check)
         return check
 
