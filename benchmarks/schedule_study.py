@@ -4,7 +4,9 @@ For one preset and batch size, every variant below times torch-eager and onnx-cp
 threads, each in its own worker process, as ``bench`` does) and compares each backend's p50 and p99 with
 the same backend timed alone (continuous calls, the other worker idle), measured in two halves before
 and after the variants so that machine drift cancels. A ratio near 1.00 means the schedule does not
-move the number.
+move the number. One variant times each backend alone in the schedule's blocks and gaps (what
+``bench --check-timing`` uses as its solo reference): it separates the effect of the duty cycle from the
+effect of the other backend.
 
     python benchmarks/schedule_study.py --preset lightweight --batch 1
     python benchmarks/schedule_study.py --preset large --batch 1 --min-time 2
@@ -73,12 +75,12 @@ def start(classes, arts, threads):
     return workers
 
 
-def solo(workers, key, cfg, calls):
-    """Each backend alone: ``calls`` continuous calls."""
+def solo(workers, key, cfg, calls, continuous=True, outs=None):
+    """Each backend alone: ``calls`` continuous calls (or in the schedule's blocks and gaps)."""
     out = {}
     for name, w in workers.items():
-        o = Outcome(call_s=0.0)
-        run_solo(w, key, cfg, o, calls[name])
+        o = outs[name] if outs else Outcome(call_s=0.0)
+        run_solo(w, key, cfg, o, calls[name], continuous=continuous)
         out[name] = o
         time.sleep(0.2)
     return out
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
         ("100 ms blocks, 50 ms settle, discard 1", dict(block_time=0.1, settle_time=0.05, discard=1), {}),
         ("200 ms blocks, 20 ms settle, discard 1", dict(block_time=0.2, settle_time=0.02, discard=1), {}),
         ("sequential", dict(schedule="sequential", block_time=0.1, settle_time=0.02, discard=1), {}),
+        ("alone, 100 ms blocks, 20 ms settle, discard 1 (the --check-timing reference)",
+         dict(block_time=0.1, settle_time=0.02, discard=1), {"solo_blocks": True}),
         ("default, onnx-cpu with spinning off", dict(block_time=0.1, settle_time=0.02, discard=1), {"nospin": True}),
     ]
     rng = np.random.default_rng(0)
@@ -125,7 +129,9 @@ def main(argv=None) -> int:
                 if extra.get("nospin"):
                     chosen = {"torch-eager": workers["torch-eager"], "onnx-cpu-nospin": workers["onnx-cpu-nospin"]}
                 outs = warm(chosen, "k", replace(cfg, warmup=5))
-                if extra.get("calls_per_block"):
+                if extra.get("solo_blocks"):
+                    solo(chosen, "k", cfg, {n: 2 * calls[n] for n in chosen}, continuous=False, outs=outs)
+                elif extra.get("calls_per_block"):
                     for name, o in outs.items():  # fixed-count rounds, as the first version interleaved
                         o.call_s = 1.0  # disables the time-based block length and discard
                     _rounds_of(chosen, cfg, outs, extra["calls_per_block"])

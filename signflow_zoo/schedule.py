@@ -116,10 +116,22 @@ def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
         rnd += 1
 
 
-def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, calls: int) -> None:
-    """One half of a solo measurement: ``calls`` calls of this backend back to back (one continuous
-    block, first calls dropped like any block after a switch)."""
-    _block(worker, key, o, cfg, _discard(o, cfg), min_calls=max(1, calls), min_seconds=0.0)
+def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, calls: int,
+             continuous: bool = False) -> None:
+    """One half of a solo measurement: ``calls`` calls of this backend alone.
+
+    By default in the schedule's own duty cycle (blocks of ``block_time``, each followed by the settling gap
+    and dropping its first calls like a scheduled block), so that solo and scheduled readings differ only in
+    whether other backends ran in between: on this project's machine continuous calls read up to 10% slower
+    than the same calls in blocks with gaps (benchmarks/SCHEDULE.md), an effect of load, not of the schedule.
+    ``continuous=True``: one block of back-to-back calls."""
+    if continuous:
+        _block(worker, key, o, cfg, _discard(o, cfg), min_calls=max(1, calls), min_seconds=0.0)
+        return
+    target = o.calls + max(1, calls)
+    while o.calls < target:
+        _block(worker, key, o, cfg, _discard(o, cfg))
+        time.sleep(cfg.settle_time)
 
 
 def expected_calls(o: Outcome, cfg: TimingConfig) -> int:

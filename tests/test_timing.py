@@ -198,3 +198,40 @@ def test_parity_tolerance_depends_on_precision():
     assert res.max_abs > 0.5 and (res.ok == (res.top1_agreement >= 0.90))
     assert not compare(np.full_like(ref, np.nan), ref, "bf16").ok
     assert not compare(ref[:, :5], ref, "fp32").ok
+
+
+class _RecordingWorker:
+    """Stands in for a worker process: each ``time`` request returns ~block_time worth of 1 ms calls."""
+
+    def __init__(self):
+        self.requests = []
+
+    def call(self, op, key, min_calls, seconds, discard, budget=None):
+        self.requests.append((min_calls, seconds, discard))
+        n = max(min_calls, int(seconds / 0.001))
+        return [1_000_000] * n, discard
+
+
+def test_solo_reference_runs_in_the_schedules_blocks_and_gaps(monkeypatch):
+    from signflow_zoo import schedule
+    from signflow_zoo.schedule import Outcome, run_solo
+
+    sleeps = []
+    monkeypatch.setattr(schedule.time, "sleep", sleeps.append)
+    cfg = TimingConfig(block_time=0.1, settle_time=0.02, discard=1)
+    w, o = _RecordingWorker(), Outcome(call_s=0.001)
+    run_solo(w, "k", cfg, o, 250)
+    # 100 ms blocks of 1 ms calls, each dropping its first call and followed by the 20 ms gap, until 250 calls
+    assert o.calls >= 250 and len(o.blocks) == 3 and all(len(b) == 100 for b in o.blocks)
+    assert w.requests == [(1, 0.1, 1)] * 3 and sleeps == [0.02] * 3 and o.discarded == 3
+
+
+def test_continuous_solo_is_one_block_of_back_to_back_calls(monkeypatch):
+    from signflow_zoo import schedule
+    from signflow_zoo.schedule import Outcome, run_solo
+
+    sleeps = []
+    monkeypatch.setattr(schedule.time, "sleep", sleeps.append)
+    w, o = _RecordingWorker(), Outcome(call_s=0.001)
+    run_solo(w, "k", TimingConfig(block_time=0.1, settle_time=0.02, discard=1), o, 250, continuous=True)
+    assert w.requests == [(250, 0.0, 1)] and len(o.blocks) == 1 and sleeps == []

@@ -48,9 +48,12 @@ class OpenVinoInt8IR(ArtifactKind):
     needs_calibration = True
 
     def build(self, ctx: BuildContext) -> dict[str, Any]:
+        import logging
+
         import nncf
         import openvino as ov
 
+        nncf.set_log_level(logging.WARNING)  # its per-node INFO lines would drown the bench's own progress
         if ctx.calibration is None:
             raise ValueError("openvino-int8 needs calibration batches from the training split")
         t0 = time.perf_counter()
