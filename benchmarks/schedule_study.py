@@ -101,13 +101,13 @@ def main(argv=None) -> int:
         ("50 ms blocks, no settle, no discard", dict(block_time=0.05, settle_time=0.0, discard=0), {}),
         ("100 ms blocks, no settle, no discard", dict(block_time=0.1, settle_time=0.0, discard=0), {}),
         ("100 ms blocks, 20 ms settle, no discard", dict(block_time=0.1, settle_time=0.02, discard=0), {}),
-        ("100 ms blocks, 20 ms settle, discard 1 (default)", dict(block_time=0.1, settle_time=0.02, discard=1), {}),
-        ("100 ms blocks, 50 ms settle, discard 1", dict(block_time=0.1, settle_time=0.05, discard=1), {}),
+        ("100 ms blocks, 20 ms settle, discard 1 (the first default)", dict(block_time=0.1, settle_time=0.02, discard=1), {}),
+        ("100 ms blocks, 50 ms settle, discard 1 (default)", dict(block_time=0.1, settle_time=0.05, discard=1), {}),
         ("200 ms blocks, 20 ms settle, discard 1", dict(block_time=0.2, settle_time=0.02, discard=1), {}),
         ("sequential", dict(schedule="sequential", block_time=0.1, settle_time=0.02, discard=1), {}),
-        ("alone, 100 ms blocks, 20 ms settle, discard 1 (the --check-timing reference)",
-         dict(block_time=0.1, settle_time=0.02, discard=1), {"solo_blocks": True}),
-        ("default, onnx-cpu with spinning off", dict(block_time=0.1, settle_time=0.02, discard=1), {"nospin": True}),
+        ("alone, 100 ms blocks, 50 ms settle, discard 1 (the --check-timing reference)",
+         dict(block_time=0.1, settle_time=0.05, discard=1), {"solo_blocks": True}),
+        ("default, onnx-cpu with spinning off", dict(block_time=0.1, settle_time=0.05, discard=1), {"nospin": True}),
     ]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 64, 469)).astype(np.float32)

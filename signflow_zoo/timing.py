@@ -45,7 +45,7 @@ class TimingConfig:
     max_time: float = 120.0  # hard cap per backend and batch size: stops there, marked not valid if short
     schedule: str = "interleaved"  # "interleaved": blocks of each backend in turn; "sequential": one backend after another
     block_time: float = 0.1  # seconds of back-to-back calls in one block (at least one call)
-    settle_time: float = 0.02  # idle gap after every block, so the last backend's spinning threads go to sleep
+    settle_time: float = 0.05  # idle gap after every block: 20 ms left torch-eager's p99 3x its solo p99 (SCHEDULE.md)
     discard: int = 1  # calls dropped at the start of each block (after a switch), when calls are short
     timeout: float = 300.0  # seconds one worker request may run past its planned duration before the worker is killed
 
