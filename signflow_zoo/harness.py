@@ -7,6 +7,10 @@ accuracy on held-out signers, latency in the configured schedule (:mod:`signflow
 streaming scenario and the worker's memory (:mod:`signflow_zoo.scenarios`). A fixed reference workload is
 timed before, between and after the presets (drift). The result file is written after every preset and
 before any tracking call, so a failing tracking server loses nothing (``signflow-zoo sync`` uploads later).
+
+Why one module of ~550 lines: it is the bench's sequence of steps, read top to bottom; each step's work is
+elsewhere (scenarios, schedule, worker, records, results, tracking), and splitting the sequence would only
+scatter the order in which they run.
 """
 
 from __future__ import annotations

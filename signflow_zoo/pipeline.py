@@ -15,6 +15,11 @@ model reads 469 features and which applies a calibration temperature and per-cla
 probability, top-2 margin, entropy certainty and a motion factor). Where this code departs from it, the
 departure is named here and in :class:`PipelineConfig`.
 
+**Why one module of ~650 lines.** It holds the state machine, its configuration and the prediction it
+returns, which change together (every rule reads several config fields and writes prediction fields);
+loading model files (:mod:`~signflow_zoo.modelfile`), motion energy (:mod:`~signflow_zoo.motion`) and
+stream replay (:mod:`~signflow_zoo.replay`) are already their own modules.
+
 **What process_frame returns.** Always a :class:`Prediction`. On a frame that does not end a sign its
 ``label`` is None (``ended`` is False) and only ``state``/``frames``/``motion`` are filled; its wire form
 (``to_dict()``) says ``"prediction": "NONE"`` or ``"RECORDING"`` as the original did. On the frame that

@@ -12,6 +12,9 @@ towards each other.
 Every clip is drawn from its own random stream keyed by (seed, signer, class, index), so a clip does
 not change when the number of classes or signers does, and generation order does not matter.
 The class catalogue does not depend on the seed: "sign-03-..." means the same sign in every data set.
+
+Why one module of ~480 lines: the catalogue, the signer model and the clip renderer share their constants
+and random streams; about a third of it is the tables of handshapes, places and movements.
 """
 
 from __future__ import annotations
