@@ -538,6 +538,9 @@ class Bench:
                     out.append(Path(fn(path)))
                 except (SignFlowError, ImportError) as exc:
                     self.log(f"note: {name} plot skipped: {exc}")
+                except Exception as exc:  # noqa: BLE001 - a figure must not cost the run: results are already saved
+                    self.log(f"warning: {name} plot failed ({type(exc).__name__}: {exc}); the results are saved in "
+                             f"{self.json_path}; `signflow-zoo report --plots DIR` draws them again")
         doc["outputs"] = [str(p) for p in out]
         self.doc.outputs = list(doc["outputs"])
         write_result(doc)

@@ -127,7 +127,7 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
         for k, (x, y), ci in zip(keys, pts, cis):
             if ci is not None:
                 any_ci = True
-                ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], fmt="none", ecolor=color[k[2]], alpha=0.5,
+                ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="none", ecolor=color[k[2]], alpha=0.5,
                             capsize=3, linewidth=1.0, zorder=2)
             noisy, status = is_noisy(newest[k], b), newest[k].get("status", "ok")
             any_noisy, any_failed = any_noisy or noisy, any_failed or status != "ok"

@@ -444,6 +444,13 @@ def test_pareto_plot_draws_intervals(tmp_path, records):
     assert path.is_file() and path.stat().st_size > 10_000
 
 
+def test_pareto_plot_takes_a_perfect_score_whose_interval_ends_a_hair_below_it(tmp_path, records):
+    # what the bench stored for 320/320 clips before the interval was clamped: hi = 1 - 1e-16 < top-1 = 1.0
+    recs = [dict(r, accuracy_top1=1.0, accuracy_top1_ci_lo=0.9881374103882884, accuracy_top1_ci_hi=0.9999999999999999)
+            for r in records if r.get("accuracy_top1") is not None]
+    assert report.plot_pareto(recs, tmp_path / "p.png").is_file()
+
+
 def test_table_says_which_data_and_split_each_result_used(records):
     recs = [dict(r, data="lsfb:/data/lsfb", data_split="lsfb-official:train/test, val=fold_4") for r in records[:3]]
     recs += [dict(r, data="synthetic:classes=20", data_split="signer-split(seed=0, val=0.15, test=0.15)")

@@ -182,7 +182,10 @@ def test_expected_calls_follow_min_iters_and_min_time():
 def test_wilson_interval_is_honest_at_small_n_and_at_the_edges():
     lo, hi = wilson_interval(256, 320)  # 80.0% of 320 clips
     assert lo == pytest.approx(0.753, abs=0.002) and hi == pytest.approx(0.840, abs=0.002)
-    assert wilson_interval(320, 320)[1] == pytest.approx(1.0) and wilson_interval(320, 320)[0] < 0.99
+    assert wilson_interval(320, 320)[1] == 1.0 and wilson_interval(320, 320)[0] < 0.99  # exactly: a plot's error bar
+    for k in range(0, 321):  # the interval always holds the estimate (rounding once put 1 - 1e-16 above 320/320)
+        lo, hi = wilson_interval(k, 320)
+        assert 0.0 <= lo <= k / 320 <= hi <= 1.0
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] > 0.2
 
 
