@@ -298,8 +298,8 @@ def timing_check_table(records: Sequence[dict[str, Any]], fmt: str = "terminal")
             row["batch"] = str(row["batch"])
     text = _render(columns, rows, fmt, {k for k, _ in columns} - {"preset", "backend"})
     if fmt not in ("csv", "json"):
-        text = ("Timing self-check: each backend alone (two continuous halves, before and after the schedule) vs in "
-                "the schedule\n" + text)
+        text = ("Timing self-check: each backend alone (its own blocks and gaps, two halves before and after the "
+                "schedule) vs in the schedule\n" + text)
     return text
 
 

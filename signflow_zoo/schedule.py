@@ -6,8 +6,8 @@ the next calls (the previous runtime's worker threads are still spinning on the 
 cold), so each block is long (``block_time``), is followed by an idle gap (``settle_time``) in which the
 spinning threads go to sleep, and drops its first ``discard`` calls when calls are short.
 ``sequential``: every block of one backend, then the next backend (settle and discard only at the switch).
-``solo``: one backend alone in two continuous halves, used by ``--check-timing`` to show what the schedule
-itself does to the numbers. The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
+``solo``: one backend alone (in the same blocks and gaps, no other backend between them) in two halves,
+used by ``--check-timing`` to show what the schedule itself does to the numbers. The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
 """
 
 from __future__ import annotations
