@@ -151,11 +151,11 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
                     (f"throughput_seq_s_b{b}", f"seq/s b{b}")]
         if raw:
             columns.append((f"noisy_b{b}", f"noisy b{b}"))
-        columns.append((f"speedup_b{b}", f"vs eager b{b}"))
-    columns += [("accuracy_top1", "top-1"), ("agreement_top1", "agree"), ("parity_max_abs", "parity abs"),
-                ("memory_mb", "mem MB")]
+        columns += [(f"speedup_b{b}", f"vs eager b{b}"), (f"roofline_share_b{b}", f"roof b{b}")]
+    columns += [("accuracy_top1", "top-1"), ("accuracy_change", "Δ top-1"), ("agreement_top1", "agree"),
+                ("parity_max_abs", "parity abs"), ("memory_mb", "mem MB")]
     if raw:
-        columns[-4:-3] = [("accuracy_top1", "top-1"), ("accuracy_top1_ci_lo", "top-1 CI lo"),
+        columns[-5:-4] = [("accuracy_top1", "top-1"), ("accuracy_top1_ci_lo", "top-1 CI lo"),
                           ("accuracy_top1_ci_hi", "top-1 CI hi")]
         for b in sizes:
             i = columns.index((f"p50_ms_b{b}", f"p50 ms b{b}"))
@@ -179,6 +179,8 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
             noisy = is_noisy(r, b)
             speedup, same = _speedup(r, ref, b)
             thr = number(r, f"throughput_seq_s_b{b}")
+            share = number(r, f"roofline_share_b{b}")
+            row[f"roofline_share_b{b}"] = share if raw else ("" if share is None else f"{100 * share:.0f}%")
             if raw:
                 row.update({f"p50_ms_b{b}": p50, f"p50_ci_lo_ms_b{b}": number(r, f"latency_p50_ci_lo_ms_b{b}"),
                             f"p50_ci_hi_ms_b{b}": number(r, f"latency_p50_ci_hi_ms_b{b}"), f"p99_ms_b{b}": p99,
@@ -197,6 +199,9 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         acc, agree = number(r, "accuracy_top1"), number(r, "agreement_top1")
         lo, hi = number(r, "accuracy_top1_ci_lo"), number(r, "accuracy_top1_ci_hi")
         par, mem = number(r, "parity_max_abs"), number(r, "memory_mb")
+        ref_acc = number(ref, "accuracy_top1") if ref is not None else None
+        change = None if acc is None or ref_acc is None else acc - ref_acc
+        row["accuracy_change"] = change if raw else ("" if change is None or ref is r else f"{100 * change:+.1f}")
         if raw:
             row.update(accuracy_top1=acc, accuracy_top1_ci_lo=lo, accuracy_top1_ci_hi=hi, agreement_top1=agree,
                        parity_max_abs=par, memory_mb=mem)
@@ -217,6 +222,11 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         if any(row.get("memory_mb") for row in rows):
             notes.append("mem MB = peak resident memory of the backend's own worker process above its level just "
                          "before prepare")
+        if any(row.get(f"roofline_share_b{b}") for row in rows for b in sizes):
+            notes.append("roof = achieved GFLOP/s over this machine's measured matmul ceiling for the backend's precision "
+                         "(measured once per machine by bench and cached)")
+        if any(row.get("accuracy_change") for row in rows):
+            notes.append(f"Δ top-1 = points of top-1 against {REFERENCE_BACKEND} (fp32) on the same clips")
         if rows and any(number(r, "accuracy_top1_ci_lo") is not None for r in records):
             notes.append("top-1 [lo-hi] = 95% Wilson interval over the held-out clips: overlapping intervals are not "
                          "a measured difference")

@@ -458,3 +458,19 @@ def test_table_says_which_data_and_split_each_result_used(records):
     text = report.comparison_table(recs)
     assert "data: lsfb:/data/lsfb; split: lsfb-official:train/test, val=fold_4 (3 rows)" in text
     assert "split: signer-split(seed=0, val=0.15, test=0.15)" in text
+
+
+def test_table_shows_roofline_share_and_accuracy_change_against_eager():
+    base = {"preset": "large", "host": "h", "invocation_id": "i1", "status": "ok", "started_ms": 1}
+    recs = [dict(base, backend="torch-eager", accuracy_top1=0.819, latency_p50_ms_b1=12.0, roofline_share_b1=0.052),
+            dict(base, backend="openvino-int8", accuracy_top1=0.822, latency_p50_ms_b1=2.0, roofline_share_b1=0.081),
+            dict(base, backend="onnx-int8", accuracy_top1=0.816, latency_p50_ms_b1=2.5)]
+    text = report.comparison_table(recs, fmt="markdown")
+    assert "roof b1" in text and "Δ top-1" in text and "measured matmul ceiling" in text
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| large")}
+    assert " 5% |" in rows["torch-eager"] and " 8% |" in rows["openvino-int8"]
+    assert "+0.3" in rows["openvino-int8"] and "-0.3" in rows["onnx-int8"]
+    raw = {r["backend"]: r for r in json.loads(report.comparison_table(recs, fmt="json"))}
+    assert raw["openvino-int8"]["accuracy_change"] == pytest.approx(0.003)
+    assert raw["openvino-int8"]["roofline_share_b1"] == pytest.approx(0.081)
+    assert raw["onnx-int8"]["roofline_share_b1"] is None
