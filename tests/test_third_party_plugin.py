@@ -44,8 +44,9 @@ def test_plugin_passes_the_conformance_checks(installed_plugin, tmp_path, tiny_a
     from signflow_zoo.plugins import PluginRegistry
     from signflow_zoo.testing import check_runner
 
-    cls = PluginRegistry().get("onnx-int8").cls
-    report = check_runner(cls, tmp_path, artifacts=tiny_artifacts)
+    # the registry the class came from: the process-wide one may predate the fixture's pip install
+    reg = PluginRegistry()
+    report = check_runner(reg.get("onnx-int8").cls, tmp_path, artifacts=tiny_artifacts, registry=reg)
     assert report.available and report.ok, report.problems
     assert report.parity["max_abs"] > 0  # really quantized: not bit-identical to fp32
 
