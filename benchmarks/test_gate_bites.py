@@ -1,7 +1,7 @@
-"""The gate is proven to bite: with onnx-cpu slowed by 30% it fails, with the real one it passes.
+"""The gate is proven to bite: with onnx-cpu slowed by 30% it fails, naming onnx-cpu; with the real one it passes.
 
 Runs the gate twice in subprocesses (lightweight, backend ratios only). Marked ``gate_selftest``: `.ci/run`
-runs it after the gate; repeated 5 times in a row on this machine kind without a flake (benchmarks/SCHEDULE.md).
+runs it after the gate; the runs in a row on this machine kind are listed in benchmarks/SCHEDULE.md.
 """
 
 import os
@@ -25,7 +25,12 @@ def run_gate(**env):
 def test_gate_fails_on_a_30_percent_slower_backend_and_passes_without_it():
     slowed = run_gate(SIGNFLOW_ZOO_BLOCK_PLUGINS="onnx_cpu", SIGNFLOW_ZOO_PLUGINS="slowed_backend")
     assert slowed.returncode == 1, slowed.stdout[-3000:] + slowed.stderr[-2000:]
-    assert "[FAIL] lightweight/b1/onnx-cpu:others" in slowed.stdout, slowed.stdout[-3000:]
+    failed = [line.split()[1].rstrip(":") for line in slowed.stdout.splitlines() if line.startswith("[FAIL] ")]
+    # the same-runtime pair moves by the full 30% and little else (benchmarks/SCHEDULE.md): it must fail at
+    # both batch sizes; onnx-cpu:others may fail too (its margin is wider), nothing else may
+    assert "lightweight/b1/onnx-cpu:onnx-optimized" in failed, slowed.stdout[-3000:]
+    assert "lightweight/b8/onnx-cpu:onnx-optimized" in failed, slowed.stdout[-3000:]
+    assert all(name.split("/")[-1].startswith("onnx-cpu:") for name in failed), failed
     real = run_gate()
     assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-2000:]
     assert "[FAIL]" not in real.stdout
