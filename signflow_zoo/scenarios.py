@@ -18,7 +18,7 @@ from .errors import BackendError
 from .metrics import classification_report, wilson_interval
 from .parity import compare
 from .records import Accuracy, BenchRecord, Memory, Speedup, TimingCheck
-from .schedule import Outcome, expected_calls, run_schedule, run_solo, warm
+from .schedule import Outcome, expected_calls, run_schedule, run_solo, stints_between_rounds, warm
 from .timing import TimingConfig, bootstrap_ratio_ci, summarize
 from .worker import BackendWorker, WorkerError, WorkerFailed
 
@@ -116,15 +116,20 @@ def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarra
     workers = {ln.record.backend: ln.worker for ln in live}
     outcomes = warm(workers, key, cfg)
     solo = {name: Outcome(call_s=o.call_s) for name, o in outcomes.items()}
-    if check:
+    # the solo reference: with several backends interleaved, stints alone scattered through the schedule
+    # (a stint whenever a backend's solo calls fall below half its scheduled ones), so that drift and
+    # machine states hit both readings alike; otherwise two halves, before and after the schedule
+    stints = check and cfg.schedule == "interleaved" and sum(o.error is None for o in outcomes.values()) > 1
+    if check and not stints:
         for name, o in outcomes.items():
             if o.error is None:
                 try:
                     run_solo(workers[name], key, cfg, solo[name], (expected_calls(o, cfg) + 1) // 2)
                 except BackendError as exc:
                     o.error = exc
-    run_schedule(workers, key, cfg, outcomes)
-    if check:
+    run_schedule(workers, key, cfg, outcomes,
+                 after_round=stints_between_rounds(workers, key, cfg, outcomes, solo) if stints else None)
+    if check and not stints:
         for name, o in outcomes.items():
             if o.error is None:
                 try:

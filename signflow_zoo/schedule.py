@@ -6,8 +6,9 @@ the next calls (the previous runtime's worker threads are still spinning on the 
 cold), so each block is long (``block_time``), is followed by an idle gap (``settle_time``) in which the
 spinning threads go to sleep, and drops its first ``discard`` calls when calls are short.
 ``sequential``: every block of one backend, then the next backend (settle and discard only at the switch).
-``solo``: one backend alone (in the same blocks and gaps, no other backend between them) in two halves,
-used by ``--check-timing`` to show what the schedule itself does to the numbers. The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
+``solo``: one backend alone, in the same blocks and gaps with no other backend between them, used by
+``--check-timing`` to show what the schedule itself does to the numbers: in stints scattered through the
+interleaved schedule (:func:`solo_stint`), or in two halves before and after a sequential one (:func:`run_solo`). The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def _block(w: BackendWorker, key: Any, o: Outcome, cfg: TimingConfig, discard: i
 
 
 def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
-                 outcomes: dict[str, Outcome], on_block: Callable[[str, int], None] | None = None) -> None:
+                 outcomes: dict[str, Outcome], on_block: Callable[[str, int], None] | None = None,
+                 after_round: Callable[[list[str]], None] | None = None) -> None:
     """Time every worker that warmed up without error, per ``cfg.schedule``, until each has
-    ``min_iters`` calls and ``min_time`` seconds (or ``max_time``). Errors end only that backend."""
+    ``min_iters`` calls and ``min_time`` seconds (or ``max_time``). Errors end only that backend.
+    ``after_round`` (interleaved only) is called with the backends that ran a block in each round."""
     names = [n for n in workers if outcomes[n].error is None]
     if cfg.schedule == "sequential":
         for name in names:
@@ -101,18 +104,22 @@ def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
         if not active:
             return
         k = rnd % len(names)
+        ran = []
         for name in names[k:] + names[:k]:
             if name not in active:
                 continue
             o = outcomes[name]
             try:
                 _block(workers[name], key, o, cfg, _discard(o, cfg) if (several or rnd == 0) else 0)
+                ran.append(name)
             except BackendError as exc:
                 o.error = exc
             if on_block:
                 on_block(name, len(o.blocks))
             if several:
                 time.sleep(cfg.settle_time)
+        if after_round and ran:
+            after_round(ran)
         rnd += 1
 
 
@@ -132,6 +139,38 @@ def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, cal
     while o.calls < target:
         _block(worker, key, o, cfg, _discard(o, cfg))
         time.sleep(cfg.settle_time)
+
+
+def solo_stint(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, blocks: int = 2) -> None:
+    """A backend alone for ``blocks`` blocks in a row, each followed by the settling gap, in the middle of a
+    schedule. The first block follows another backend, as a scheduled block does, and is not kept; the
+    later ones follow only this backend and go into ``o``. ``--check-timing`` scatters such stints through
+    the interleaved schedule, so that a change of machine state hits the solo and the scheduled readings
+    alike (solo halves before and after the schedule read large batch-32 calls up to 14% off when the
+    machine changed state in between: benchmarks/SCHEDULE.md)."""
+    lead = Outcome(call_s=o.call_s)
+    _block(worker, key, lead, cfg, _discard(o, cfg))
+    time.sleep(cfg.settle_time)
+    for _ in range(max(1, blocks - 1)):
+        _block(worker, key, o, cfg, _discard(o, cfg))
+        time.sleep(cfg.settle_time)
+
+
+def stints_between_rounds(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
+                          outcomes: dict[str, Outcome], solo: dict[str, Outcome]) -> Callable[[list[str]], None]:
+    """``run_schedule``'s ``after_round`` for ``--check-timing``: after a round, a :func:`solo_stint` for each
+    backend that ran in it and whose solo calls are below half its scheduled calls."""
+
+    def after_round(ran: list[str]) -> None:
+        for name in ran:
+            o = outcomes[name]
+            if o.error is None and 2 * solo[name].calls < o.calls:
+                try:
+                    solo_stint(workers[name], key, cfg, solo[name])
+                except BackendError as exc:
+                    o.error = exc
+
+    return after_round
 
 
 def expected_calls(o: Outcome, cfg: TimingConfig) -> int:

@@ -238,3 +238,46 @@ def test_continuous_solo_is_one_block_of_back_to_back_calls(monkeypatch):
     w, o = _RecordingWorker(), Outcome(call_s=0.001)
     run_solo(w, "k", TimingConfig(block_time=0.1, settle_time=0.02, discard=1), o, 250, continuous=True)
     assert w.requests == [(250, 0.0, 1)] and len(o.blocks) == 1 and sleeps == []
+
+
+def test_check_timing_scatters_solo_stints_through_the_interleaved_schedule(monkeypatch):
+    """With several backends, each solo stint is two blocks alone (the first, which follows another backend,
+    is dropped) placed between rounds, whenever a backend's solo calls fall below half its scheduled ones:
+    solo and scheduled readings then span the same stretch of time."""
+    from signflow_zoo import schedule
+    from signflow_zoo.schedule import Outcome, run_schedule, stints_between_rounds
+
+    monkeypatch.setattr(schedule.time, "sleep", lambda s: None)
+    cfg = TimingConfig(block_time=0.1, settle_time=0.02, discard=1, min_iters=20, min_time=1.0)
+    log = []
+
+    class Worker(_RecordingWorker):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def call(self, op, key, min_calls, seconds, discard, budget=None):
+            log.append(self.name)
+            return super().call(op, key, min_calls, seconds, discard, budget)
+
+    workers = {n: Worker(n) for n in ("a", "b")}
+    outcomes = {n: Outcome(call_s=0.001) for n in workers}
+    solo = {n: Outcome(call_s=0.001) for n in workers}
+    stints = []
+    stint_rule = stints_between_rounds(workers, "k", cfg, outcomes, solo)
+
+    def between(ran):
+        before = {n: len(solo[n].blocks) for n in ran}
+        stint_rule(ran)
+        stints.extend((n, outcomes[n].calls) for n in ran if len(solo[n].blocks) > before[n])
+
+    run_schedule(workers, "k", cfg, outcomes, after_round=between)
+    rounds = len(outcomes["a"].blocks)
+    assert rounds == 10  # 100 ms blocks of 1 ms calls until 1 s
+    for n in workers:
+        # one kept block per stint, stints spread from the first round to the last half of the schedule
+        assert len(solo[n].blocks) == len([s for s in stints if s[0] == n]) >= rounds // 2
+        assert solo[n].calls * 2 >= outcomes[n].calls - 100
+        assert min(c for m, c in stints if m == n) == 100 and max(c for m, c in stints if m == n) >= 700
+    # a stint is two requests of the same backend in a row (the lead block and the kept one)
+    assert "a" in log and log.count("a") == rounds + 2 * len([s for s in stints if s[0] == "a"])
