@@ -308,7 +308,7 @@ def timing_check_table(records: Sequence[dict[str, Any]], fmt: str = "terminal")
             row["batch"] = str(row["batch"])
     text = _render(columns, rows, fmt, {k for k, _ in columns} - {"preset", "backend"})
     if fmt not in ("csv", "json"):
-        text = ("Timing self-check: each backend alone (its own blocks and gaps, two halves before and after the "
+        text = ("Timing self-check: each backend alone (its own blocks and gaps, in stints scattered through the "
                 "schedule) vs in the schedule\n" + text)
     return text
 

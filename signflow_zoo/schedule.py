@@ -146,7 +146,7 @@ def solo_stint(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, b
     schedule. The first block follows another backend, as a scheduled block does, and is not kept; the
     later ones follow only this backend and go into ``o``. ``--check-timing`` scatters such stints through
     the interleaved schedule, so that a change of machine state hits the solo and the scheduled readings
-    alike (solo halves before and after the schedule read large batch-32 calls up to 14% off when the
+    alike (solo halves before and after the schedule read large batch-32 calls up to 16% off when the
     machine changed state in between: benchmarks/SCHEDULE.md)."""
     lead = Outcome(call_s=o.call_s)
     _block(worker, key, lead, cfg, _discard(o, cfg))
