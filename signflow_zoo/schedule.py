@@ -8,7 +8,8 @@ spinning threads go to sleep, and drops its first ``discard`` calls when calls a
 ``sequential``: every block of one backend, then the next backend (settle and discard only at the switch).
 ``solo``: one backend alone, in the same blocks and gaps with no other backend between them, used by
 ``--check-timing`` to show what the schedule itself does to the numbers: in stints scattered through the
-interleaved schedule (:func:`solo_stint`), or in two halves before and after a sequential one (:func:`run_solo`). The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
+interleaved schedule (:func:`solo_stint`), or in two halves before and after a sequential one
+(:func:`run_solo`). The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
 """
 
 from __future__ import annotations
