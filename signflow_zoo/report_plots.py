@@ -135,8 +135,11 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
             ax.scatter([x], [y], s=60, marker=marker[k[1]], zorder=3, alpha=0.6 if noisy else 1.0,
                        facecolors="none" if hollow else color[k[2]], edgecolors=color[k[2]],
                        linewidths=1.5 if hollow else 0.0)
-            label = k[1] + (" ~" if noisy else "") + (f" ({status})" if hollow else "")
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="0.25")
+            # the preset is named only when several are plotted (the marker legend names a single one, and
+            # neighbouring points' identical labels overprinted each other)
+            label = (k[1] if len(presets) > 1 else "") + (" ~" if noisy else "") + (f" ({status})" if hollow else "")
+            if label.strip():
+                ax.annotate(label.strip(), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="0.25")
         use_ci = all(cis[i] is not None for i in ok)
         front = [pts[ok[i]] for i in pareto_front([pts[i] for i in ok], [cis[i] for i in ok] if use_ci else None)]
         fx, fy = [p[0] for p in front], [p[1] for p in front]
