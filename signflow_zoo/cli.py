@@ -142,7 +142,8 @@ def cmd_bench(args) -> int:
         kw["batch_sizes"] = args.batch_sizes
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
     cfg.check_timing = args.check_timing
-    overrides = {"warmup": args.warmup, "min_iters": args.min_iters, "min_time": args.min_time,
+    overrides = {"warmup": args.warmup, "min_iters": args.min_iters, "tail_iters": args.tail_iters,
+                 "min_time": args.min_time,
                  "schedule": args.schedule, "timeout": args.timeout}
     cfg.timing = replace(cfg.timing, **{k: v for k, v in overrides.items() if v is not None})
     doc = run_bench(cfg)
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     _ranged(s, "--threads", "threads for every backend (default: all cores; at most 4 per core, 256 in all)")
     _ranged(s, "--warmup", "untimed calls per backend (default 10)")
     _ranged(s, "--min-iters", "timed calls per backend, at least (default 20)")
+    _ranged(s, "--tail-iters", "timed calls per backend at batch 1, at least: enough for a p99 with an upper bound at "
+            "99%% confidence needs 459 (default 460; --quick: 0)")
     _ranged(s, "--min-time", "seconds of timed calls per backend, at least (default 1)")
     s.add_argument("--quick", action="store_true", help="short timing for a smoke run")
     s.add_argument("--schedule", choices=["interleaved", "sequential"],

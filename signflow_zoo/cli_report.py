@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=report.EXPERIMENT, help="MLflow experiment (default: %(default)s)")
     p.add_argument("--preset", help="only these presets (comma-separated)")
     p.add_argument("--backend", help="only these backends (comma-separated)")
-    p.add_argument("--host", help="only runs from these hosts (comma-separated)")
+    p.add_argument("--host", help="only runs from these hosts or host classes (comma-separated)")
     p.add_argument("--since", help="only runs started since: an age (7d, 24h, 30m, 2w; at most "
                    f"{REPORT_SINCE_DAYS}d) or an ISO date/time")
     p.add_argument("--all-runs", action="store_true",

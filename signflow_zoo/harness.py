@@ -76,7 +76,7 @@ class BenchConfig:
         """Short timing for a smoke run; numbers are flagged by their low iteration counts."""
         cfg = cls(**kw)
         cfg.batch_sizes = kw.get("batch_sizes", (1, 8))
-        cfg.timing = TimingConfig(warmup=3, min_iters=10, min_time=0.2, block_time=0.05, settle_time=0.005)
+        cfg.timing = TimingConfig(warmup=3, min_iters=10, tail_iters=0, min_time=0.2, block_time=0.05, settle_time=0.005)
         return cfg
 
     def validate(self) -> "BenchConfig":
@@ -88,7 +88,8 @@ class BenchConfig:
         t = self.timing
         for name, value, r in (("threads", self.threads, limits.THREADS), ("epochs", self.epochs, limits.EPOCHS),
                                ("seed", self.seed, limits.SEED), ("warmup", t.warmup, limits.WARMUP),
-                               ("min-iters", t.min_iters, limits.MIN_ITERS), ("min-time", t.min_time, limits.MIN_TIME),
+                               ("min-iters", t.min_iters, limits.MIN_ITERS), ("tail-iters", t.tail_iters, limits.TAIL_ITERS),
+                               ("min-time", t.min_time, limits.MIN_TIME),
                                ("timeout", t.timeout, limits.TIMEOUT)):
             if value is not None and value not in r:
                 raise SignFlowError(f"--{name} must be {r.what}, got {value!r}")

@@ -58,6 +58,7 @@ NUM_CLASSES = Range(int, 1, 100_000)
 THREADS = Range(int, 1, max_threads())
 WARMUP = Range(int, 0, 100_000)  # untimed calls (warm-up stops after its time cap anyway)
 MIN_ITERS = Range(int, 1, 1_000_000)
+TAIL_ITERS = Range(int, 0, 1_000_000)
 MIN_TIME = Range(float, 0.0, 3600.0)  # seconds
 TIMEOUT = Range(float, 0.0, 86_400.0, lo_open=True)  # seconds
 PORT = Range(int, 1, 65_535)
@@ -72,6 +73,6 @@ REPORT_SINCE_DAYS = 36_500  # report --since reaches back 100 years at most
 CLI_OPTIONS: dict[str, Range] = {
     "--seed": SEED, "--epochs": EPOCHS, "--lr": LEARNING_RATE, "--batch-size": BATCH_SIZE,
     "--batch-sizes": BATCH_SIZE, "--num-classes": NUM_CLASSES, "--threads": THREADS, "--warmup": WARMUP,
-    "--min-iters": MIN_ITERS, "--min-time": MIN_TIME, "--timeout": TIMEOUT, "--port": PORT,
+    "--min-iters": MIN_ITERS, "--tail-iters": TAIL_ITERS, "--min-time": MIN_TIME, "--timeout": TIMEOUT, "--port": PORT,
     "--threshold": THRESHOLD, "--temperature": TEMPERATURE, "--fps": FPS, "--rest-frames": REST_FRAMES,
 }

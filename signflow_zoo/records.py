@@ -98,6 +98,8 @@ class BenchRecord:
     speedup: dict[int, Speedup] = field(default_factory=dict)
     normalized_p50: dict[int, float] = field(default_factory=dict)  # p50 / reference workload ms (drift-free)
     roofline: dict[int, dict[str, float]] = field(default_factory=dict)
+    # per-call ms of every timed block, per batch size: what `report --compare` resamples across runs
+    samples: dict[int, list[list[float]]] = field(default_factory=dict)
     accuracy: Accuracy | None = None
     parity: dict[str, Any] = field(default_factory=dict)
     memory: Memory | None = None
@@ -113,10 +115,11 @@ class BenchRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("latency", "latency_errors", "timing_check", "speedup", "normalized_p50", "roofline"):
+        for key in ("latency", "latency_errors", "timing_check", "speedup", "normalized_p50", "roofline", "samples"):
             d[key] = {str(b): v for b, v in d[key].items()}
         for lat in d["latency"].values():
             lat["p50_ci_ms"] = list(lat["p50_ci_ms"])
+            lat["n"] = lat["iterations"]  # the call count, under the name comparisons read
         for sp in d["speedup"].values():
             sp["ci"] = list(sp["ci"])
         if d["accuracy"]:
@@ -149,6 +152,7 @@ class BenchRecord:
                      for b, v in (d.get("speedup") or {}).items()},
             normalized_p50={int(b): float(v) for b, v in (d.get("normalized_p50") or {}).items()},
             roofline={int(b): dict(v) for b, v in (d.get("roofline") or {}).items()},
+            samples={int(b): [[float(x) for x in block] for block in v] for b, v in (d.get("samples") or {}).items()},
             accuracy=acc, parity=dict(d.get("parity") or {}), memory=mem, stream=dict(d.get("stream") or {}),
             describe=dict(d.get("describe") or {}), training=dict(d.get("training") or {}),
             calibration=dict(d.get("calibration") or {}), run_id=d.get("run_id"), traceback=d.get("traceback", ""),

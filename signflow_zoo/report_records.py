@@ -22,6 +22,7 @@ from . import mlflow_store
 from .errors import SignFlowError, TrackingError
 from .limits import REPORT_SINCE_DAYS
 from .mlflow_store import EXPERIMENT, KIND_RECORD, PARENT_TAG, short_error
+from .timing import min_calls_for_tail
 
 REFERENCE_BACKEND = "torch-eager"  # speedups are relative to this backend of the same preset and host
 PAGE_SIZE = 1000  # runs per search_runs call
@@ -50,7 +51,8 @@ def collect_records(
 ) -> list[dict[str, Any]]:
     """Flat records of the bench child runs in ``experiment``, newest first.
 
-    ``preset``/``backend``/``host`` take one name or a comma-separated list; ``since`` a datetime, an
+    ``preset``/``backend``/``host`` take one name or a comma-separated list (``host`` matches a host name or
+    a host class); ``since`` a datetime, an
     ISO date/time (UTC unless it says otherwise) or a relative age such as ``7d``, ``24h``, ``30m``, ``2w``.
     With ``latest`` only the newest run per (preset, backend, host) is kept. With ``required`` an empty
     answer is a :class:`ReportError` saying which presets, backends and hosts do have results.
@@ -105,7 +107,7 @@ def collect_records(
         r for r in records
         if (not presets or r.get("preset") in presets)
         and (not backends or r.get("backend") in backends)
-        and (not hosts or r.get("host") in hosts)
+        and (not hosts or r.get("host") in hosts or r.get("host_class") in hosts)
         and (since_ms is None or started_ms(r) >= since_ms)
     ]
     records.sort(key=started_ms, reverse=True)
@@ -241,6 +243,17 @@ def is_noisy(rec: dict[str, Any], b: int) -> bool:
     return bool(number(rec, f"noisy_b{b}") or 0.0)
 
 
+def p99_valid(rec: dict[str, Any] | None, b: int) -> bool:
+    """Whether a cell's p99 may be claimed: it has an upper bound at 99% confidence (LoadGen's early stopping),
+    or, for results older than that bound, at least the calls the bound needs."""
+    if rec is None:
+        return False
+    if number(rec, f"latency_p99_upper_ms_b{b}") is not None:
+        return True
+    n = number(rec, f"iterations_b{b}")
+    return n is not None and n >= min_calls_for_tail()
+
+
 def batch_sizes_of(records: Iterable[dict[str, Any]]) -> list[int]:
     """Every batch size with a latency in ``records``, ascending."""
     found: set[int] = set()
@@ -263,10 +276,12 @@ def preset_order() -> dict[str, int]:
 
 
 def sort_key(order: dict[str, int]):
-    """Records in zoo order of presets, the reference backend first, then by backend, host, newest first."""
+    """Records in zoo order of presets, grouped by host class, the reference backend first, then by backend,
+    host, newest first."""
     def key(r: dict[str, Any]):
         p, b = str(r.get("preset", "")), str(r.get("backend", ""))
-        return (order.get(p, len(order)), p, b != REFERENCE_BACKEND, b, str(r.get("host", "")), -started_ms(r))
+        return (order.get(p, len(order)), p, str(r.get("host_class") or ""), b != REFERENCE_BACKEND, b,
+                str(r.get("host", "")), -started_ms(r))
     return key
 
 

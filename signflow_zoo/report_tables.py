@@ -12,14 +12,17 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from .report_records import (REFERENCE_BACKEND, ReportError, batch_sizes_of, is_noisy, number, preset_order,
-                             reference_of, references, sort_key, started_ms)
-from .timing import NOISY_RULE
+from .report_records import (REFERENCE_BACKEND, ReportError, batch_sizes_of, is_noisy, number, p99_valid,
+                             preset_order, reference_of, references, sort_key, started_ms)
+from .timing import NOISY_RULE, TAIL_CONFIDENCE, min_calls_for_tail
 
 FORMATS = ("terminal", "markdown", "csv", "json")
 NOISY_MARK = "~"
 SAME_MARK = "≈"
+TAIL_MARK = "<"  # a p99 from too few calls to claim: shown as "<n calls", not as a number
 NOISY_LEGEND = (f"{NOISY_MARK} = {NOISY_RULE}; rerun on a quieter machine or with more iterations (--min-time)")
+TAIL_LEGEND = (f"{TAIL_MARK}N calls = too few calls to claim a p99 (an upper bound at {TAIL_CONFIDENCE:.0%} confidence "
+               f"needs {min_calls_for_tail()}: MLPerf LoadGen's early-stopping rule); raise --tail-iters or --min-iters")
 SAME_LEGEND = (f"{SAME_MARK} = indistinguishable from {{ref}} in this run: the 95% bootstrap interval of the speedup "
                "contains 1.0x")
 
@@ -133,6 +136,7 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
     sizes = sorted(set(int(b) for b in batch_sizes)) if batch_sizes else batch_sizes_of(records)
     records.sort(key=sort_key(preset_order()))
     several_hosts = len({r.get("host", "") for r in records}) > 1
+    classes = sorted({str(r.get("host_class") or "") for r in records} - {""})
     keys = [(r.get("preset"), r.get("backend"), r.get("host", "")) for r in records]
     repeated = len(set(keys)) < len(keys)
     raw = fmt in ("csv", "json")
@@ -140,6 +144,8 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
     columns: list[tuple[str, str]] = [("preset", "preset"), ("backend", "backend")]
     if several_hosts or raw:
         columns.append(("host", "host"))
+    if len(classes) > 1 or raw:
+        columns.append(("host_class", "host class"))
     if repeated or raw:
         columns.append(("created", "created"))
     columns.append(("status", "status"))
@@ -160,16 +166,18 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         for b in sizes:
             i = columns.index((f"p50_ms_b{b}", f"p50 ms b{b}"))
             columns[i + 1:i + 1] = [(f"p50_ci_lo_ms_b{b}", f"p50 CI lo b{b}"), (f"p50_ci_hi_ms_b{b}", f"p50 CI hi b{b}")]
+            k = columns.index((f"p99_ms_b{b}", f"p99 ms b{b}"))
+            columns[k + 1:k + 1] = [(f"p99_upper_ms_b{b}", f"p99 upper b{b}"), (f"n_b{b}", f"n b{b}")]
             j = columns.index((f"speedup_b{b}", f"vs eager b{b}"))
             columns.insert(j + 1, (f"speedup_distinguishable_b{b}", f"distinguishable b{b}"))
 
     rows: list[dict[str, Any]] = []
-    any_noisy = any_same = False
+    any_noisy = any_same = any_short_tail = False
     refs = references(records)
     for r in records:
         ref = reference_of(r, refs)
         row: dict[str, Any] = {"preset": r.get("preset", ""), "backend": r.get("backend", ""),
-                               "host": r.get("host", ""), "created": r.get("created") or _iso(started_ms(r))}
+                               "host": r.get("host", ""), "host_class": r.get("host_class", "") or "", "created": r.get("created") or _iso(started_ms(r))}
         if raw:
             row.update(status=r.get("status", ""), reason=r.get("reason", "") or "", num_params=_int(number(r, "num_params")))
         else:
@@ -184,6 +192,8 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
             if raw:
                 row.update({f"p50_ms_b{b}": p50, f"p50_ci_lo_ms_b{b}": number(r, f"latency_p50_ci_lo_ms_b{b}"),
                             f"p50_ci_hi_ms_b{b}": number(r, f"latency_p50_ci_hi_ms_b{b}"), f"p99_ms_b{b}": p99,
+                            f"p99_upper_ms_b{b}": number(r, f"latency_p99_upper_ms_b{b}"),
+                            f"n_b{b}": _int(number(r, f"iterations_b{b}")),
                             f"throughput_seq_s_b{b}": thr, f"noisy_b{b}": noisy if p50 is not None else None,
                             f"speedup_b{b}": None if speedup is None else round(speedup, 4),
                             f"speedup_distinguishable_b{b}": None if speedup is None else not same})
@@ -192,8 +202,11 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
                 any_noisy = any_noisy or (noisy and p50 is not None)
                 any_same = any_same or (speedup is not None and same)
                 speed_mark = SAME_MARK if same else (NOISY_MARK if noisy or (ref is not None and is_noisy(ref, b)) else "")
+                tail_ok = p99_valid(r, b)
+                any_short_tail = any_short_tail or (p99 is not None and not tail_ok)
                 row.update({f"p50_ms_b{b}": mark + fmt_ms(p50) if p50 is not None else "",
-                            f"p99_ms_b{b}": mark + fmt_ms(p99) if p99 is not None else "",
+                            f"p99_ms_b{b}": ("" if p99 is None else mark + fmt_ms(p99) if tail_ok
+                                             else f"{TAIL_MARK}{_int(number(r, f'iterations_b{b}')) or 0} calls"),
                             f"throughput_seq_s_b{b}": _fmt_throughput(thr),
                             f"speedup_b{b}": "" if speedup is None else f"{speed_mark}{speedup:.2f}x"})
         acc, agree = number(r, "accuracy_top1"), number(r, "agreement_top1")
@@ -212,12 +225,17 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         rows.append(row)
 
     if not raw:  # a column nobody measured is noise on screen; csv/json keep a stable schema
-        fixed = {"preset", "backend", "host", "created", "status"}
+        fixed = {"preset", "backend", "host", "host_class", "created", "status"}
         columns = [(k, h) for k, h in columns if k in fixed or any(row.get(k) for row in rows)]
-    right = {k for k, _ in columns} - {"preset", "backend", "host", "created", "status"}
+    right = {k for k, _ in columns} - {"preset", "backend", "host", "host_class", "created", "status"}
     text = _render(columns, rows, fmt, right)
     if not raw:
         notes = ([NOISY_LEGEND] if any_noisy else []) + ([SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if any_same else [])
+        notes += [TAIL_LEGEND] if any_short_tail else []
+        if len(classes) > 1:
+            notes.append(f"{len(classes)} host classes ({', '.join(classes)}): milliseconds compare only within one "
+                         "class; across classes compare speedups (within one host) or `report --compare` on "
+                         "normalized values")
         notes += data_lines(records) + drift_lines(records)
         if any(row.get("memory_mb") for row in rows):
             notes.append("mem MB = peak resident memory of the backend's own worker process above its level just "

@@ -28,7 +28,7 @@ from .mlflow_store import (COMPLETE_TAG, EXPERIMENT, INVOCATION_ID_TAG, KIND_INV
 from .records import BenchDocument
 from .tracking import Tracker, short_error
 
-STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "cpu", "gpu",
+STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "host_class", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
                "schedule", "data_split", "data")
 
@@ -77,7 +77,8 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         "provider": p.get("provider", ""), "precision": p.get("precision", ""), "threads": str(p.get("threads", "")),
         "batch_sizes": ",".join(str(b) for b in cfg.get("batch_sizes", [])),
         "exporter": p.get("exporter", ""), "opset": str(p.get("opset", "")),
-        "artifact_sha256": p.get("artifact_sha256", ""), "host": env.get("host", ""), "cpu": env.get("cpu", ""),
+        "artifact_sha256": p.get("artifact_sha256", ""), "host": env.get("host", ""),
+        "host_class": env.get("host_class", ""), "cpu": env.get("cpu", ""),
         "gpu": env.get("gpu", ""), "invocation_id": doc.get("invocation_id", ""), "result_id": record["result_id"],
         "created": doc.get("created", ""), "schedule": str((cfg.get("timing") or {}).get("schedule", "")),
         "data": str(p.get("data", "")), "data_split": str(p.get("data_split", "")),
@@ -128,6 +129,8 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         flat[f"noisy_b{b}"] = 1.0 if lat["noisy"] else 0.0
         flat[f"valid_b{b}"] = 1.0 if lat.get("valid", True) else 0.0
         flat[f"iterations_b{b}"] = lat["iterations"]
+        if lat.get("p99_upper_ms") is not None:
+            flat[f"latency_p99_upper_ms_b{b}"] = lat["p99_upper_ms"]
     for b, sp in _batch_items(record.get("speedup")):
         flat[f"speedup_b{b}"] = sp["ratio"]
         flat[f"speedup_ci_lo_b{b}"], flat[f"speedup_ci_hi_b{b}"] = sp["ci"]

@@ -9,7 +9,7 @@ that batch size; every other backend goes on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -104,6 +104,7 @@ def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarra
     """
     live = [ln for ln in lanes if ln.live]
     key = f"b{batch}"
+    cfg = replace(cfg, min_iters=cfg.calls_for(batch))  # batch 1: enough calls for a valid p99
     for ln in list(live):
         try:
             ln.worker.call("load", key, features, mask)
@@ -148,6 +149,7 @@ def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarra
             continue
         stats = summarize(o.blocks, batch, cfg.min_iters, o.discarded)
         ln.record.latency[batch] = stats
+        ln.record.samples[batch] = [[round(v / 1e6, 5) for v in block] for block in o.blocks]
         if check and solo[name].blocks:
             alone = summarize(solo[name].blocks, batch)
             ln.record.timing_check[batch] = TimingCheck(

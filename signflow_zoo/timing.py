@@ -9,6 +9,11 @@ A p50 carries a 95% confidence interval bootstrapped over blocks (a block is the
 drift and switches act on, so resampling single calls would understate the uncertainty). The noisy
 rule is :data:`NOISY_RULE`; a result cut short by ``max_time`` before ``min_iters`` is not *valid*
 (MLPerf LoadGen's INVALID): it is reported, never silently used.
+
+A tail percentile is claimed only when the call count supports it: :func:`tail_upper_bound` is the
+upper bound of a percentile at 99% confidence by LoadGen's early-stopping rule (an order statistic chosen
+from the binomial distribution of calls above the true percentile), ``None`` below
+:func:`min_calls_for_tail` calls (459 for a p99). ``LatencyStats.p99_upper_ms`` holds it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ NOISY_RULE = (f"noisy: the p50's 95% bootstrap interval is wider than {NOISY_CI:
               f"or p99 > {NOISY_TAIL:g} x p50")
 BOOTSTRAP_SAMPLES = 1000
 SCHEDULES = ("interleaved", "sequential")
+TAIL_PERCENTILE = 0.99  # the tail a latency cell reports ...
+TAIL_CONFIDENCE = 0.99  # ... and the confidence its upper bound holds at (LoadGen's early stopping)
 
 
 @dataclass
@@ -42,6 +49,9 @@ class TimingConfig:
     warmup_time: float = 1.0  # ... or this many seconds of them (at least 2 calls), whichever comes first
     min_iters: int = 20  # timed calls per backend and batch size, at least ...
     min_time: float = 1.0  # ... and this many seconds of timed calls
+    # calls at batch 1, where a p99 is what users decide on: 459 is the fewest for which the p99 has an upper
+    # bound at 99% confidence (:func:`min_calls_for_tail`); 0 turns it off. Larger batches keep ``min_iters``.
+    tail_iters: int = 460
     max_time: float = 120.0  # hard cap per backend and batch size: stops there, marked not valid if short
     schedule: str = "interleaved"  # "interleaved": blocks of each backend in turn; "sequential": one backend after another
     block_time: float = 0.1  # seconds of back-to-back calls in one block (at least one call)
@@ -55,6 +65,8 @@ class TimingConfig:
             problems.append(f"warmup must be >= 0, got {self.warmup}")
         if self.min_iters < 1:
             problems.append(f"min-iters must be >= 1, got {self.min_iters}")
+        if self.tail_iters < 0:
+            problems.append(f"tail-iters must be >= 0, got {self.tail_iters}")
         for name in ("warmup_time", "min_time", "settle_time"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -70,6 +82,44 @@ class TimingConfig:
         if problems:
             raise SignFlowError("timing options: " + "; ".join(problems))
         return self
+
+    def calls_for(self, batch: int) -> int:
+        """Timed calls wanted at this batch size: ``min_iters``, or ``tail_iters`` at batch 1."""
+        return max(self.min_iters, self.tail_iters) if batch == 1 else self.min_iters
+
+
+def _binom_cdf_all(n: int, p: float) -> np.ndarray:
+    """P(X <= k) for k = 0..n, X ~ Binomial(n, p): log pmf by cumulative sums, normalised at its peak
+    (no overflow or underflow for millions of calls)."""
+    j = np.arange(1, n + 1, dtype=np.float64)
+    log_choose = np.concatenate([[0.0], np.cumsum(np.log((n - j + 1) / j))])
+    k = np.arange(n + 1, dtype=np.float64)
+    logpmf = log_choose + k * math.log(p) + (n - k) * math.log1p(-p)
+    pmf = np.exp(logpmf - logpmf.max())
+    return np.cumsum(pmf) / pmf.sum()
+
+
+def tail_rank(n: int, q: float = TAIL_PERCENTILE, confidence: float = TAIL_CONFIDENCE) -> int | None:
+    """1-based rank k of the order statistic that bounds the q-quantile from above with ``confidence``
+    (P(x_(k) >= true quantile) = P(Binomial(n, q) <= k - 1) >= confidence), or None when even the largest
+    of ``n`` calls does not (too few calls: MLPerf LoadGen's early-stopping rule)."""
+    if n < min_calls_for_tail(q, confidence):
+        return None
+    cdf = _binom_cdf_all(n, q)
+    k = int(np.searchsorted(cdf, confidence)) + 1  # first k - 1 with cdf >= confidence
+    return k if k <= n else None
+
+
+def min_calls_for_tail(q: float = TAIL_PERCENTILE, confidence: float = TAIL_CONFIDENCE) -> int:
+    """Fewest calls for which :func:`tail_rank` exists: q^n <= 1 - confidence (459 for a p99 at 99%)."""
+    return math.ceil(math.log(1 - confidence) / math.log(q))
+
+
+def tail_upper_bound(sorted_vals: Sequence[float], q: float = TAIL_PERCENTILE,
+                     confidence: float = TAIL_CONFIDENCE) -> float | None:
+    """Upper bound of the q-quantile at ``confidence`` from already sorted values; None with too few."""
+    k = tail_rank(len(sorted_vals), q, confidence)
+    return None if k is None else float(sorted_vals[k - 1])
 
 
 def percentile(sorted_vals: Sequence[float], q: float) -> float:
@@ -189,12 +239,25 @@ class LatencyStats:
     noisy_why: str
     valid: bool  # False when cut short by max_time before min_iters (LoadGen's INVALID)
     discarded: int = 0  # calls dropped after switches (not in the statistics)
+    # upper bound of the p99 at 99% confidence (LoadGen's early stopping); None: too few calls to claim a p99
+    p99_upper_ms: float | None = None
+
+    @property
+    def n(self) -> int:
+        """Timed calls in the statistics."""
+        return self.iterations
+
+    @property
+    def p99_valid(self) -> bool:
+        """Enough calls for the p99 to be claimed (its upper bound exists)."""
+        return self.p99_upper_ms is not None
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
         d = asdict(self)
         d["p50_ci_ms"] = list(self.p50_ci_ms)
+        d["n"] = self.n
         return d
 
 
@@ -220,6 +283,7 @@ def summarize(blocks_ns: Sequence[Sequence[int]], batch: int, min_iters: int = 1
         p50_ci_ms=(lo, hi), p90_ms=percentile(s, 90), p99_ms=p99, mean_ms=mean, stdev_ms=stdev, min_ms=s[0],
         max_ms=s[-1], cv=stdev / mean if mean > 0 else 0.0, throughput_seq_s=batch * 1e3 / mean if mean > 0 else 0.0,
         noisy=bool(why), noisy_why="; ".join(why), valid=len(ms) >= min_iters, discarded=discarded,
+        p99_upper_ms=tail_upper_bound(s),
     )
 
 

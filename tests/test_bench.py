@@ -41,6 +41,7 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, wa
     assert [r["at"] for r in doc["drift"]["readings"]] == ["start", "after tiny (end)"]
     assert doc["drift"]["ratio"] > 0 and doc["config"]["timing"]["schedule"] == "interleaved"
     assert doc["ceilings"]["gflops"]["fp32"] > 0  # this machine's roofline, measured once and cached
+    assert doc["environment"]["host_class"] and "cpu_flags" in doc["environment"]
     recs = {r["backend"]: r for r in doc["records"]}
     assert {"torch-eager", "onnx-cpu", "onnx-optimized", "onnx-cuda"} <= set(recs)
     for name in ("torch-eager", "onnx-cpu", "onnx-optimized"):
@@ -51,6 +52,11 @@ def test_bench_end_to_end_on_the_local_store(tiny_zoo_file, tmp_path, capsys, wa
             assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] and lat["iterations"] >= 10
             assert lat["p50_ci_ms"][0] <= lat["p50_ms"] <= lat["p50_ci_ms"][1] and lat["blocks"] >= 1
             assert lat["throughput_seq_s"] > 0 and lat["valid"] is True
+            # every timed call is kept, block by block, for comparisons across runs; a p99 bound only with enough
+            calls = [v for block in r["samples"][b] for v in block]
+            assert len(calls) == lat["n"] == lat["iterations"] and len(r["samples"][b]) == lat["blocks"]
+            assert min(calls) == pytest.approx(lat["min_ms"], abs=1e-5)
+            assert (lat["p99_upper_ms"] is None) == (lat["n"] < 459)
             check = r["timing_check"][b]
             assert check["p50_ratio"] == pytest.approx(check["scheduled_p50_ms"] / check["solo_p50_ms"])
             assert check["scheduled_p50_ms"] == pytest.approx(lat["p50_ms"])

@@ -474,3 +474,31 @@ def test_table_shows_roofline_share_and_accuracy_change_against_eager():
     assert raw["openvino-int8"]["accuracy_change"] == pytest.approx(0.003)
     assert raw["openvino-int8"]["roofline_share_b1"] == pytest.approx(0.081)
     assert raw["onnx-int8"]["roofline_share_b1"] is None
+
+
+def test_a_p99_is_shown_only_where_the_call_count_supports_it():
+    short = flat_record("baseline", "onnx-cpu", "cpu-box")  # 100 calls: too few for a p99
+    long = flat_record("baseline", "torch-eager", "cpu-box")
+    long.update({"iterations_b1": 600.0, "latency_p99_upper_ms_b1": 9.5})
+    text = report.comparison_table([long, short], batch_sizes=[1])
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("baseline")}
+    assert "<100 calls" in rows["onnx-cpu"] and "<" not in rows["torch-eager"]
+    assert "too few calls to claim a p99" in text and "459" in text
+    raw = {r["backend"]: r for r in json.loads(report.comparison_table([long, short], fmt="json", batch_sizes=[1]))}
+    assert raw["torch-eager"]["p99_upper_ms_b1"] == 9.5 and raw["onnx-cpu"]["p99_upper_ms_b1"] is None
+    assert raw["onnx-cpu"]["n_b1"] == 100
+
+
+def test_results_of_several_host_classes_are_grouped_and_labelled():
+    zen3 = [flat_record("baseline", b, "box-a") for b in ("torch-eager", "onnx-cpu")]
+    zen5 = [flat_record("baseline", b, "box-b") for b in ("torch-eager", "onnx-cpu")]
+    for r in zen3:
+        r["host_class"] = "amd-f25m1-avx2-2cpu"
+    for r in zen5:
+        r["host_class"] = "amd-f26m2-avx512bf16-2cpu"
+    text = report.comparison_table(zen5 + zen3)
+    lines = [line for line in text.splitlines() if line.startswith("baseline")]
+    assert "host class" in text.splitlines()[0]
+    assert [("avx2" in line) for line in lines] == [True, True, False, False]  # grouped by class
+    assert "2 host classes" in text and "milliseconds compare only within one class" in text
+    assert "host class" not in report.comparison_table(zen3).splitlines()[0]

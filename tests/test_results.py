@@ -34,10 +34,12 @@ def test_typed_records_round_trip_through_the_writer(tmp_path):
     doc = BenchDocument.from_dict(json.loads(SCHEMA1_FILE.read_text()))
     doc.result_file = str(tmp_path / "r.json")
     doc.drift.readings = [{"at": "start", "ms": 2.0, "time": "t0"}, {"at": "end", "ms": 2.2, "time": "t1"}]
+    doc.records[0].samples = {1: [[1.25, 1.5], [1.125]], 32: [[9.0]]}
     path = write_result(doc)
     again = BenchDocument.from_dict(json.loads(path.read_text()))
     assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(doc.to_dict(), sort_keys=True)  # NaN-safe
     assert again.drift.ratio == pytest.approx(1.1) and again.drift.spread == pytest.approx(1.1)
+    assert again.records[0].samples == {1: [[1.25, 1.5], [1.125]], 32: [[9.0]]}  # per-call samples kept
     assert not list(tmp_path.glob("*.tmp"))  # the writer leaves no temp file behind
 
 

@@ -281,3 +281,45 @@ def test_check_timing_scatters_solo_stints_through_the_interleaved_schedule(monk
         assert min(c for m, c in stints if m == n) == 100 and max(c for m, c in stints if m == n) >= 700
     # a stint is two requests of the same backend in a row (the lead block and the kept one)
     assert "a" in log and log.count("a") == rounds + 2 * len([s for s in stints if s[0] == "a"])
+
+
+# -- valid tails: LoadGen's early-stopping bound of the p99 ---------------------------------------------
+
+def _exact_cdf(k, n, p):
+    """Exact binomial CDF in rational arithmetic: an independent check of the float computation."""
+    from fractions import Fraction
+    from math import comb
+
+    q = Fraction(p).limit_denominator(1000)
+    return float(sum(comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(k + 1)))
+
+
+@pytest.mark.parametrize("n", [459, 460, 600, 1000, 1500])
+def test_tail_rank_is_the_smallest_order_statistic_that_bounds_the_p99_at_99_percent(n):
+    from signflow_zoo.timing import tail_rank
+
+    k = tail_rank(n)
+    assert k is not None and k <= n
+    assert _exact_cdf(k - 1, n, 0.99) >= 0.99  # x_(k) >= the true p99 with 99% confidence ...
+    assert _exact_cdf(k - 2, n, 0.99) < 0.99  # ... and x_(k-1) would not be enough
+
+
+def test_too_few_calls_claim_no_p99():
+    from signflow_zoo.timing import min_calls_for_tail, tail_rank, tail_upper_bound
+
+    assert min_calls_for_tail() == 459
+    assert tail_rank(458) is None and tail_upper_bound(list(range(458))) is None
+    st = summarize([[1_000_000 + i for i in range(458)]], batch=1)
+    assert st.p99_upper_ms is None and not st.p99_valid and st.to_dict()["n"] == 458
+    st = summarize([[1_000_000 + 1000 * i for i in range(1000)]], batch=1)
+    # the bound is an order statistic at or above the p99 (rank 998 of 1000 calls)
+    assert st.p99_valid and st.p99_upper_ms == pytest.approx((1_000_000 + 1000 * 997) / 1e6)
+    assert st.p99_upper_ms >= st.p99_ms
+
+
+def test_tail_iters_apply_at_batch_1_only():
+    cfg = TimingConfig(min_iters=20, tail_iters=460)
+    assert cfg.calls_for(1) == 460 and cfg.calls_for(32) == 20
+    assert TimingConfig(min_iters=20, tail_iters=0).calls_for(1) == 20
+    with pytest.raises(SignFlowError, match="tail-iters"):
+        TimingConfig(tail_iters=-1).validate()
