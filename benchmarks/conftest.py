@@ -23,10 +23,13 @@ def pytest_addoption(parser):
     group = parser.getgroup("signflow-zoo benchmarks")
     group.addoption("--bench-mode", choices=("short", "full"), default=os.environ.get("SIGNFLOW_ZOO_BENCH_MODE", "short"),
                     help="short: lightweight and baseline, batch 1 and 8 (CI); full: every preset, batch 1 and 32")
-    group.addoption("--update-baseline", action="store_true",
-                    help="write the gate's measured ratios into benchmarks/baseline.json instead of judging them")
+    group.addoption("--gate-base", default=None, metavar="REV",
+                    help="the commit the gate compares the working tree with (default: benchmarks/GATE_BASE, or "
+                         "$SIGNFLOW_ZOO_GATE_BASE)")
+    group.addoption("--gate-backends", default=None, metavar="A,B",
+                    help="gate only these backends (default: every backend available here)")
     group.addoption("--gate-min-time", type=float, default=1.5,
-                    help="seconds of timed calls per backend and batch size in the gate (default 1.5)")
+                    help="seconds of timed calls per backend, version and batch size in the gate (default 1.5)")
 
 
 def pytest_configure(config):
@@ -81,25 +84,9 @@ def artifacts_by_preset(tmp_path_factory):
 
 
 def build_artifacts(preset: str, folder, num_classes: int = 20):
-    import torch
+    from signflow_zoo.testing import bench_artifacts
 
-    from signflow_zoo.artifacts import serving_metadata
-    from signflow_zoo.checkpoint import save_checkpoint
-    from signflow_zoo.export import export_to_onnx, optimize_onnx_model
-    from signflow_zoo.model import build_model
-    from signflow_zoo.runners import Artifacts
-    from signflow_zoo.zoo import get_model_config
-
-    torch.manual_seed(0)
-    entry = get_model_config(preset)
-    model = build_model(entry, num_classes=num_classes).eval()
-    labels = [f"s{i}" for i in range(num_classes)]
-    ckpt = save_checkpoint(folder / "m.pt", model, {"preset": preset, "labels": labels})
-    meta = serving_metadata({"preset": preset, "labels": labels, "model_kwargs": model.init_kwargs})
-    export_to_onnx(model, folder / "m.onnx", metadata=meta, exporter="legacy", verify=False)
-    optimize_onnx_model(folder / "m.onnx", folder / "m.opt.onnx", entry.heads, entry.d_model)
-    return Artifacts(preset=preset, num_classes=num_classes, labels=labels, model_kwargs=model.init_kwargs,
-                     checkpoint=ckpt, onnx=folder / "m.onnx", onnx_optimized=folder / "m.opt.onnx", workdir=folder)
+    return bench_artifacts(preset, folder, num_classes=num_classes)
 
 
 def ensure_kind(arts, kind: str):
@@ -120,21 +107,13 @@ def lightweight_artifacts(artifacts_by_preset):
 
 @pytest.fixture
 def gate(request):
-    """Record a ratio: ``gate(name, kind, value, detail)`` -> the judged :class:`ratio_gate.Check`."""
-    baseline = ratio_gate.load_baseline()
+    """Record a judged :class:`ratio_gate.Check` for the summary: ``gate(check)`` -> ``check``."""
 
-    def record(name: str, kind: str, value: float, detail: str = "", peers=None) -> ratio_gate.Check:
-        check = ratio_gate.judge(name, kind, value, detail, baseline, peers)
+    def record(check: ratio_gate.Check) -> ratio_gate.Check:
         request.config._gate_checks.append(check)
         return check
 
     return record
-
-
-def pytest_sessionfinish(session, exitstatus):
-    cfg = session.config
-    if cfg.getoption("update_baseline") and cfg._gate_checks:
-        ratio_gate.write_baseline(cfg._gate_checks)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -151,11 +130,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for name, med, iqr, rounds in rows:
             terminalreporter.write_line(f"{name:<{width}}  {med:9.3f}  (IQR {iqr:.3f}, {rounds} rounds)")
     if checks:
-        title = "gate: ratios written to benchmarks/baseline.json" if config.getoption("update_baseline") else \
-            "gate: ratios measured in this run vs benchmarks/baseline.json"
-        terminalreporter.section(title)
-        update = config.getoption("update_baseline")
+        terminalreporter.section("gate: the working tree against its base commit, measured in this run")
         for c in checks:
-            text = (f"{c.name}: {c.value:.3f} -> max {c.value * (1 + ratio_gate.MARGINS[c.kind]):.3f}" if update
-                    else f"[{c.verdict:>4}] {c.line()}")
-            terminalreporter.write_line(text + (f"  ({c.detail})" if c.detail else ""))
+            terminalreporter.write_line(f"[{c.verdict:>4}] {c.line()}" + (f"  ({c.detail})" if c.detail else ""))

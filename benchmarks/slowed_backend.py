@@ -1,4 +1,4 @@
-"""A deliberately slowed onnx-cpu (each call busy-waits 30% longer), to prove the gate bites.
+"""A deliberately slowed onnx-cpu (each call busy-waits 40% longer), to prove the gate bites.
 
 Load it in place of the built-in: ``SIGNFLOW_ZOO_BLOCK_PLUGINS=onnx_cpu SIGNFLOW_ZOO_PLUGINS=slowed_backend``
 (with ``benchmarks/`` on ``PYTHONPATH``).
@@ -8,14 +8,14 @@ import time
 
 from signflow_zoo.api import OrtRunner, hookimpl
 
-SLOWDOWN = 0.30
+SLOWDOWN = 0.40
 
 
 class SlowedOnnxCpuRunner(OrtRunner):
     name = "onnx-cpu"
     artifact = "onnx"
     provider = "CPUExecutionProvider"
-    summary = "onnx-cpu plus a 30% busy-wait per call (gate self-test)"
+    summary = "onnx-cpu plus a 40% busy-wait per call (gate self-test)"
 
     def infer(self, features, mask):
         t0 = time.perf_counter()

@@ -1,190 +1,188 @@
-"""The regression gate (``python -m pytest benchmarks -m gate``): ratios measured in one run.
+"""The regression gate (``python -m pytest benchmarks -m gate``): this change against its base, in one run.
 
-Per preset (short mode: lightweight and baseline): every available backend in its own worker process,
-timed in the harness's interleaved schedule at batch 1 and 8 (full mode: 32); each backend's p50 over the
-geometric mean of the other backends' p50s in the same run (``X:others``), and onnx-optimized's over
-onnx-cpu's and back (``pair``). Why not every backend over torch-eager's: on this machine kind torch-eager and the ONNX Runtime /
-OpenVINO family drift apart by up to 57% between runs (a machine state, not a code change), while a backend
-over its peers' geometric mean stayed within 24% (benchmarks/SCHEDULE.md). torch-eager itself is checked
-with the wider ``reference`` margin. Then the harness's timing loop over a bare runtime
-loop, and the streaming pipeline's per-frame cost over a fixed reference workload. See ratio_gate.py.
+Per preset (short mode: lightweight and baseline): the base commit's code and the working tree's, each
+building its own artifacts (export, optimized graph, plugin kinds) and running every available backend in
+its own worker process; head and base workers of all backends take turns in the harness's interleaved
+schedule at batch 1 and 8 (full mode: 32). Each backend's head/base ratio of medians has a bootstrap 95%
+interval; a check fails when the interval lies wholly above its margin. Then the streaming pipeline's
+per-frame cost head/base, and the harness's timing loop against a bare runtime loop. Rules and margins:
+``ratio_gate.py``; versions: ``gate_versions.py``. Holds on any machine kind: nothing measured elsewhere
+is compared.
 """
 
-import time
+from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
+import gate_versions
 import ratio_gate
-
-from conftest import BATCHES, THREADS, ensure_kind
+from conftest import BATCHES, THREADS
 from signflow_zoo.plugins import get_registry
-from signflow_zoo.runners import RunnerOptions
 from signflow_zoo.schedule import run_schedule, warm
-from signflow_zoo.timing import TimingConfig, reference_workload, summarize
-from signflow_zoo.worker import BackendWorker, WorkerSpec
+from signflow_zoo.timing import TimingConfig
 from test_bench_backends import batch_of, harness_overhead
 
 pytestmark = pytest.mark.gate
 
-REFERENCE = "torch-eager"
-# same runtime and graph, so machine drift cancels almost exactly (spread -3% to +4% over 12 runs, a slow
-# session aside, which the re-measurement absorbs): both directions, so a slowdown of either one is caught
-# at the tighter "pair" margin, not only through its noisier X:others ratio (benchmarks/SCHEDULE.md)
-PAIRS = (("onnx-optimized", "onnx-cpu"), ("onnx-cpu", "onnx-optimized"))
-ALTERNATIONS = 9
+BUILTIN_KINDS = ("torch", "onnx", "onnx-optimized")
+PIPELINE_ALTERNATIONS = 9
+HEAD_ENV_VAR = "SIGNFLOW_ZOO_GATE_HEAD_ENV"  # "KEY=VALUE;KEY=VALUE" for head workers only (the self-test)
+
+
+def head_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for item in filter(None, os.environ.get(HEAD_ENV_VAR, "").split(";")):
+        key, _, value = item.partition("=")
+        env[key.strip()] = value
+    return env
+
+
+@pytest.fixture(scope="session")
+def versions(tmp_path_factory, request):
+    """{"head": the working tree, "base": the base commit exported}: a setup failure fails the gate, loudly."""
+    try:
+        rev = gate_versions.base_rev(request.config.getoption("gate_base"))
+        base = gate_versions.materialize_base(rev, tmp_path_factory.mktemp("gate-base"))
+    except gate_versions.GateSetupError as exc:
+        pytest.fail(f"gate: {exc}", pytrace=False)
+    print(f"\ngate: head = working tree, base = {base.rev}")
+    return {"head": gate_versions.head(), "base": base}
 
 
 def _fail_message(failed):
-    return "ratios past their thresholds (a performance regression, or rerun `" + \
-        "python -m pytest benchmarks -m gate --update-baseline` after a deliberate change):\n" + \
-        "\n".join(c.line() for c in failed)
+    return ("slower than the base commit beyond the margin (a performance regression; if deliberate, say so "
+            "and move benchmarks/GATE_BASE to a commit that has it):\n" + "\n".join(c.line() for c in failed))
 
 
-def _measure_ratios(preset, arts, names, cfg, batches) -> dict:
-    """One measurement of every backend in fresh worker processes: {check name: (kind, ratio, detail, peers)}."""
+def _build(versions, preset, names, folder) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Each version's artifacts of ``preset``: {version: artifacts.pkl path}, {version: backends it cannot build}."""
     reg = get_registry()
-    workers = {n: BackendWorker(n, WorkerSpec(reg.get(n).cls, RunnerOptions(threads=THREADS), arts), cfg.timeout)
-               for n in names}
+    kinds = sorted({reg.get(n).cls.artifact for n in names} - set(BUILTIN_KINDS))
+    files, missing = {}, {}
+    for label, v in versions.items():
+        out = folder / label
+        w = gate_versions.VersionWorker(f"build@{label}", v, env=head_env() if label == "head" else None)
+        try:
+            built = w.call("build", preset, str(out), kinds, budget=600.0)
+        finally:
+            w.close()
+        files[label] = str(out / "artifacts.pkl")
+        missing[label] = {n for n in names if reg.get(n).cls.artifact in built["errors"]}
+    return files, missing
+
+
+def _measure(preset, versions, files, names, cfg, batches) -> dict[str, ratio_gate.Check]:
+    """One measurement, every backend of both versions in fresh workers: {check name: Check}."""
+    workers = {}
+    for n in names:
+        for label, v in versions.items():
+            workers[f"{n}@{label}"] = gate_versions.VersionWorker(f"{n}@{label}", v, cfg.timeout,
+                                                                  env=head_env() if label == "head" else None)
     out = {}
     try:
-        for w in workers.values():
-            w.call("prepare")
+        for key, w in workers.items():
+            n, label = key.rsplit("@", 1)
+            w.call("prepare", n, files[label], THREADS)
         for batch in batches:
             x, m = batch_of(batch)
             for w in workers.values():
                 w.call("load", "g", x, m)
             outcomes = warm(workers, "g", cfg)
             run_schedule(workers, "g", cfg, outcomes)
-            for n, o in outcomes.items():
+            for key, o in outcomes.items():
                 if o.error is not None:
                     raise o.error
-            p50 = {n: summarize(o.blocks, batch).p50_ms for n, o in outcomes.items()}
             for n in names:
-                peers = sorted(p for p in names if p != n)
-                ref = float(np.exp(np.mean([np.log(p50[p]) for p in peers])))
-                info = f"{p50[n]:.3f} ms / {ref:.3f} ms geomean of {len(peers)}"
-                if n != REFERENCE and REFERENCE in p50:
-                    info += f"; {p50[n] / p50[REFERENCE]:.2f}x of {REFERENCE}'s time (not gated)"
-                kind = "reference" if n == REFERENCE else "backend"
-                out[f"{preset}/b{batch}/{n}:others"] = (kind, p50[n] / ref, info, peers)
-            for a, b in PAIRS:
-                if a in p50 and b in p50:
-                    out[f"{preset}/b{batch}/{a}:{b}"] = ("pair", p50[a] / p50[b], f"{p50[a]:.3f} / {p50[b]:.3f} ms",
-                                                         None)
+                head, base = outcomes[f"{n}@head"], outcomes[f"{n}@base"]
+                ratio, lo, hi = ratio_gate.paired_ratio(head.blocks, base.blocks)
+                p50 = {k: float(np.median(np.concatenate(o.blocks))) / 1e6 for k, o in (("head", head), ("base", base))}
+                out[f"{preset}/b{batch}/{n}"] = ratio_gate.Check(
+                    f"{preset}/b{batch}/{n}", "backend", ratio, lo, hi,
+                    f"p50 {p50['head']:.3f} ms head, {p50['base']:.3f} ms base; {head.calls}/{base.calls} calls, "
+                    f"{min(len(head.blocks), len(base.blocks))} paired rounds")
     finally:
         for w in workers.values():
             w.close()
     return out
 
 
-def _best(attempts: list[dict]) -> dict:
-    """Per check, the attempt with the lowest ratio (the backend's undisturbed state), noting how many ran."""
-    best = {}
-    for att in attempts:
-        for name, (kind, value, info, peers) in att.items():
-            if name not in best or value < best[name][1]:
-                best[name] = (kind, value, info, peers)
-    if len(attempts) > 1:
-        best = {k: (kind, v, f"{info}; lowest of {len(attempts)} measurements", peers)
-                for k, (kind, v, info, peers) in best.items()}
-    return best
-
-
-def test_backend_ratios(preset, artifacts_by_preset, gate, request):
-    """Each ratio is the lower of up to two measurements, each in fresh worker processes: an ONNX Runtime
-    session on this machine kind sometimes settles in a state ~1.4x slower than its usual one for its whole
-    life (benchmarks/SCHEDULE.md); a second session rarely does, while a real regression slows both. The
-    baseline is always the lower of two; a run measures a second time only when a ratio is past its threshold."""
+def test_backends_against_base(preset, versions, gate, request, tmp_path):
+    """Every available backend, head over base. A check past its margin is measured again in fresh workers
+    and the lower of the two kept (a session's slow state does not survive a new process; a regression does)."""
     from conftest import available_backends
 
-    arts = artifacts_by_preset(preset)
     names = available_backends()
-    if len(names) < 2:
-        pytest.skip(f"only {names} available here: a ratio needs two backends")
+    only = request.config.getoption("gate_backends")
+    if only:
+        names = [n for n in names if n in only.split(",")]
+    if not names:
+        pytest.fail(f"gate: no backend available here among {only or 'the installed ones'}", pytrace=False)
+    files, missing = _build(versions, preset, names, tmp_path)
+    for n in sorted(missing["base"] - missing["head"]):
+        gate(ratio_gate.Check(f"{preset}/{n}", "backend", float("nan"), note="the base commit cannot build its artifact "
+                              "(a new artifact kind): measured from the next base on"))
+    names = [n for n in names if n not in missing["base"] | missing["head"]]
     cfg = TimingConfig(min_time=request.config.getoption("gate_min_time"), warmup=10)
-    reg = get_registry()
-    for n in names:
-        ensure_kind(arts, reg.get(n).cls.artifact)
-    update = request.config.getoption("update_baseline")
     batches = BATCHES[request.config.getoption("bench_mode")]
-    attempts = [_measure_ratios(preset, arts, names, cfg, batches)]
-    baseline = ratio_gate.load_baseline()
-    past = [k for k, (kind, v, _, peers) in attempts[0].items()
-            if ratio_gate.judge(k, kind, v, baseline=baseline, peers=peers).verdict == "FAIL"]
-    if update or past:
-        attempts.append(_measure_ratios(preset, arts, names, cfg, batches))
-    checks = [gate(name, kind, value, info, peers=peers)
-              for name, (kind, value, info, peers) in _best(attempts).items()]
-    failed = [c for c in checks if c.verdict == "FAIL"]
-    if not update:
-        assert not failed, _fail_message(failed)
-
-
-def _lower_on_failure(name, kind, measure, request):
-    """Measure once (twice when updating the baseline, or when the first value is past its threshold) and
-    keep the lower value: a burst of load on the shared machine raises a ratio, a regression raises both."""
-    value, detail = measure()
-    again = request.config.getoption("update_baseline") or \
-        ratio_gate.judge(name, kind, value, baseline=ratio_gate.load_baseline()).verdict == "FAIL"
+    checks = _measure(preset, versions, files, names, cfg, batches)
+    again = sorted({c.name.split("/")[-1] for c in checks.values() if c.verdict == "FAIL"})
     if again:
-        v2, d2 = measure()
-        (value, detail) = min((value, detail), (v2, d2))
-        detail += "; lower of 2 measurements"
-    return value, detail
+        second = _measure(preset, versions, files, again, cfg, batches)
+        checks = {k: ratio_gate.lower(c, second[k]) if k in second else c for k, c in checks.items()}
+        for k in second:
+            checks[k].detail += "; lower of 2 measurements"
+    failed = [gate(c) for c in checks.values() if c.verdict == "FAIL"]
+    for c in checks.values():
+        if c.verdict != "FAIL":
+            gate(c)
+    assert not failed, _fail_message(failed)
 
 
-def test_harness_overhead_ratio(lightweight_artifacts, gate, request):
-    name = "harness/lightweight/b1/timing-loop:bare-ort-loop"
+def test_pipeline_per_frame_against_base(versions, gate):
+    """Mean cost of one ``process_frame`` (state machine + features, a model that costs nothing), head over
+    base, alternating so that drift hits both; measured again once if past its margin."""
+
+    def measure():
+        workers = {label: gate_versions.VersionWorker(f"pipeline@{label}", v, env=head_env() if label == "head" else None)
+                   for label, v in versions.items()}
+        try:
+            frames = {label: w.call("pipeline_prepare") for label, w in workers.items()}
+            times = {label: [] for label in workers}
+            for label, w in workers.items():
+                w.call("pipeline")  # warm: first calls build caches
+            for _ in range(PIPELINE_ALTERNATIONS):
+                for label, w in workers.items():
+                    times[label].append(w.call("pipeline"))
+        finally:
+            for w in workers.values():
+                w.close()
+        ratio, lo, hi = ratio_gate.paired_ratio([[t] for t in times["head"]], [[t] for t in times["base"]])
+        return ratio_gate.Check("pipeline/per-frame", "pipeline", ratio, lo, hi,
+                                f"{frames['head']} frames; {np.median(times['head']):.4f} ms head, "
+                                f"{np.median(times['base']):.4f} ms base per frame; {PIPELINE_ALTERNATIONS} alternations")
+
+    check = measure()
+    if check.verdict == "FAIL":
+        check = ratio_gate.lower(check, measure())
+        check.detail += "; lower of 2 measurements"
+    gate(check)
+    assert check.verdict != "FAIL", _fail_message([check])
+
+
+def test_harness_overhead(lightweight_artifacts, gate):
+    """The harness's timing loop against a bare ONNX Runtime loop, one process: a fixed ceiling (target <= 3%)."""
 
     def measure():
         overhead, ratios = harness_overhead(lightweight_artifacts)
-        return 1.0 + overhead, f"median of {len(ratios)} alternating blocks"
+        return ratio_gate.Check("harness/lightweight/b1/timing-loop:bare-ort-loop", "overhead", 1.0 + overhead,
+                                detail=f"median of {len(ratios)} alternating blocks")
 
-    check = gate(name, "overhead", *_lower_on_failure(name, "overhead", measure, request))
-    if not request.config.getoption("update_baseline"):
-        assert check.verdict != "FAIL", _fail_message([check])
-
-
-def test_pipeline_per_frame_ratio(gate, request):
-    """Mean cost of one ``process_frame`` (state machine + features, a model that costs nothing) over the
-    reference workload, alternating so that drift hits both."""
-    from signflow_zoo.payload import payload_from_raw
-    from signflow_zoo.pipeline import PipelineConfig, SignFlowInferencePipeline, stream_from_clips
-    from signflow_zoo.runners import Runner
-    from signflow_zoo.synthetic import SyntheticSpec, generate
-
-    class NullRunner(Runner):
-        name = "gate-null"
-
-        def __init__(self, n):
-            super().__init__()
-            self.out = np.zeros((1, n), np.float32)
-            self.out[0, 0] = 5.0
-            self.prepared = True
-
-        def infer(self, features, mask):
-            return self.out
-
-    clips, names = generate(SyntheticSpec(num_classes=10, num_signers=1, clips_per_signer_per_class=1, seed=11))
-    rows, _ = stream_from_clips(clips, rest_frames=20)
-    payloads = [payload_from_raw(r) for r in rows]
-    pipe = SignFlowInferencePipeline.from_runner(NullRunner(len(names)), names, PipelineConfig())
-    name = "pipeline/per-frame:reference-workload"
-
-    def measure():
-        frames, refs = [], []
-        for _ in range(ALTERNATIONS):
-            refs.append(reference_workload(repeats=5))
-            pipe.reset()
-            t0 = time.perf_counter_ns()
-            for p in payloads:
-                pipe.process_frame(p)
-            frames.append((time.perf_counter_ns() - t0) / len(payloads) / 1e6)
-        # the least-disturbed reading of each (their minima): a burst of load on the shared machine lands on
-        # one side of an alternation and would otherwise move the ratio by a third (benchmarks/SCHEDULE.md)
-        return min(frames) / min(refs), f"{len(payloads)} frames; fastest of {ALTERNATIONS} alternations each"
-
-    check = gate(name, "pipeline", *_lower_on_failure(name, "pipeline", measure, request))
-    if not request.config.getoption("update_baseline"):
-        assert check.verdict != "FAIL", _fail_message([check])
+    check = measure()
+    if check.verdict == "FAIL":
+        check = ratio_gate.lower(check, measure())
+        check.detail += "; lower of 2 measurements"
+    gate(check)
+    assert check.verdict != "FAIL", _fail_message([check])

@@ -26,13 +26,16 @@ What is here:
   ``artifact``); ``probe_provider`` says whether an execution provider really binds here and
   ``open_session`` opens a model file with a clear error.
 * ``ArtifactKind`` and ``BuildContext`` declare a compiled form of the model built once from another
-  kind and cached by signflow-zoo (``ensure_artifact`` builds one outside the harness).
+  kind and cached by signflow-zoo (``ensure_artifact`` builds one outside the harness); a kind whose best
+  build depends on the CPU returns its choices from ``ArtifactKind.host_choices()``, deciding from
+  ``cpu_flags()`` (this CPU's flags, or ``$SIGNFLOW_ZOO_CPU_FLAGS``).
 * ``Tolerance`` is the parity tolerance a backend declares for a precision of its own (``Runner.tolerance``).
 * Errors: ``BackendUnavailable`` (this backend cannot run here: the message is the reason),
   ``BackendError``, ``InputError``, ``ModelFileError``; ``check_input`` validates a batch as ``run`` does.
 """
 
 from .artifact_kinds import ArtifactKind, BuildContext, ensure_artifact
+from .environment import cpu_flags
 from .errors import BackendError, InputError, ModelFileError
 from .hookspecs import hookimpl
 from .ort import OrtRunner, open_session, probe_provider
@@ -44,7 +47,7 @@ __all__ = [
     "hookimpl",
     "Runner", "RunnerOptions", "Availability", "Artifacts",
     "OrtRunner", "open_session", "probe_provider",
-    "ArtifactKind", "BuildContext", "ensure_artifact",
+    "ArtifactKind", "BuildContext", "ensure_artifact", "cpu_flags",
     "Tolerance",
     "BackendUnavailable", "BackendError", "InputError", "ModelFileError", "check_input",
 ]

@@ -6,7 +6,13 @@ The built-in kinds (``torch``, ``onnx``, ``onnx-optimized``) come from
 ``register_artifact_kinds`` hook, and :func:`ensure_artifact` builds it on first use::
 
     $SIGNFLOW_ZOO_HOME/artifacts/kinds/<kind>/<key>/    the kind's file(s) + signflow-artifact.json
-    key = hash(source artifact sha256, kind name, kind version, calibration fingerprint)
+    key = hash(source artifact sha256, kind name, kind version, calibration fingerprint[, host choices])
+
+A kind whose best build depends on the CPU that will run it (int8 weights in 7 bits on CPUs without VNNI,
+where 8-bit weights saturate ONNX Runtime's u8s8 kernels) says so in :meth:`ArtifactKind.host_choices`:
+the choices are part of the key, given to ``build()`` and recorded with the artifact, so a cache or a
+folder shared by hosts of different classes holds one build per choice and never serves an artifact
+built for another CPU.
 
 A build writes into a private temporary folder that is renamed into place only when complete, so a
 concurrent builder of the same key never sees a half-built folder (the loser of a race keeps the
@@ -26,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -55,6 +61,8 @@ class BuildContext:
     # None unless the kind sets needs_calibration
     calibration: Calibration | None
     log: Callable[[str], None]  # progress for the user
+    # what ArtifactKind.host_choices() said for the CPU this artifact is built for (e.g. {"reduce_range": True})
+    host_choices: dict[str, Any] = field(default_factory=dict)
 
 
 class ArtifactKind:
@@ -69,6 +77,13 @@ class ArtifactKind:
     def build(self, ctx: BuildContext) -> dict[str, Any]:
         """Write the kind's file(s) into ``ctx.dest``; return what to record with the artifact (JSON-able)."""
         raise NotImplementedError
+
+    @classmethod
+    def host_choices(cls) -> dict[str, Any]:
+        """Build choices that depend on the CPU the artifact will run on (JSON-able; ``cpu_flags()`` says what
+        this one has), e.g. ``{"reduce_range": "avx512_vnni" not in cpu_flags()}``. They enter the cache key
+        and ``ctx.host_choices``. Default: none."""
+        return {}
 
 
 def validate_kind_class(cls: Any) -> None:
@@ -105,6 +120,9 @@ def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: PluginRegist
     calibration = calibration if kind.needs_calibration else None
     key_parts = {"source_sha256": source_sha, "kind": kind_name, "version": kind.version,
                  "calibration": _fingerprint(calibration)}
+    choices = dict(type(kind).host_choices() or {})
+    if choices:  # absent otherwise: the keys of host-independent kinds stay what they were
+        key_parts["host_choices"] = choices
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     if home is None:
         from .artifacts import zoo_home
@@ -112,7 +130,7 @@ def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: PluginRegist
         home = zoo_home()
     folder = Path(home) / "artifacts" / "kinds" / kind_name / key
     if not folder.is_dir():
-        _build(kind, artifacts.preset, source, folder, key_parts, calibration, log)
+        _build(kind, artifacts.preset, source, folder, key_parts, calibration, log, choices)
     record = _verified_record(folder, kind)
     artifacts.paths[kind_name] = folder / kind.main_file
     artifacts.hashes[kind_name] = record["sha256"]
@@ -121,7 +139,7 @@ def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: PluginRegist
 
 
 def _build(kind: ArtifactKind, preset: str, source: Path, folder: Path, key_parts: dict[str, Any],
-           calibration: Calibration | None, log: Callable[[str], None]) -> None:
+           calibration: Calibration | None, log: Callable[[str], None], choices: dict[str, Any]) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
@@ -129,7 +147,7 @@ def _build(kind: ArtifactKind, preset: str, source: Path, folder: Path, key_part
         t0 = time.perf_counter()
         try:
             with _captured_notes() as notes:
-                built = kind.build(BuildContext(preset, source, tmp, calibration, log))
+                built = kind.build(BuildContext(preset, source, tmp, calibration, log, choices))
         except BackendError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plugin's failure, reported with its kind's name
@@ -138,7 +156,9 @@ def _build(kind: ArtifactKind, preset: str, source: Path, folder: Path, key_part
         if not (tmp / kind.main_file).is_file():
             raise BackendError(f"artifact kind {kind.name!r}: build() wrote no {kind.main_file!r} into ctx.dest")
         files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        record = {**key_parts, "source": kind.source, "main_file": kind.main_file, "files": files,
+        from .environment import host_class
+
+        record = {**key_parts, "built_on": host_class(), "source": kind.source, "main_file": kind.main_file, "files": files,
                   "sha256": _listing_sha256(files, kind.main_file), "seconds": round(time.perf_counter() - t0, 3),
                   "build": built or {}, "notes": notes[-20:]}
         (tmp / RECORD).write_text(json.dumps(record, indent=1, default=str))

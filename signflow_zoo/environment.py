@@ -67,6 +67,30 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, str]:
     return out
 
 
+CPU_FLAGS_ENV_VAR = "SIGNFLOW_ZOO_CPU_FLAGS"
+
+
+def cpu_flags() -> frozenset[str]:
+    """Every flag of this CPU (``/proc/cpuinfo``), or the space-separated ``$SIGNFLOW_ZOO_CPU_FLAGS``: artifact
+    kinds whose build depends on the CPU (:meth:`~signflow_zoo.artifact_kinds.ArtifactKind.host_choices`)
+    decide from these, and the override builds them for another CPU (or tests the other choice)."""
+    given = os.environ.get(CPU_FLAGS_ENV_VAR)
+    if given is not None:
+        return frozenset(given.split())
+    return _cpu_flags()
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def isa_tier(flags: str) -> str:
     have = set(flags.split())
     for tier, needs in ISA_TIERS:

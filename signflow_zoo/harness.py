@@ -5,7 +5,9 @@
 own worker process (:mod:`signflow_zoo.worker`): prepare, parity against the PyTorch fp32 reference,
 accuracy on held-out signers, latency in the configured schedule (:mod:`signflow_zoo.schedule`), the
 streaming scenario and the worker's memory (:mod:`signflow_zoo.scenarios`). A fixed reference workload is
-timed before, between and after the presets (drift). The result file is written after every preset and
+timed before, between and after the presets (drift), and a second one, a small ONNX Runtime graph at the bench's
+thread count, also between rounds of the schedule (:mod:`signflow_zoo.stability`): its spread is the run's
+``stability`` verdict and its readings normalize the p50s. The result file is written after every preset and
 before any tracking call, so a failing tracking server loses nothing (``signflow-zoo sync`` uploads later).
 
 Why one module of ~550 lines: it is the bench's sequence of steps, read top to bottom; each step's work is
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -39,11 +42,15 @@ from .plugins import PluginRegistry, get_registry
 from .records import BenchDocument, BenchRecord, Drift
 from .results import EXPERIMENT, flat_records, now_iso, upload, write_json_atomic, write_result
 from .runners import RunnerOptions
+from .stability import StabilityMonitor
 from .timing import TimingConfig, reference_workload
 from .tracking import Tracker, redact
 from .zoo import Zoo, ZooEntry
 
 PARITY_SAMPLES = 64
+# idle before a stability reading between rounds: the last block's spinning threads (ORT, OpenMP) must be asleep,
+# or they slow the reading; 50 ms is the gap that cleared every runtime in benchmarks/SCHEDULE.md
+PRE_READ_SETTLE_S = 0.05
 REFERENCE_BACKEND = "torch-eager"
 
 
@@ -178,6 +185,8 @@ class Bench:
             config={**config.to_dict(), "threads": self.threads},
             tracking={"uploaded": False, "experiment": config.experiment}, result_file=str(self.json_path))
         self.samples: dict[str, list[float]] = {}  # "preset / backend / bB" -> per-call ms (for the plots)
+        self.stability = StabilityMonitor(self.threads, self.doc.stability)  # its session opens at the first read
+        self._stability_error = ""
         self._splits = None
         self._registry_tracker: Tracker | None = None
 
@@ -378,7 +387,8 @@ class Bench:
                 names = ", ".join(ln.record.backend for ln in lanes if ln.live)
                 self.log(f"{entry.name}: timing batch {batch} on {names} ({self.cfg.timing.schedule} schedule"
                          + (", and each alone" if self.cfg.check_timing else "") + ") ...")
-                outcomes[batch] = scenarios.latency(lanes, batch, x, m, self.cfg.timing, self.cfg.check_timing, self.log)
+                outcomes[batch] = scenarios.latency(lanes, batch, x, m, self.cfg.timing, self.cfg.check_timing, self.log,
+                                                    between_rounds=self._between_rounds(f"{entry.name} b{batch}"))
                 for name, o in outcomes[batch].items():
                     self.samples[f"{entry.name} / {name} / b{batch}"] = [v / 1e6 for b in o.blocks for v in b]
             scenarios.speedups([ln.record for ln in lanes], outcomes, REFERENCE_BACKEND)
@@ -445,13 +455,40 @@ class Bench:
                 except (InputError, KeyError, TypeError, ValueError):
                     continue
 
+    def read_stability(self, at: str) -> float | None:
+        """One reading of the run-stability reference, then the settling gap (its spinning threads go quiet before
+        the next timed block). A reference that cannot run costs its readings (status "unknown"), never the bench."""
+        if self._stability_error:
+            return None
+        try:
+            ms = self.stability.read(at)
+        except Exception as exc:  # noqa: BLE001 - e.g. a broken onnxruntime: no verdict, the results stand
+            self._stability_error = f"{type(exc).__name__}: {exc}"
+            self.log(f"note: run-stability reference not measured ({self._stability_error}); stability is unknown")
+            return None
+        time.sleep(self.cfg.timing.settle_time)
+        return ms
+
+    def _between_rounds(self, at: str) -> Callable[[bool], None]:
+        """The schedule's hook after a round: a stability reading when one is due (at most one a second), at least
+        :data:`PRE_READ_SETTLE_S` after the last block (``settled``: the schedule has just slept its own gap)."""
+
+        def read(settled: bool) -> None:
+            if not self._stability_error and self.stability.due():
+                time.sleep(max(0.0, PRE_READ_SETTLE_S - (self.cfg.timing.settle_time if settled else 0.0)))
+                self.read_stability(at)
+
+        return read
+
     @staticmethod
-    def normalize(records: list[BenchRecord], before_ms: float, after_ms: float) -> None:
-        """p50 / mean of the reference readings around this preset: comparable across runs on a drifting machine."""
-        ref = (before_ms + after_ms) / 2
+    def normalize(records: list[BenchRecord], ref_ms: float | None) -> None:
+        """p50 / ``ref_ms``, the mean stability reading during this preset: comparable across runs on a drifting
+        machine (nothing when the reference could not be read)."""
+        if not ref_ms:
+            return
         for rec in records:
             for b, lat in rec.latency.items():
-                rec.normalized_p50[b] = lat.p50_ms / ref
+                rec.normalized_p50[b] = lat.p50_ms / ref_ms
 
     # -- whole invocation -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -474,17 +511,27 @@ class Bench:
                 if not p.exists():
                     raise CheckpointError(f"--no-train: no cached checkpoint for preset {entry.name!r} ({p}); "
                                           "run bench without --no-train once to train it")
-        before = self.read_reference("start")
-        for entry in self.entries:
-            records = self.run_preset(entry)
-            after = self.read_reference(f"after {entry.name}")
-            self.normalize(records, before, after)
-            self.roofline(records)
-            before = after
-            self.doc.records.extend(records)
-            write_result(self.doc)  # saved before any tracking call
+        # the stability reading before the matmul's: BLAS threads spin for ~0.1 s after it and slowed the next
+        # reading up to 4x; the between-rounds readings are a second or more away from it
+        self.read_stability("start")
+        self.read_reference("start")
+        try:
+            for entry in self.entries:
+                first = max(0, len(self.stability.readings) - 1)  # the reading just before this preset
+                records = self.run_preset(entry)
+                self.read_stability(f"after {entry.name}")
+                self.read_reference(f"after {entry.name}")
+                self.normalize(records, self.stability.mean_ms(first))
+                self.roofline(records)
+                self.doc.records.extend(records)
+                write_result(self.doc)  # saved before any tracking call
+        finally:
+            self.stability.close()
         self.doc.drift.readings[-1]["at"] += " (end)"
+        if self.stability.readings:
+            self.stability.readings[-1]["at"] += " (end)"
         self._report_drift()
+        self._report_stability()
         self.doc.tracking.pop("in_progress", None)
         doc = self.doc.to_dict()
         write_result(doc)
@@ -513,6 +560,14 @@ class Bench:
         if d.ratio is not None:
             self.log(f"machine drift: reference workload {d.readings[0]['ms']:.2f} ms at start, "
                      f"{d.readings[-1]['ms']:.2f} ms at end ({100 * (d.ratio - 1):+.1f}%; spread {d.spread:.2f}x)")
+
+    def _report_stability(self) -> None:
+        st = self.doc.stability
+        if st.status == "unstable":
+            ms = [r["ms"] for r in st.readings]
+            self.log(f"warning: results of this run are unstable: reference workload moved {100 * (st.spread - 1):.0f}% "
+                     f"during the run (spread {st.spread:.2f}x over {len(ms)} readings, {min(ms):.3f}-{max(ms):.3f} ms; "
+                     f"threshold {st.threshold:.2f}x); rerun on a quieter machine")
 
     def outputs(self, doc: dict[str, Any]) -> list[Path]:
         """Table and plots next to the JSON, logged with the parent run."""

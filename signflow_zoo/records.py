@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .stability import Stability
 from .timing import LatencyStats
 
 SCHEMA = "signflow-zoo/bench/2"
@@ -96,7 +97,11 @@ class BenchRecord:
     latency_errors: dict[int, str] = field(default_factory=dict)
     timing_check: dict[int, TimingCheck] = field(default_factory=dict)
     speedup: dict[int, Speedup] = field(default_factory=dict)
-    normalized_p50: dict[int, float] = field(default_factory=dict)  # p50 / reference workload ms (drift-free)
+    # p50 / the mean ms of the run-stability reference workload (:mod:`signflow_zoo.stability`: a small ONNX Runtime
+    # graph at the bench's thread count) over its readings during this preset, from the one before it to the one
+    # after it, rounds included: comparable across runs on a drifting machine. Until 2026-12 it was p50 / the
+    # mean of the two matmul ``drift`` readings around the preset, which a slow machine state does not move.
+    normalized_p50: dict[int, float] = field(default_factory=dict)
     roofline: dict[int, dict[str, float]] = field(default_factory=dict)
     # per-call ms of every timed block, per batch size: what `report --compare` resamples across runs
     samples: dict[int, list[list[float]]] = field(default_factory=dict)
@@ -192,6 +197,8 @@ class BenchDocument:
     config: dict[str, Any]
     records: list[BenchRecord] = field(default_factory=list)
     drift: Drift = field(default_factory=Drift)
+    # run stability (:mod:`signflow_zoo.stability`); a file written before it existed reads as status "unknown"
+    stability: Stability = field(default_factory=Stability)
     ceilings: dict[str, Any] = field(default_factory=dict)  # this machine's matmul GFLOP/s per precision
     tracking: dict[str, Any] = field(default_factory=dict)
     result_file: str = ""
@@ -201,7 +208,7 @@ class BenchDocument:
         return {"schema": SCHEMA, "invocation_id": self.invocation_id, "created": self.created,
                 "environment": self.environment, "config": self.config,
                 "records": [r.to_dict() for r in self.records], "drift": self.drift.to_dict(),
-                "ceilings": dict(self.ceilings),
+                "stability": self.stability.to_dict(), "ceilings": dict(self.ceilings),
                 "tracking": self.tracking, "result_file": self.result_file, "outputs": list(self.outputs)}
 
     @classmethod
@@ -216,6 +223,7 @@ class BenchDocument:
         return cls(invocation_id=str(d["invocation_id"]), created=str(d["created"]),
                    environment=dict(d.get("environment") or {}), config=dict(d.get("config") or {}),
                    records=[BenchRecord.from_dict(r) for r in d["records"]], drift=drift,
+                   stability=Stability.from_dict(d.get("stability")),
                    ceilings=dict(d.get("ceilings") or {}),
                    tracking=dict(d.get("tracking") or {}), result_file=str(d.get("result_file", "")),
                    outputs=list(d.get("outputs") or []))

@@ -14,6 +14,8 @@ The store's experiment and tag names live in :mod:`signflow_zoo.mlflow_store`.
 from __future__ import annotations
 
 from .mlflow_store import EXPERIMENT, KIND_RECORD, KIND_TAG
+from .report_compare import (DEFAULT_THRESHOLD, VERDICTS, RunComparison, Side, compare_runs, compare_sides,
+                             render_comparison, select_side)
 from .report_plots import (pareto_front, plot_confusion, plot_latency_distributions, plot_pareto,
                            write_report)
 from .report_records import (REFERENCE_BACKEND, ReportError, batch_sizes_of, collect_records, flatten_run,
@@ -26,4 +28,6 @@ __all__ = [
     "SAME_LEGEND", "SAME_MARK", "ReportError", "batch_sizes_of", "collect_records", "flatten_run", "parse_since",
     "compare_presets_table", "comparison_table", "drift_lines", "fmt_count", "fmt_ms", "timing_check_table",
     "pareto_front", "plot_confusion", "plot_latency_distributions", "plot_pareto", "write_report",
+    "DEFAULT_THRESHOLD", "VERDICTS", "RunComparison", "Side", "compare_runs", "compare_sides", "render_comparison",
+    "select_side",
 ]

@@ -1,7 +1,8 @@
 """Comparison tables from flat bench records (see :mod:`signflow_zoo.report_records`).
 
 terminal/markdown show formatted cells (``~`` marks a noisy latency, ``≈`` a speedup indistinguishable
-from 1.0x); csv/json hold the raw numbers under stable keys, so scripts can read them.
+from 1.0x, ``!`` the status of a row whose run was unstable); csv/json hold the raw numbers under stable keys,
+so scripts can read them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ FORMATS = ("terminal", "markdown", "csv", "json")
 NOISY_MARK = "~"
 SAME_MARK = "≈"
 TAIL_MARK = "<"  # a p99 from too few calls to claim: shown as "<n calls", not as a number
+UNSTABLE_MARK = "!"  # before the status of a row whose run was unstable (signflow_zoo.stability)
 NOISY_LEGEND = (f"{NOISY_MARK} = {NOISY_RULE}; rerun on a quieter machine or with more iterations (--min-time)")
 TAIL_LEGEND = (f"{TAIL_MARK}N calls = too few calls to claim a p99 (an upper bound at {TAIL_CONFIDENCE:.0%} confidence "
                f"needs {min_calls_for_tail()}: MLPerf LoadGen's early-stopping rule); raise --tail-iters or --min-iters")
@@ -181,7 +183,8 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         if raw:
             row.update(status=r.get("status", ""), reason=r.get("reason", "") or "", num_params=_int(number(r, "num_params")))
         else:
-            row.update(status=_status_text(r), num_params=fmt_count(number(r, "num_params")))
+            row.update(status=(UNSTABLE_MARK if r.get("stability_status") == "unstable" else "") + _status_text(r),
+                       num_params=fmt_count(number(r, "num_params")))
         for b in sizes:
             p50, p99 = number(r, f"latency_p50_ms_b{b}"), number(r, f"latency_p99_ms_b{b}")
             noisy = is_noisy(r, b)
@@ -237,6 +240,7 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
                          "class; across classes compare speedups (within one host) or `report --compare` on "
                          "normalized values")
         notes += data_lines(records) + drift_lines(records)
+        notes += stability_lines(records)
         if any(row.get("memory_mb") for row in rows):
             notes.append("mem MB = peak resident memory of the backend's own worker process above its level just "
                          "before prepare")
@@ -283,6 +287,18 @@ def drift_lines(records: Iterable[dict[str, Any]]) -> list[str]:
         lines.append(f"machine drift, run {inv} on {host or 'this host'}: {100 * (ratio - 1):+.1f}% from start to end "
                      f"(reference workload{spread_text})")
     return lines
+
+
+def stability_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One legend line per unstable run (its rows carry ``!``): the run and how far its reference moved."""
+    seen: dict[str, tuple[str, float | None]] = {}
+    for r in records:
+        if r.get("stability_status") == "unstable" and r.get("invocation_id") not in seen:
+            seen[r.get("invocation_id")] = (str(r.get("host", "")), number(r, "stability_spread"))
+    return [f"{UNSTABLE_MARK} = unstable run {inv} on {host or 'this host'}: its reference workload moved "
+            + (f"{100 * (spread - 1):.0f}% (spread {spread:.2f}x) " if spread else "")
+            + "during the run; its numbers may not compare with other runs: rerun on a quieter machine"
+            for inv, (host, spread) in seen.items()]
 
 
 def data_lines(records: Iterable[dict[str, Any]]) -> list[str]:

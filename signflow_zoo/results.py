@@ -30,7 +30,7 @@ from .tracking import Tracker, short_error
 
 STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "host_class", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
-               "schedule", "data_split", "data")
+               "schedule", "data_split", "data", "stability_status")
 
 
 def now_iso() -> str:
@@ -147,6 +147,10 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
     if drift.get("ratio") is not None:
         flat["drift_ratio"] = drift["ratio"]
         flat["drift_spread"] = drift["spread"]
+    stability = doc.get("stability") or {}  # the whole run's verdict (signflow_zoo.stability), on each of its records
+    flat["stability_status"] = str(stability.get("status") or "unknown")
+    if stability.get("reference_spread") is not None:
+        flat["stability_spread"] = stability["reference_spread"]
     return flat
 
 

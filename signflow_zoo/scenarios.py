@@ -97,8 +97,14 @@ def accuracy(lane: Lane, test, num_classes: int, ref_pred: np.ndarray) -> None:
 
 
 def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarray, cfg: TimingConfig,
-            check: bool, log: Callable[[str], None]) -> dict[str, Outcome]:
+            check: bool, log: Callable[[str], None],
+            between_rounds: Callable[[bool], None] | None = None) -> dict[str, Outcome]:
     """Time every live backend at one batch size in the configured schedule (and solo, with ``check``).
+
+    ``between_rounds(settled)`` is called after every round of the interleaved schedule (after its solo stints,
+    with ``check``) and after every block of a sequential one: the harness reads its run-stability reference
+    there. ``settled``: the schedule has just slept its settling gap after the last block (several backends
+    interleaved), so the last block's threads are already quiet.
 
     Returns the scheduled outcomes (raw blocks, for plots and speedups) by backend name.
     """
@@ -128,8 +134,19 @@ def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarra
                     run_solo(workers[name], key, cfg, solo[name], (expected_calls(o, cfg) + 1) // 2)
                 except BackendError as exc:
                     o.error = exc
+    stint = stints_between_rounds(workers, key, cfg, outcomes, solo) if stints else None
+    several = sum(o.error is None for o in outcomes.values()) > 1  # interleaved: each block then ends with the gap
+
+    def after_round(ran: list[str]) -> None:
+        if stint is not None:
+            stint(ran)
+        if between_rounds is not None:
+            between_rounds(several)
+
+    sequential = cfg.schedule == "sequential"
     run_schedule(workers, key, cfg, outcomes,
-                 after_round=stints_between_rounds(workers, key, cfg, outcomes, solo) if stints else None)
+                 on_block=(lambda name, blocks: between_rounds(False)) if between_rounds is not None and sequential else None,
+                 after_round=after_round if stint is not None or between_rounds is not None else None)
     if check and not stints:
         for name, o in outcomes.items():
             if o.error is None:

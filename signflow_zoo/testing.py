@@ -88,6 +88,34 @@ class RandomCalibration:
             yield rng.standard_normal((b, 64, 469)).astype(np.float32), rng.random((b, 64)) > 0.1
 
 
+def bench_artifacts(preset: str, folder: str | Path, num_classes: int = 20, seed: int = 0) -> Artifacts:
+    """A zoo preset's artifacts with untrained weights (inference costs the same as trained), for benchmarks
+    and the regression gate: weights-only checkpoint, ONNX (legacy exporter, dynamic axes) and its optimized
+    graph, in ``folder``."""
+    import torch
+
+    from .artifacts import serving_metadata
+    from .checkpoint import save_checkpoint
+    from .export import export_to_onnx, file_sha256, optimize_onnx_model
+    from .model import build_model
+    from .zoo import get_model_config
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    entry = get_model_config(preset)
+    model = build_model(entry, num_classes=num_classes).eval()
+    labels = [f"s{i}" for i in range(num_classes)]
+    ckpt = save_checkpoint(folder / "m.pt", model, {"preset": preset, "labels": labels})
+    meta = serving_metadata({"preset": preset, "labels": labels, "model_kwargs": model.init_kwargs})
+    export_to_onnx(model, folder / "m.onnx", metadata=meta, exporter="legacy", verify=False)
+    opt = optimize_onnx_model(folder / "m.onnx", folder / "m.opt.onnx", entry.heads, entry.d_model)
+    return Artifacts(preset=preset, num_classes=num_classes, labels=labels, model_kwargs=model.init_kwargs,
+                     checkpoint=ckpt, onnx=folder / "m.onnx", onnx_optimized=Path(opt.dst), workdir=folder,
+                     hashes={"torch": file_sha256(ckpt), "onnx": file_sha256(folder / "m.onnx"),
+                             "onnx-optimized": opt.sha256})
+
+
 def check_runner(cls: type[Runner], folder: str | Path, artifacts: Artifacts | None = None,
                  options: RunnerOptions | None = None, registry: PluginRegistry | None = None) -> ConformanceReport:
     """Check a backend class against the Runner contract on a tiny model; ``report.problems`` says what failed."""

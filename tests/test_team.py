@@ -189,6 +189,12 @@ def test_compose_server_on_postgresql_tracks_a_bench_and_refuses_foreign_hosts(o
 
 
 # -- 3. concurrency ---------------------------------------------------------------------------------
+def _other_lines(err: str) -> str:
+    """stderr without the run-stability warning: benches timing at once on two cores are unstable by
+    construction and say so (tests/test_stability.py proves that warning); nothing else may warn."""
+    return "\n".join(line for line in err.splitlines() if not line.startswith("warning: results of this run are unstable"))
+
+
 def test_four_cold_benches_on_one_home_train_once_and_lose_nothing(on_server, tmp_path, isolated_home, capsys):
     """Four benches start at once on one empty zoo home: one trains and exports (the others wait on the
     locks and reuse), every run is recorded complete, and report tells the hosts apart."""
@@ -200,7 +206,7 @@ def test_four_cold_benches_on_one_home_train_once_and_lose_nothing(on_server, tm
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-        assert "Traceback" not in err and "warning" not in err.lower(), err[-3000:]
+        assert "Traceback" not in err and "warning" not in _other_lines(err).lower(), err[-3000:]
     errs = "".join(err for _, err in outs)
     assert errs.count("tiny-crowd: training") == 1  # the checkpoint lock: trained once
     assert errs.count("exporting tiny-crowd to ONNX") == 1  # the export lock: exported once
@@ -235,7 +241,7 @@ def test_two_benches_on_one_fresh_sqlite_store_lose_nothing(warm_home, tiny_zoo_
     procs = [cli(argv, {**env, "SIGNFLOW_ZOO_HOST": f"lite-{i}"}) for i in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=600)
-        assert p.returncode == 0 and "tracked in MLflow" in err and "warning" not in err.lower(), err[-3000:]
+        assert p.returncode == 0 and "tracked in MLflow" in err and "warning" not in _other_lines(err).lower(), err[-3000:]
     docs = result_docs(warm_home)
     assert len(docs) == 2
     assert_complete(f"sqlite:///{db}", docs)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from signflow_zoo.api import cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "plugins" / "signflow-zoo-ort-int8"
 DIST = "signflow-zoo-ort-int8"
@@ -65,7 +67,10 @@ def test_the_quantized_graph_is_an_artifact_kind_built_once(installed_plugin, tm
         path = ensure_artifact(arts, "onnx-int8-dynamic", reg, home=tmp_path, log=logs.append)
     assert len(logs) == 1 and path.parent.parent == tmp_path / "artifacts" / "kinds" / "onnx-int8-dynamic"
     assert path.stat().st_size < tiny_artifacts.onnx.stat().st_size  # int8 weights are smaller
-    assert arts.info["onnx-int8-dynamic"]["build"] == {"weight_type": "QInt8", "op_types": ["MatMul", "Gemm"]}
+    vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+    assert arts.info["onnx-int8-dynamic"]["build"] == {"weight_type": "QInt8", "op_types": ["MatMul", "Gemm"],
+                                                       "reduce_range": not vnni}  # 7-bit weights without VNNI
+    assert arts.info["onnx-int8-dynamic"]["host_choices"] == {"reduce_range": not vnni}
 
 
 @pytest.mark.skipif(not HARNESS_BUILDS_KINDS, reason="the harness does not build plugin artifact kinds yet "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from signflow_zoo.api import ArtifactKind, Availability, BuildContext, OrtRunner, hookimpl
+from signflow_zoo.api import ArtifactKind, Availability, BuildContext, OrtRunner, cpu_flags, hookimpl
 
 CALIBRATION_CLIPS = 512
 OP_TYPES = ["MatMul", "Gemm"]
@@ -25,11 +25,7 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def cpu_has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(flag in f.read().split() for flag in VNNI_FLAGS)
-    except OSError:
-        return False
+    return any(flag in cpu_flags() for flag in VNNI_FLAGS)
 
 
 def activation_matmuls(path) -> list[str]:
@@ -51,6 +47,10 @@ class OnnxInt8Static(ArtifactKind):
     main_file = "model.onnx"
     needs_calibration = True
 
+    @classmethod
+    def host_choices(cls) -> dict[str, Any]:
+        return {"reduce_range": not cpu_has_vnni()}
+
     def build(self, ctx: BuildContext) -> dict[str, Any]:
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                               quantize_static)
@@ -67,7 +67,7 @@ class OnnxInt8Static(ArtifactKind):
                 return None if item is None else {"features": item[0], "mask": item[1]}
 
         t0 = time.perf_counter()
-        reduce_range = not cpu_has_vnni()
+        reduce_range = bool(ctx.host_choices.get("reduce_range", False))
         options = {"ActivationSymmetric": False, "WeightSymmetric": True}
         excluded = activation_matmuls(ctx.source)
         quantize_static(str(ctx.source), str(ctx.dest / self.main_file), Reader(ctx.calibration(CALIBRATION_CLIPS)),
