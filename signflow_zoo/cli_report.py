@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "--compare-presets)")
     p.add_argument("--compare-presets", metavar="A,B",
                    help="print the preset-vs-preset table (e.g. baseline,large) instead of the full table")
-    p.add_argument("--threshold", type=in_range(THRESHOLD), default=report.DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=in_range(THRESHOLD), default=None,
                    help="with --compare A B: the practical difference below which no verdict says slower or faster "
-                   f"(default: %(default)s, i.e. 2%%); {THRESHOLD.what}")
+                   f"(default: 0.10 when a side holds one run, 0.02 when both hold several); {THRESHOLD.what}")
     p.add_argument("--normalized", action="store_true",
                    help="with --compare A B: compare normalized values (calls over the reference workload) even "
                    "within one host class (across classes they always are)")

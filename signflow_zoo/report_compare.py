@@ -14,11 +14,17 @@ A *side* is chosen by a spec string (:func:`select_side`):
 
 When several result files make one side, their calls are pooled per (preset, backend, batch), each file's
 blocks kept as blocks. For every (preset, backend, batch) measured on both sides the statistic is
-``B/A``, the median of B's calls over the median of A's (> 1: B is slower), with a 95% interval from
-:func:`signflow_zoo.timing.bootstrap_ratio_ci`: whole blocks of each side resampled independently, 1000
-times (a block is a run of back-to-back calls, the unit machine drift acts on). The verdict
-(:func:`verdict`) is ``slower`` when the interval lies above 1 *and* B/A > 1 + threshold, ``faster`` when it
-lies below 1 *and* B/A < 1 - threshold, else ``indistinguishable`` (default threshold 2%).
+``B/A``, the median of B's calls over the median of A's (> 1: B is slower), with a 95% interval from a
+two-level bootstrap (:func:`runs_ratio_ci`): each side's runs resampled, then whole blocks within each
+resampled run, 1000 times (a block is a run of back-to-back calls, the unit machine drift acts on; a run is
+the unit a machine state acts on). The verdict (:func:`verdict`) is ``slower`` when the interval lies above 1
+*and* B/A > 1 + threshold, ``faster`` when it lies below 1 *and* B/A < 1 - threshold, else
+``indistinguishable``.
+
+The threshold: with one run on a side, its interval holds that run's own noise only, while two back-to-back
+runs of one host without any change differed by 5-16% here (README, "Comparing runs"): the default is then
+:data:`SINGLE_RUN_THRESHOLD` (10%, asv's default factor); with several runs on both sides the run-to-run
+spread is in the interval and the default is :data:`DEFAULT_THRESHOLD` (2%). ``--threshold`` overrides both.
 
 Different host classes on the two sides (``environment.host_class``) are compared on normalized values only:
 each run's calls divided by its reference-workload milliseconds (``p50_ms / normalized_p50``), and the table
@@ -28,12 +34,16 @@ says so. Results older than stored samples give the ratio of stored p50s with no
 from __future__ import annotations
 
 import math
+import os
 import re
 import statistics
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+import numpy as np
 
 from . import mlflow_store
 from .errors import SignFlowError
@@ -43,14 +53,16 @@ from .records import BenchDocument, BenchRecord
 from .report_records import REFERENCE_BACKEND, ReportError, _names, parse_since, preset_order, started_ms
 from .report_tables import _check_fmt, _render, fmt_ms
 from .results import read_result
-from .timing import BOOTSTRAP_SAMPLES, bootstrap_ratio_ci
+from .timing import BOOTSTRAP_SAMPLES
 
-DEFAULT_THRESHOLD = 0.02  # practical difference: a ratio within 2% of 1 is never called slower or faster
+DEFAULT_THRESHOLD = 0.02  # practical difference, several runs a side: within 2% of 1 is never slower or faster
+SINGLE_RUN_THRESHOLD = 0.10  # ... with one run on a side: its interval cannot hold the run-to-run spread
 VERDICTS = ("slower", "faster", "indistinguishable", "no interval", "not comparable")
-TEST_TEXT = f"bootstrap of the ratio of medians, blocks resampled, {BOOTSTRAP_SAMPLES} resamples"
+TEST_TEXT = f"bootstrap of the ratio of medians, runs then blocks resampled, {BOOTSTRAP_SAMPLES} resamples"
 SIDE_FORMS = ("PATH.json (a result file), run:ID or a bare MLflow run id (a bench invocation or one record), "
               "or filters joined by commas: commit:SHA, host:NAME (host or host class), since:7d|DATE, until:7d|DATE")
 FILTER_KEYS = ("commit", "host", "since", "until")
+PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
 
@@ -271,12 +283,26 @@ def _download_doc(client: Any, run_id: str, invocation: str | None, tmp: Path) -
         dst = tmp / run_id
         dst.mkdir(parents=True, exist_ok=True)
         try:
-            local = client.download_artifacts(run_id, name, str(dst))
+            with _no_progress_bar():  # MLflow draws one per file: noise on a report's stderr
+                local = client.download_artifacts(run_id, name, str(dst))
             docs.append(BenchDocument.from_dict(read_result(local)))
         except Exception:  # noqa: BLE001 - unreadable or not downloadable: not a result
             continue
     same = [d for d in docs if invocation and d.invocation_id == invocation]
     return (same or docs or [None])[0]
+
+
+@contextmanager
+def _no_progress_bar():
+    old = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = old
 
 
 def _run_side(spec: str, run_id: str, client: Any, label: str) -> Side:
@@ -330,11 +356,43 @@ def verdict(ratio: float | None, lo: float | None, hi: float | None, threshold: 
     return "indistinguishable"
 
 
+def runs_ratio_ci(num_runs: list[list[list[float]]], den_runs: list[list[list[float]]], n_boot: int = BOOTSTRAP_SAMPLES,
+                  seed: int = 1, level: float = 0.95) -> tuple[float, float, float]:
+    """median(num) / median(den) of all calls, and its interval from a two-level bootstrap: each side's runs
+    resampled with replacement, then each chosen run's blocks; with one run a side, blocks alone."""
+    num = [[np.asarray(b, dtype=np.float64) for b in run if len(b)] for run in num_runs]
+    den = [[np.asarray(b, dtype=np.float64) for b in run if len(b)] for run in den_runs]
+    num, den = [r for r in num if r], [r for r in den if r]
+    if not num or not den:
+        return math.nan, math.nan, math.nan
+    point = float(np.median(np.concatenate([b for r in num for b in r])) /
+                  np.median(np.concatenate([b for r in den for b in r])))
+    rng = np.random.default_rng(seed)
+
+    def medians(runs):
+        out = np.empty(n_boot)
+        for i in range(n_boot):
+            picked = [runs[j] for j in rng.integers(0, len(runs), len(runs))] if len(runs) > 1 else runs
+            parts = []
+            for run in picked:
+                if len(run) == 1:
+                    parts.append(run[0][rng.integers(0, len(run[0]), len(run[0]))])
+                else:
+                    parts.extend(run[j] for j in rng.integers(0, len(run), len(run)))
+            out[i] = np.median(np.concatenate(parts))
+        return out
+
+    ratios = medians(num) / medians(den)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return point, float(min(lo, point)), float(max(hi, point))
+
+
 @dataclass
 class Pool:
     """One side's calls at one (preset, backend, batch), every run's blocks kept as blocks."""
 
     blocks: list[list[float]] = field(default_factory=list)
+    run_blocks: list[list[list[float]]] = field(default_factory=list)  # the same blocks, grouped by run
     p50s: list[float] = field(default_factory=list)
     runs: int = 0
     runs_without_samples: list[str] = field(default_factory=list)
@@ -397,6 +455,7 @@ def _pool(entries: list[tuple[SourceDoc, BenchRecord]], batch: int, normalized: 
         blocks = [[v / scale for v in block] for block in rec.samples.get(batch) or [] if block]
         if blocks:
             pool.blocks.extend(blocks)
+            pool.run_blocks.append(blocks)
         else:
             pool.runs_without_samples.append(src.source)
         if p50 is not None:
@@ -404,12 +463,15 @@ def _pool(entries: list[tuple[SourceDoc, BenchRecord]], batch: int, normalized: 
     return pool
 
 
-def compare_sides(a: Side, b: Side, threshold: float = DEFAULT_THRESHOLD, normalize: bool | None = None,
+def compare_sides(a: Side, b: Side, threshold: float | None = None, normalize: bool | None = None,
                   preset: str | Iterable[str] | None = None, backend: str | Iterable[str] | None = None,
                   n_boot: int = BOOTSTRAP_SAMPLES) -> RunComparison:
     """B against A for every (preset, backend, batch) measured on both sides (``preset``/``backend`` narrow
     them). ``normalize``: None compares normalized values when the sides' host classes differ, milliseconds
-    otherwise; True always normalized; False always milliseconds."""
+    otherwise; True always normalized; False always milliseconds. ``threshold`` None: 10% when a side holds
+    one run, 2% when both hold several (module docstring)."""
+    if threshold is None:
+        threshold = SINGLE_RUN_THRESHOLD if min(len(a.docs), len(b.docs)) < 2 else DEFAULT_THRESHOLD
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0 <= threshold <= 1):
         raise ReportError(f"threshold must be a number in 0..1 (a fraction: 0.02 is 2%), got {threshold!r}")
     presets, backends = _names(preset), _names(backend)
@@ -464,7 +526,7 @@ def compare_sides(a: Side, b: Side, threshold: float = DEFAULT_THRESHOLD, normal
         if pa.blocks and pb.blocks:
             row.a = float(statistics.median(v for blk in pa.blocks for v in blk))
             row.b = float(statistics.median(v for blk in pb.blocks for v in blk))
-            ratio, lo, hi = bootstrap_ratio_ci(pb.blocks, pa.blocks, n_boot=n_boot)
+            ratio, lo, hi = runs_ratio_ci(pb.run_blocks, pa.run_blocks, n_boot=n_boot)
             row.ratio, row.ci = ratio, (min(lo, ratio), max(hi, ratio))
         elif pa.p50s and pb.p50s:
             row.a, row.b = float(statistics.median(pa.p50s)), float(statistics.median(pb.p50s))
@@ -495,11 +557,17 @@ def _notes_below(c: RunComparison, ca: dict, cb: dict, common: set) -> list[str]
     pct = f"{100 * c.threshold:g}%"
     unit = "normalized value (calls over reference-workload ms)" if c.normalized else "latency in ms"
     notes = [
-        f"B/A = median {unit} of B over that of A (> 1: B is slower); 95% interval: {TEST_TEXT} (each side's "
-        "blocks independently)",
+        f"B/A = median {unit} of B over that of A (> 1: B is slower); 95% interval: {TEST_TEXT} (each side "
+        "independently)",
         f"verdict: slower when the interval lies above 1 and B/A > {1 + c.threshold:g}; faster when it lies below 1 "
         f"and B/A < {1 - c.threshold:g}; else indistinguishable (practical threshold {pct}, --threshold)",
     ]
+    single = [lbl for lbl, side in (("A", c.a), ("B", c.b)) if len(side.docs) < 2]
+    if single:
+        notes.append(f"one run on side {' and '.join(single)}: the interval holds that run's own noise, not the "
+                     "spread between runs (back-to-back runs of one host without a change differed by 5-16% here), "
+                     f"hence the {100 * SINGLE_RUN_THRESHOLD:g}% default threshold; pool several runs a side "
+                     "(commit:, since:/until:) for an interval that holds it")
     no_interval = [r for r in c.rows if r.verdict == "no interval" and r.ratio is not None]
     if no_interval:
         srcs = _unique(s for r in no_interval for s in r.a_pool.runs_without_samples + r.b_pool.runs_without_samples)
@@ -568,7 +636,7 @@ def _round(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 6)
 
 
-def compare_runs(a: str | Side, b: str | Side, fmt: str = "terminal", threshold: float = DEFAULT_THRESHOLD,
+def compare_runs(a: str | Side, b: str | Side, fmt: str = "terminal", threshold: float | None = None,
                  normalize: bool | None = None, preset: str | Iterable[str] | None = None,
                  backend: str | Iterable[str] | None = None, experiment: str = EXPERIMENT, client: Any = None,
                  results_dir: Path | str | None = None) -> str:
@@ -580,5 +648,5 @@ def compare_runs(a: str | Side, b: str | Side, fmt: str = "terminal", threshold:
     return render_comparison(compare_sides(sides[0], sides[1], threshold, normalize, preset, backend), fmt)
 
 
-__all__ = ["DEFAULT_THRESHOLD", "VERDICTS", "TEST_TEXT", "SIDE_FORMS", "Side", "SourceDoc", "CellComparison",
+__all__ = ["DEFAULT_THRESHOLD", "SINGLE_RUN_THRESHOLD", "runs_ratio_ci", "VERDICTS", "TEST_TEXT", "SIDE_FORMS", "Side", "SourceDoc", "CellComparison",
            "RunComparison", "select_side", "compare_sides", "render_comparison", "compare_runs", "verdict"]
