@@ -180,6 +180,20 @@ def kind_filter(kind: str, tags: dict[str, str] | None = None) -> str:
     return " and ".join(clauses)
 
 
+def search_all_runs(client: Any, experiment_id: str, filter_string: str, page_size: int = 1000) -> list[Any]:
+    """Every run of ``experiment_id`` matching ``filter_string``, newest first, page by page (MLflow's store
+    returns at most ``page_size`` a call). Raises what the client raises."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=page_size,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return runs
+
+
 def ui_command(host: str, port: int) -> list[str]:
     """The command line of the MLflow UI on the current store (what ``signflow-zoo ui`` runs)."""
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", host,

@@ -246,15 +246,8 @@ def _mlflow_docs(filters: dict[str, Any], experiment: str, client: Any,
     query = mlflow_store.kind_filter(KIND_INVOCATION)
     if "since" in filters:  # a parent run starts when it is uploaded: never before its result was created
         query += f" and attributes.start_time >= {filters['since'][1]}"
-    runs, token = [], None
     try:
-        while True:
-            page = client.search_runs([exp.experiment_id], filter_string=query, max_results=_PAGE,
-                                      order_by=["attributes.start_time DESC"], page_token=token)
-            runs.extend(page)
-            token = getattr(page, "token", None)
-            if not token:
-                break
+        runs = mlflow_store.search_all_runs(client, exp.experiment_id, query, _PAGE)
     except Exception as exc:  # noqa: BLE001
         return [], f"the MLflow store was not searched ({short_error(exc)})"
     found: list[SourceDoc] = []

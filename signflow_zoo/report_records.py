@@ -89,16 +89,8 @@ def collect_records(
     if since_ms is not None:
         filter_string += f" and attributes.start_time >= {since_ms}"
 
-    runs: list[Any] = []
-    token = None
     try:
-        while True:
-            page = client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=PAGE_SIZE,
-                                      order_by=["attributes.start_time DESC"], page_token=token)
-            runs.extend(page)
-            token = getattr(page, "token", None)
-            if not token:
-                break
+        runs = mlflow_store.search_all_runs(client, exp.experiment_id, filter_string, PAGE_SIZE)
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(f"searching bench runs in {uri} failed: {short_error(exc)}") from None
 
