@@ -184,7 +184,6 @@ class Bench:
             invocation_id=invocation, created=created, environment=environment(),
             config={**config.to_dict(), "threads": self.threads},
             tracking={"uploaded": False, "experiment": config.experiment}, result_file=str(self.json_path))
-        self.samples: dict[str, list[float]] = {}  # "preset / backend / bB" -> per-call ms (for the plots)
         self.stability = StabilityMonitor(self.threads, self.doc.stability)  # its session opens at the first read
         self._stability_error = ""
         self._splits = None
@@ -389,8 +388,6 @@ class Bench:
                          + (", and each alone" if self.cfg.check_timing else "") + ") ...")
                 outcomes[batch] = scenarios.latency(lanes, batch, x, m, self.cfg.timing, self.cfg.check_timing, self.log,
                                                     between_rounds=self._between_rounds(f"{entry.name} b{batch}"))
-                for name, o in outcomes[batch].items():
-                    self.samples[f"{entry.name} / {name} / b{batch}"] = [v / 1e6 for b in o.blocks for v in b]
             scenarios.speedups([ln.record for ln in lanes], outcomes, REFERENCE_BACKEND)
             if self.cfg.stream:
                 clips = self._stream_clips(len(arts.labels))
@@ -584,7 +581,9 @@ class Bench:
         if self.cfg.plots:
             plots = [("pareto", lambda p: report.plot_pareto(flat, p, batch_size=self.cfg.batch_sizes[0]))]
             for entry in self.entries:  # one latency figure per preset keeps each readable
-                samples = {k: v for k, v in self.samples.items() if k.startswith(f"{entry.name} / ")}
+                recs = [r for r in self.doc.records if r.preset == entry.name]  # batch by batch, as timed
+                samples = {f"{r.preset} / {r.backend} / b{b}": [v for block in r.samples[b] for v in block]
+                           for b in self.cfg.batch_sizes for r in recs if r.samples.get(b)}
                 if samples:
                     plots.append((f"latency-{entry.name}", lambda p, s=samples, n=entry.name:
                                   report.plot_latency_distributions(s, p, title=f"Per-call latency: {n}")))
