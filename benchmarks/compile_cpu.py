@@ -32,11 +32,11 @@ def main() -> None:
     import torch
 
     from signflow_zoo.api import Artifacts, RunnerOptions
-    from signflow_zoo.checkpoint import save_checkpoint
-    from signflow_zoo.default_plugins.torch_compile import TorchCompileRunner
-    from signflow_zoo.default_plugins.torch_eager import TorchEagerRunner
-    from signflow_zoo.model import build_model
-    from signflow_zoo.zoo import get_model_config
+    from signflow_zoo.model.checkpoint import save_checkpoint
+    from signflow_zoo.backends.builtin.torch_compile import TorchCompileRunner
+    from signflow_zoo.backends.builtin.torch_eager import TorchEagerRunner
+    from signflow_zoo.model.network import build_model
+    from signflow_zoo.model.zoo import get_model_config
 
     torch.manual_seed(0)
     entry = get_model_config(args.preset)

@@ -39,7 +39,7 @@ def pytest_configure(config):
 
 
 def presets(config) -> list[str]:
-    from signflow_zoo.zoo import list_presets
+    from signflow_zoo.model.zoo import list_presets
 
     names = list_presets()
     return names if config.getoption("bench_mode") == "full" else [p for p in names if p in SHORT_PRESETS]

@@ -8,7 +8,7 @@ the working tree on the current directory cannot shadow the base). Both versions
 installed packages (torch, ONNX Runtime, OpenVINO...): the gate measures a change of this project's code.
 
 :class:`VersionWorker` answers the same requests as the harness's backend worker, so the harness's own
-interleaved schedule (``signflow_zoo.schedule.run_schedule``) times head and base blocks in turn.
+interleaved schedule (``signflow_zoo.bench.schedule.run_schedule``) times head and base blocks in turn.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def materialize_base(rev: str, into: Path) -> Version:
 
 
 def _backend_error():
-    from signflow_zoo.errors import BackendError
+    from signflow_zoo.common.errors import BackendError
 
     return BackendError
 

@@ -9,7 +9,7 @@ What it measures (every backend gets the same thread count):
 * top-1 on the held-out signers of the training data set (the bench's test split) and on a larger set of
   signers never seen in training (``--eval-data``, another seed of the synthetic generator: same sign
   catalogue, new signers), with the paired difference to the fp32 reference and its 95% interval;
-* the roofline share of each p50 (``signflow_zoo.roofline``), from the exported graph's FLOP count.
+* the roofline share of each p50 (``signflow_zoo.bench.roofline``), from the exported graph's FLOP count.
 
 Usage (from the repository root, with the plugins installed)::
 
@@ -74,12 +74,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from signflow_zoo import roofline as rl
+    from signflow_zoo.bench import roofline as rl
     from signflow_zoo.api import RunnerOptions, ensure_artifact
-    from signflow_zoo.artifacts import build_artifacts
-    from signflow_zoo.harness import Bench, BenchConfig, load_splits_cached
-    from signflow_zoo.parity import compare
-    from signflow_zoo.timing import TimingConfig, measure_interleaved
+    from signflow_zoo.backends.artifacts import build_artifacts
+    from signflow_zoo.bench.harness import Bench, BenchConfig, load_splits_cached
+    from signflow_zoo.backends.parity import compare
+    from signflow_zoo.bench.timing import TimingConfig, measure_interleaved
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     torch.set_num_threads(args.threads)
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
 
 
 def _concat(parts):
-    from signflow_zoo.data import SignDataset
+    from signflow_zoo.data.loading import SignDataset
 
     return SignDataset(np.concatenate([p.features for p in parts]), np.concatenate([p.mask for p in parts]),
                        np.concatenate([p.labels for p in parts]), parts[0].class_names,

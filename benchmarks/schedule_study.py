@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from signflow_zoo.default_plugins.onnx_cpu import OnnxCpuRunner
-from signflow_zoo.default_plugins.torch_eager import TorchEagerRunner
-from signflow_zoo.runners import RunnerOptions
-from signflow_zoo.schedule import Outcome, run_schedule, run_solo, warm
-from signflow_zoo.timing import TimingConfig, summarize
-from signflow_zoo.worker import BackendWorker, WorkerSpec
+from signflow_zoo.backends.builtin.onnx_cpu import OnnxCpuRunner
+from signflow_zoo.backends.builtin.torch_eager import TorchEagerRunner
+from signflow_zoo.backends.runner import RunnerOptions
+from signflow_zoo.bench.schedule import Outcome, run_schedule, run_solo, warm
+from signflow_zoo.bench.timing import TimingConfig
+from signflow_zoo.results.latency import summarize
+from signflow_zoo.bench.worker import BackendWorker, WorkerSpec
 
 
 class OnnxCpuNoSpin(OnnxCpuRunner):
@@ -48,12 +49,12 @@ class OnnxCpuNoSpin(OnnxCpuRunner):
 def build_artifacts(preset: str, folder: Path):
     import torch
 
-    from signflow_zoo.artifacts import serving_metadata
-    from signflow_zoo.checkpoint import save_checkpoint
-    from signflow_zoo.export import export_to_onnx
-    from signflow_zoo.model import build_model
-    from signflow_zoo.runners import Artifacts
-    from signflow_zoo.zoo import get_model_config
+    from signflow_zoo.model.export import serving_metadata
+    from signflow_zoo.model.checkpoint import save_checkpoint
+    from signflow_zoo.model.export import export_to_onnx
+    from signflow_zoo.model.network import build_model
+    from signflow_zoo.backends.runner import Artifacts
+    from signflow_zoo.model.zoo import get_model_config
 
     torch.manual_seed(0)
     entry = get_model_config(preset)

@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from schedule_study import build_artifacts  # noqa: E402
 
 from signflow_zoo.plugins import get_registry  # noqa: E402
-from signflow_zoo.runners import RunnerOptions  # noqa: E402
-from signflow_zoo.schedule import (  # noqa: E402
+from signflow_zoo.backends.runner import RunnerOptions  # noqa: E402
+from signflow_zoo.bench.schedule import (  # noqa: E402
     Outcome, expected_calls, run_schedule, run_solo, stints_between_rounds, warm)
-from signflow_zoo.timing import TimingConfig, summarize  # noqa: E402
-from signflow_zoo.worker import BackendWorker, WorkerSpec  # noqa: E402
+from signflow_zoo.bench.timing import TimingConfig
+from signflow_zoo.results.latency import summarize  # noqa: E402
+from signflow_zoo.bench.worker import BackendWorker, WorkerSpec  # noqa: E402
 
 
 def ensure_kind(arts, kind):
@@ -100,8 +101,8 @@ def main(argv=None) -> int:
         if "onnx-optimized" in names:
             from dataclasses import replace as with_
 
-            from signflow_zoo.export import optimize_onnx_model
-            from signflow_zoo.zoo import get_model_config
+            from signflow_zoo.model.export import optimize_onnx_model
+            from signflow_zoo.model.zoo import get_model_config
 
             entry = get_model_config(args.preset)
             optimize_onnx_model(arts.onnx, Path(tmp) / "m.opt.onnx", entry.heads, entry.d_model)

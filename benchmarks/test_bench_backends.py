@@ -13,8 +13,8 @@ import pytest
 
 from conftest import THREADS, ensure_kind
 from signflow_zoo.plugins import get_registry
-from signflow_zoo.runners import RunnerOptions
-from signflow_zoo.timing import time_block
+from signflow_zoo.backends.runner import RunnerOptions
+from signflow_zoo.bench.timing import time_block
 
 
 def batch_of(batch: int):

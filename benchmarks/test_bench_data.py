@@ -35,8 +35,8 @@ STEPS = {"full": 60, "short": 4}
 
 WRITE = """
 import sys
-from signflow_zoo.data import write_lsfb_fixture
-from signflow_zoo.synthetic import SyntheticSpec, generate
+from signflow_zoo.data.loading import write_lsfb_fixture
+from signflow_zoo.data.synthetic import SyntheticSpec, generate
 classes, signers, takes = (int(a) for a in sys.argv[2:5])
 clips, names = generate(SyntheticSpec(num_classes=classes, num_signers=signers, clips_per_signer_per_class=takes,
                                       seed=0))
@@ -46,12 +46,12 @@ write_lsfb_fixture(sys.argv[1], clips, names, official_splits=False, face=False)
 TRAIN = """
 import json, resource, sys, time
 import torch
-from signflow_zoo.batches import default_workers
-from signflow_zoo.data import load_data
-from signflow_zoo.features import FEATURE_DIM, SEQ_LEN
-from signflow_zoo.model import build_model
-from signflow_zoo.training import SignTrainer, TrainingConfig
-from signflow_zoo.zoo import get_model_config
+from signflow_zoo.data.batches import default_workers
+from signflow_zoo.data.loading import load_data
+from signflow_zoo.data.features import FEATURE_DIM, SEQ_LEN
+from signflow_zoo.model.network import build_model
+from signflow_zoo.model.training import SignTrainer, TrainingConfig
+from signflow_zoo.model.zoo import get_model_config
 
 root, mode, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 workers = int(mode[5:-1]) if mode.startswith("disk-") else None  # "disk-2w": 2 workers

@@ -30,12 +30,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from signflow_zoo.features import prepare_clip
-from signflow_zoo.payload import parse_payload, payload_from_raw
-from signflow_zoo.pipeline import PipelineConfig, SignFlowInferencePipeline
-from signflow_zoo.replay import RestNoise, replay_stream, segmentation_score, stream_from_clips, stream_spans
-from signflow_zoo.runners import Runner
-from signflow_zoo.synthetic import SyntheticSpec, generate
+from signflow_zoo.data.features import prepare_clip
+from signflow_zoo.serve.payload import parse_payload, payload_from_raw
+from signflow_zoo.serve.pipeline import PipelineConfig, SignFlowInferencePipeline
+from signflow_zoo.serve.replay import RestNoise, replay_stream, segmentation_score, stream_from_clips, stream_spans
+from signflow_zoo.backends.runner import Runner
+from signflow_zoo.data.synthetic import SyntheticSpec, generate
 
 FRAME_TARGET_P99_MS = 0.5
 FPS_TARGET = 30.0
@@ -154,12 +154,13 @@ def large_onnx_runner(tmp_path_factory, stream):
     """``large`` with untrained weights (inference costs the same), exported once, on onnx-cpu, 2 threads."""
     import torch
 
-    from signflow_zoo.artifacts import artifacts_from_model_file, serving_metadata
-    from signflow_zoo.export import export_to_onnx
-    from signflow_zoo.model import build_model
+    from signflow_zoo.backends.artifacts import artifacts_from_model_file
+    from signflow_zoo.model.export import serving_metadata
+    from signflow_zoo.model.export import export_to_onnx
+    from signflow_zoo.model.network import build_model
     from signflow_zoo.plugins import get_registry
-    from signflow_zoo.runners import RunnerOptions
-    from signflow_zoo.zoo import get_model_config
+    from signflow_zoo.backends.runner import RunnerOptions
+    from signflow_zoo.model.zoo import get_model_config
 
     cls = get_registry().get("onnx-cpu").cls
     available = cls.availability()
@@ -212,7 +213,7 @@ def test_end_to_end_large_onnx_cpu(benchmark, stream, large_onnx_runner):
 
 def test_sign_latency_large_onnx_cpu(benchmark, stream, large_onnx_runner):
     """Last frame of a sign -> its prediction, through :func:`measure_stream_latency` (the harness's)."""
-    from signflow_zoo.pipeline import measure_stream_latency
+    from signflow_zoo.serve.replay import measure_stream_latency
 
     res = benchmark.pedantic(measure_stream_latency, args=(large_onnx_runner, stream["names"], stream["clips"]),
                              kwargs={"repeats": 2}, rounds=1, iterations=1)
@@ -224,10 +225,10 @@ def test_sign_latency_large_onnx_cpu(benchmark, stream, large_onnx_runner):
 _MEMORY_CHILD = """
 import json, sys
 import numpy as np
-from signflow_zoo.pipeline import SignFlowInferencePipeline
-from signflow_zoo.replay import replay_stream
-from signflow_zoo.runners import Runner
-from signflow_zoo.synthetic import SyntheticSpec, generate
+from signflow_zoo.serve.pipeline import SignFlowInferencePipeline
+from signflow_zoo.serve.replay import replay_stream
+from signflow_zoo.backends.runner import Runner
+from signflow_zoo.data.synthetic import SyntheticSpec, generate
 
 class Null(Runner):
     name, artifact = "bench-null", "onnx"

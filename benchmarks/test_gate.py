@@ -21,8 +21,8 @@ import gate_versions
 import ratio_gate
 from conftest import BATCHES, THREADS
 from signflow_zoo.plugins import get_registry
-from signflow_zoo.schedule import run_schedule, warm
-from signflow_zoo.timing import TimingConfig
+from signflow_zoo.bench.schedule import run_schedule, warm
+from signflow_zoo.bench.timing import TimingConfig
 from test_bench_backends import batch_of, harness_overhead
 
 pytestmark = pytest.mark.gate

@@ -1,6 +1,6 @@
 """The public API for signflow-zoo plugins: a backend imports from this module and nothing else.
 
-The built-in backends (``signflow_zoo.default_plugins``) and the example plugin
+The built-in backends (``signflow_zoo.backends.builtin``) and the example plugin
 (``plugins/signflow-zoo-ort-int8``) use only these names; import-linter holds them to it. A plugin
 implements one or both hooks of :mod:`signflow_zoo.hookspecs`::
 
@@ -34,14 +34,14 @@ What is here:
   ``BackendError``, ``InputError``, ``ModelFileError``; ``check_input`` validates a batch as ``run`` does.
 """
 
-from .artifact_kinds import ArtifactKind, BuildContext, ensure_artifact
-from .environment import cpu_flags
-from .errors import BackendError, InputError, ModelFileError
-from .hookspecs import hookimpl
-from .ort import OrtRunner, open_session, probe_provider
-from .parity import Tolerance
-from .runners import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions
-from .tensors import check_input
+from signflow_zoo.backends.kinds import ArtifactKind, BuildContext, ensure_artifact
+from signflow_zoo.common.environment import cpu_flags
+from signflow_zoo.common.errors import BackendError, InputError, ModelFileError
+from signflow_zoo.hookspecs import hookimpl
+from signflow_zoo.backends.ort import OrtRunner, open_session, probe_provider
+from signflow_zoo.backends.parity import Tolerance
+from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions
+from signflow_zoo.common.tensors import check_input
 
 __all__ = [
     "hookimpl",

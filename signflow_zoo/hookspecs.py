@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .artifact_kinds import ArtifactKind
-    from .runners import Runner
+    from signflow_zoo.backends.kinds import ArtifactKind
+    from signflow_zoo.backends.runner import Runner
 
 hookspec = pluggy.HookspecMarker("signflow_zoo")
 hookimpl = pluggy.HookimplMarker("signflow_zoo")

@@ -14,26 +14,27 @@ import importlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from functools import partial
 from importlib import metadata
 
 import pluggy
 
-from . import hookspecs
-from .artifact_kinds import ArtifactKind, validate_kind_class
-from .errors import BackendError
-from .runners import BUILTIN_ARTIFACT_KINDS, Availability, Runner, validate_runner_class
+from signflow_zoo import hookspecs
+from signflow_zoo.backends.kinds import ArtifactKind, validate_kind_class
+from signflow_zoo.common.errors import BackendError
+from signflow_zoo.backends.runner import BUILTIN_ARTIFACT_KINDS, Availability, Runner, validate_runner_class
 
 ENTRY_POINT_GROUP = "signflow_zoo"
 PLUGINS_ENV_VAR = "SIGNFLOW_ZOO_PLUGINS"
 BLOCK_ENV_VAR = "SIGNFLOW_ZOO_BLOCK_PLUGINS"
 BUILTIN = "built-in"
 DEFAULT_PLUGINS = (
-    "signflow_zoo.default_plugins.torch_eager",
-    "signflow_zoo.default_plugins.onnx_cpu",
-    "signflow_zoo.default_plugins.onnx_cuda",
-    "signflow_zoo.default_plugins.onnx_optimized",
-    "signflow_zoo.default_plugins.torch_compile", "signflow_zoo.default_plugins.onnx_tensorrt",
+    "signflow_zoo.backends.builtin.torch_eager",
+    "signflow_zoo.backends.builtin.onnx_cpu",
+    "signflow_zoo.backends.builtin.onnx_cuda",
+    "signflow_zoo.backends.builtin.onnx_optimized",
+    "signflow_zoo.backends.builtin.torch_compile", "signflow_zoo.backends.builtin.onnx_tensorrt",
 )
 
 
@@ -223,3 +224,19 @@ def get_registry(reload: bool = False) -> PluginRegistry:
     if _registry is None or reload:
         _registry = PluginRegistry()
     return _registry
+
+
+def describe_backends(registry=None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(one row per backend: plugin, package, artifact, precision, device, available and why not;
+    broken plugins with their error)."""
+    reg = registry or get_registry()
+    rows, broken = [], [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
+    for name, be in reg.runners.items():
+        av = reg.availability(name)
+        rows.append({"name": name, "plugin": be.plugin.name, "package": be.plugin.package, "artifact": be.cls.artifact,
+                     "precision": be.cls.precision, "device": be.cls.device_kind, "available": av.ok,
+                     "reason": "" if av.ok else av.reason, "detail": av.reason if av.ok else "",
+                     "summary": be.cls.summary})
+        if av.broken:
+            broken.append({"plugin": be.plugin.name, "package": be.plugin.package, "error": f"{name}: {av.reason}"})
+    return rows, broken

@@ -11,11 +11,11 @@ Run them on your own backend from your plugin's tests::
 
 ``check_runner`` builds a tiny SignTransformer, exports it (plain and optimized ONNX, weights-only
 checkpoint), builds the artifact kind the runner consumes when a plugin registered it (through
-:func:`~signflow_zoo.artifact_kinds.ensure_artifact`, from ``registry``: by default the installed plugins),
+:func:`~signflow_zoo.backends.kinds.ensure_artifact`, from ``registry``: by default the installed plugins),
 and checks: availability is an :class:`Availability` with a reason when unavailable; prepare and run give
 float32 logits [batch, classes] at several batch sizes and frame counts; outputs agree with the PyTorch
 fp32 reference within the tolerance of the declared precision; a wrong input shape or dtype raises
-:class:`~signflow_zoo.errors.InputError`; describe() names the backend.
+:class:`~signflow_zoo.common.errors.InputError`; describe() names the backend.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .artifact_kinds import ensure_artifact
-from .errors import InputError
-from .parity import compare
-from .runners import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions, validate_runner_class
+from signflow_zoo.backends.kinds import ensure_artifact
+from signflow_zoo.common.errors import InputError
+from signflow_zoo.backends.parity import compare
+from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions, validate_runner_class
 
 if TYPE_CHECKING:
-    from .plugins import PluginRegistry
+    from signflow_zoo.plugins import PluginRegistry
 
 SHAPES = ((1, 64), (3, 32), (8, 64))
 
@@ -55,10 +55,10 @@ def tiny_artifacts(folder: str | Path, num_classes: int = 7, seed: int = 0) -> A
     """A small trained-free model as every artifact kind, for tests (about a second to build)."""
     import torch
 
-    from .artifacts import serving_metadata
-    from .checkpoint import save_checkpoint
-    from .export import export_to_onnx, file_sha256, optimize_onnx_model
-    from .model import SignTransformer
+    from signflow_zoo.model.export import serving_metadata
+    from signflow_zoo.model.checkpoint import save_checkpoint
+    from signflow_zoo.model.export import export_to_onnx, file_sha256, optimize_onnx_model
+    from signflow_zoo.model.network import SignTransformer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,11 +94,11 @@ def bench_artifacts(preset: str, folder: str | Path, num_classes: int = 20, seed
     graph, in ``folder``."""
     import torch
 
-    from .artifacts import serving_metadata
-    from .checkpoint import save_checkpoint
-    from .export import export_to_onnx, file_sha256, optimize_onnx_model
-    from .model import build_model
-    from .zoo import get_model_config
+    from signflow_zoo.model.export import serving_metadata
+    from signflow_zoo.model.checkpoint import save_checkpoint
+    from signflow_zoo.model.export import export_to_onnx, file_sha256, optimize_onnx_model
+    from signflow_zoo.model.network import build_model
+    from signflow_zoo.model.zoo import get_model_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def check_runner(cls: type[Runner], folder: str | Path, artifacts: Artifacts | N
     import torch
 
     if registry is None:
-        from .plugins import get_registry
+        from signflow_zoo.plugins import get_registry
 
         registry = get_registry()
     try:

@@ -47,8 +47,8 @@ def tiny_zoo_file(tmp_path) -> Path:
 def trained_tiny_home(tmp_path_factory) -> Path:
     """A zoo home holding the tiny entry trained once for the whole test run (checkpoint, data cache,
     legacy-exported artifacts): tests that need a trained model copy it instead of training again."""
-    from signflow_zoo.artifacts import build_artifacts
-    from signflow_zoo.harness import Bench, BenchConfig
+    from signflow_zoo.backends.artifacts import build_artifacts
+    from signflow_zoo.bench.harness import Bench, BenchConfig
 
     root = tmp_path_factory.mktemp("trained-tiny")
     zoo_file = root / "tiny-zoo.toml"

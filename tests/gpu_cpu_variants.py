@@ -3,7 +3,7 @@ IO binding to pre-allocated buffers, the replay check; everything but the CUDA g
 module, so that the harness can run these in its worker processes."""
 
 from signflow_zoo.api import hookimpl
-from signflow_zoo.default_plugins.onnx_cuda import OnnxCudaGraphFp16Runner, OnnxCudaGraphRunner
+from signflow_zoo.backends.builtin.onnx_cuda import OnnxCudaGraphFp16Runner, OnnxCudaGraphRunner
 
 
 class CpuGraphRunner(OnnxCudaGraphRunner):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from signflow_zoo.api import ArtifactKind, BackendUnavailable, BuildContext, OrtRunner, ensure_artifact, hookimpl
-from signflow_zoo.errors import BackendError, ModelFileError
+from signflow_zoo.common.errors import BackendError, ModelFileError
 from signflow_zoo.plugins import PluginRegistry
 from signflow_zoo.testing import check_runner
 
@@ -233,7 +233,7 @@ class SlowPlugin:
 
 def _build_slow(args):
     onnx, home = args
-    from signflow_zoo.runners import Artifacts
+    from signflow_zoo.backends.runner import Artifacts
 
     reg = PluginRegistry([SlowPlugin()], entry_points=False, environment=False)
     arts = Artifacts("race", 7, [], {}, onnx=Path(onnx))

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA
-from signflow_zoo.cli import main
+from signflow_zoo.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +223,7 @@ def test_unreachable_server_loses_nothing_then_sync_and_a_real_server(tiny_zoo_f
 def test_synthetic_splits_cache_round_trips_exactly(isolated_home):
     import numpy as np
 
-    from signflow_zoo.harness import load_splits_cached
+    from signflow_zoo.bench.harness import load_splits_cached
 
     first = load_splits_cached(TINY_DATA, 0, isolated_home)
     files = list((isolated_home / "data").glob("synthetic-*.npz"))

@@ -1,4 +1,4 @@
-"""Temperature scaling, expected calibration error and per-class thresholds (signflow_zoo.calibration)."""
+"""Temperature scaling, expected calibration error and per-class thresholds (signflow_zoo.model.calibration)."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from signflow_zoo.calibration import (
+from signflow_zoo.model.calibration import (
     TEMPERATURE_BOUNDS,
     expected_calibration_error,
     fit_calibration,

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from signflow_zoo import model as model_mod
-from signflow_zoo.artifacts import build_artifacts, checkpoint_path
-from signflow_zoo.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from signflow_zoo.errors import CheckpointError, ZooError
-from signflow_zoo.model import MODEL_VERSION, SignTransformer
-from signflow_zoo.zoo import SIZE_BOUNDS, get_model_config, parse_zoo
+from signflow_zoo.model import network as model_mod
+from signflow_zoo.backends.artifacts import build_artifacts
+from signflow_zoo.model.checkpoint import checkpoint_path
+from signflow_zoo.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from signflow_zoo.common.errors import CheckpointError, ZooError
+from signflow_zoo.model.network import MODEL_VERSION, SignTransformer
+from signflow_zoo.model.zoo import SIZE_BOUNDS, get_model_config, parse_zoo
 
 
 def _tiny(num_classes=3):
@@ -82,7 +83,7 @@ def test_impossible_metadata_is_one_line_naming_file_and_problem(tmp_path, good,
 
 
 def test_cli_reports_a_crafted_checkpoint_without_traceback(tmp_path, good, capsys):
-    from signflow_zoo.cli import main
+    from signflow_zoo.cli.main import main
 
     path = _write(tmp_path, _with_meta(good, _set_kwarg("nhead", 7)))
     assert main(["export", str(path), "--output", str(tmp_path / "m.onnx")]) == 2
@@ -131,7 +132,7 @@ def test_nan_weights_are_never_written(tmp_path):
 
 
 def test_an_old_nan_checkpoint_explains_itself_when_loaded_or_exported(tmp_path, good, capsys):
-    from signflow_zoo.cli import main
+    from signflow_zoo.cli.main import main
 
     good["state_dict"]["classifier.bias"][1] = float("nan")  # as written before saving refused NaN
     path = _write(tmp_path, good, "old-nan.pt")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_DATA
-from signflow_zoo import limits
-from signflow_zoo.cli import EXIT_BROKEN_PIPE, build_parser, main
+from signflow_zoo.common import limits
+from signflow_zoo.cli.main import EXIT_BROKEN_PIPE, build_parser, main
 
 ENTRY = [sys.executable, "-m", "signflow_zoo.cli"]
 
@@ -122,7 +122,7 @@ def test_a_reader_gone_before_the_output_exits_141_without_a_word(argv):
 
 
 def test_presets_piped_into_head():
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m signflow_zoo.cli presets | head -1"],
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m signflow_zoo.cli.main presets | head -1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["name", "d_model", "heads", "layers", "dim_ff", "params", "gflop_per_seq", "use_case"]
     assert proc.stderr == "" and proc.returncode in (0, EXIT_BROKEN_PIPE)
@@ -193,7 +193,7 @@ def test_a_bench_log_written_to_a_file_has_no_redraws(tiny_zoo_file, tmp_path):
 
 
 def test_train_writes_where_bench_looks(tiny_zoo_file, capsys, isolated_home):
-    from signflow_zoo.harness import Bench, BenchConfig
+    from signflow_zoo.bench.harness import Bench, BenchConfig
 
     assert main(["--zoo", str(tiny_zoo_file), "train", "--preset", "tiny", "--data", TINY_DATA, "--epochs", "1",
                  "--no-track", "--no-progress"]) == 0
@@ -202,7 +202,7 @@ def test_train_writes_where_bench_looks(tiny_zoo_file, capsys, isolated_home):
     bench = Bench(BenchConfig(presets="tiny", data=TINY_DATA, zoo_file=str(tiny_zoo_file), epochs=1, track=False),
                   log=lambda msg: None)
     assert bench.checkpoint_file(bench.entries[0]) == Path(out["checkpoint"])
-    from signflow_zoo.checkpoint import read_checkpoint
+    from signflow_zoo.model.checkpoint import read_checkpoint
 
     meta = read_checkpoint(out["checkpoint"])[1]
     assert meta["preset"] == "tiny" and meta["test_accuracy"] == pytest.approx(out["test_accuracy"], abs=1e-4)
@@ -218,7 +218,7 @@ def test_train_refuses_an_output_it_cannot_write_before_training(tiny_zoo_file, 
 
 
 def test_export_command_is_export_checkpoint(tiny_artifacts, tmp_path, capsys):
-    from signflow_zoo.export import read_metadata
+    from signflow_zoo.model.export import read_metadata
 
     ckpt = shutil.copy(tiny_artifacts.checkpoint, tmp_path / "m.pt")
     assert main(["export", str(ckpt), "--exporter", "legacy", "--optimize"]) == 0
@@ -236,7 +236,8 @@ def test_export_command_is_export_checkpoint(tiny_artifacts, tmp_path, capsys):
 
 
 def test_every_command_names_its_library_call():
-    from signflow_zoo import cli, cli_report
+    from signflow_zoo.cli import main as cli
+    from signflow_zoo.cli import report as cli_report
 
     for fn in (cli.cmd_presets, cli.cmd_backends, cli.cmd_train, cli.cmd_export, cli.cmd_bench, cli.cmd_doctor,
                cli.cmd_ui, cli_report.handler):
@@ -250,8 +251,8 @@ def test_every_command_names_its_library_call():
                                          ("threads", 0), ("threads", 10**6), ("seed", -1), ("seed", 2**32),
                                          ("epochs", 0), ("data", "synthetic:signers=5000")])
 def test_bench_config_validate_uses_the_same_ranges(field, value):
-    from signflow_zoo.errors import SignFlowError
-    from signflow_zoo.harness import BenchConfig
+    from signflow_zoo.common.errors import SignFlowError
+    from signflow_zoo.bench.harness import BenchConfig
 
     with pytest.raises(SignFlowError):
         BenchConfig(**{field: value}).validate()
@@ -262,17 +263,17 @@ def test_bench_config_validate_uses_the_same_ranges(field, value):
 def test_bench_config_validate_bounds_the_timing_numbers(field, value):
     from dataclasses import replace
 
-    from signflow_zoo.errors import SignFlowError
-    from signflow_zoo.harness import BenchConfig
-    from signflow_zoo.timing import TimingConfig
+    from signflow_zoo.common.errors import SignFlowError
+    from signflow_zoo.bench.harness import BenchConfig
+    from signflow_zoo.bench.timing import TimingConfig
 
     with pytest.raises(SignFlowError, match=field.replace("_", "-")):
         BenchConfig(timing=replace(TimingConfig(), **{field: value})).validate()
 
 
 def test_bench_json_path_is_checked_before_any_work(tmp_path):
-    from signflow_zoo.harness import BenchConfig
-    from signflow_zoo.output_paths import OutputPathError
+    from signflow_zoo.bench.harness import BenchConfig
+    from signflow_zoo.common.output_paths import OutputPathError
 
     for bad in (tmp_path, "/etc/hostname/result.json", ""):
         with pytest.raises(OutputPathError, match="--json"):
@@ -282,9 +283,9 @@ def test_bench_json_path_is_checked_before_any_work(tmp_path):
 
 
 def test_batch_memory_estimate_refuses_what_cannot_fit():
-    from signflow_zoo.errors import SignFlowError
-    from signflow_zoo.presets import check_batch_memory, inference_bytes
-    from signflow_zoo.zoo import Zoo
+    from signflow_zoo.common.errors import SignFlowError
+    from signflow_zoo.model.presets import check_batch_memory, inference_bytes
+    from signflow_zoo.model.zoo import Zoo
 
     entry = Zoo.load().get("xlarge")
     assert inference_bytes(entry, 4096, 64) > 8 * inference_bytes(entry, 256, 64) > 0

@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from signflow_zoo import features as F
-from signflow_zoo.data import (
+from signflow_zoo.data import features as F
+from signflow_zoo.data.loading import (
     SPEC_FORMS,
     ClipFileDataset,
     DataSplits,
@@ -26,8 +26,8 @@ from signflow_zoo.data import (
     write_lsfb_fixture,
     write_signflow_fixture,
 )
-from signflow_zoo.errors import DataError
-from signflow_zoo.synthetic import Clip, SyntheticSpec, generate
+from signflow_zoo.common.errors import DataError
+from signflow_zoo.data.synthetic import Clip, SyntheticSpec, generate
 
 TINY = "synthetic:classes=3,signers=5,clips=1,seed=2,difficulty=0.8"
 
@@ -658,7 +658,7 @@ def test_training_split_on_disk_holds_the_same_clips_as_in_memory(tmp_path, six_
 
 
 def test_a_big_training_split_stays_on_disk_by_default(tmp_path, six_signers, monkeypatch):
-    from signflow_zoo import data
+    from signflow_zoo.data import loading as data
 
     clips, names = six_signers
     root = write_signflow_fixture(tmp_path / "rec", clips, names)
@@ -711,7 +711,7 @@ def test_spec_forms_and_cli_help_name_every_format(capsys):
     for form in ("synthetic:", "signflow:PATH", "lsfb:PATH", "pose:PATH", "labels.csv", "<sign>_<12 hex>.npy",
                  "sign_to_index.csv"):
         assert form in text
-    from signflow_zoo.cli import main
+    from signflow_zoo.cli.main import main
 
     assert main(["train", "--help"]) == 0  # main returns the exit status, --help's too
     assert "pose:PATH" in capsys.readouterr().out

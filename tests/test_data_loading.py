@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from signflow_zoo.augment import augment_batch
-from signflow_zoo.batches import EpochBatches, batch_loader, default_workers
-from signflow_zoo.data import (
+from signflow_zoo.data.augment import augment_batch
+from signflow_zoo.data.batches import EpochBatches, batch_loader, default_workers
+from signflow_zoo.data.loading import (
     ClipFileDataset,
     SignDataset,
     load_data,
@@ -15,9 +15,9 @@ from signflow_zoo.data import (
     write_pose_fixture,
     write_signflow_fixture,
 )
-from signflow_zoo.model import SignTransformer
-from signflow_zoo.synthetic import SyntheticSpec, generate
-from signflow_zoo.training import SignTrainer, TrainingConfig
+from signflow_zoo.model.network import SignTransformer
+from signflow_zoo.data.synthetic import SyntheticSpec, generate
+from signflow_zoo.model.training import SignTrainer, TrainingConfig
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_short_fit_on_every_format(tmp_path, fmt):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_file_broken_after_loading_is_a_one_line_error(tmp_path, recordings, workers):
-    from signflow_zoo.errors import DataError
+    from signflow_zoo.common.errors import DataError
 
     clips, names = recordings["clips"], recordings["names"]
     root = write_signflow_fixture(tmp_path / "rec", clips, names)

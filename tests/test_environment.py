@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from signflow_zoo.environment import cpu_info, environment, host_class, isa_tier, usable_cpus
+from signflow_zoo.common.environment import cpu_info, environment, host_class, isa_tier, usable_cpus
 
 ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD

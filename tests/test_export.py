@@ -6,12 +6,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from signflow_zoo.artifacts import artifacts_from_model_file, build_artifacts
-from signflow_zoo.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from signflow_zoo.errors import CheckpointError, ModelFileError
-from signflow_zoo.export import export_to_onnx, optimize_onnx_model, read_metadata, verify_onnx
-from signflow_zoo.model import SignTransformer, build_model
-from signflow_zoo.zoo import get_model_config, list_model_configs
+from signflow_zoo.backends.artifacts import artifacts_from_model_file, build_artifacts
+from signflow_zoo.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from signflow_zoo.common.errors import CheckpointError, ModelFileError
+from signflow_zoo.model.export import export_to_onnx, optimize_onnx_model, read_metadata, verify_onnx
+from signflow_zoo.model.network import SignTransformer, build_model
+from signflow_zoo.model.zoo import get_model_config, list_model_configs
 
 
 @pytest.fixture(scope="module")

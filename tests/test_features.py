@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from signflow_zoo import features as F
-from signflow_zoo.errors import InputError
+from signflow_zoo.data import features as F
+from signflow_zoo.common.errors import InputError
 
 HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_ZOO
-from signflow_zoo.cli import main
-from signflow_zoo.errors import SignFlowError
+from signflow_zoo.cli.main import main
+from signflow_zoo.common.errors import SignFlowError
 
 FUZZ = int(os.environ.get("SIGNFLOW_ZOO_FUZZ", "0") or 0)
 SMALLEST_DATA = "synthetic:classes=2,signers=3,clips=1,seed=1"  # one signer each for train, val and test
@@ -133,7 +133,7 @@ def test_cli_options_of_every_command(command, data, capsys, tmp_path):
 @fuzz_settings(40)
 @given(value=numbers, joined=st.booleans())
 def test_ui_port_parses_or_is_one_line_error(value, joined, capsys):
-    from signflow_zoo.cli import build_parser
+    from signflow_zoo.cli.main import build_parser
 
     try:
         args = build_parser().parse_args(["ui", *_option("--port", value, joined)])
@@ -178,7 +178,7 @@ def test_train_on_tiny_data_with_any_valid_numbers(lr, seed, batch, capsys, tmp_
                               "--no-track", "--no-progress", "--lr", str(lr), "--seed", str(seed), "--batch-size",
                               str(batch), "--output", str(out)], capsys, tmp_path)
     if code == 0:
-        from signflow_zoo.checkpoint import load_checkpoint
+        from signflow_zoo.model.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(out)
         assert all(bool(p.isfinite().all()) for p in model.state_dict().values() if p.is_floating_point())
@@ -235,7 +235,7 @@ def zoo_documents(draw) -> str:
 @fuzz_settings(150)
 @given(doc=zoo_documents())
 def test_zoo_documents_parse_or_name_the_problem(doc):
-    from signflow_zoo.zoo import ZooError, parse_zoo
+    from signflow_zoo.model.zoo import ZooError, parse_zoo
 
     try:
         entries = parse_zoo(doc, "fuzz.toml")
@@ -286,8 +286,8 @@ payloads = st.one_of(
 @fuzz_settings(300)
 @given(payload=payloads)
 def test_frame_payloads_parse_or_name_the_field(payload):
-    from signflow_zoo.errors import PayloadError
-    from signflow_zoo.payload import MAX_ABS_COORD, parse_payload
+    from signflow_zoo.common.errors import PayloadError
+    from signflow_zoo.serve.payload import MAX_ABS_COORD, parse_payload
 
     try:
         row, info = parse_payload(payload)
@@ -303,7 +303,7 @@ def test_frame_payloads_parse_or_name_the_field(payload):
 @given(row=st.lists(st.floats(min_value=-1e4, max_value=1e4, width=32), min_size=225, max_size=225),
        hide=st.sets(st.sampled_from(["left", "right", "pose"])))
 def test_valid_rows_survive_the_payload_round_trip(row, hide):
-    from signflow_zoo.payload import parse_payload, payload_from_raw
+    from signflow_zoo.serve.payload import parse_payload, payload_from_raw
 
     raw = np.array(row, dtype=np.float32)
     for name, (start, stop) in {"left": (0, 63), "right": (63, 126), "pose": (126, 225)}.items():
@@ -365,8 +365,8 @@ def model_files(tmp_path_factory, tiny_artifacts):
 def test_checkpoint_metadata_loads_or_is_a_checkpoint_error(data, model_files, tmp_path):
     import torch
 
-    from signflow_zoo.checkpoint import load_checkpoint, read_checkpoint
-    from signflow_zoo.errors import CheckpointError
+    from signflow_zoo.model.checkpoint import load_checkpoint, read_checkpoint
+    from signflow_zoo.common.errors import CheckpointError
 
     meta = data.draw(checkpoint_metadata(model_files["meta"]), label="metadata")
     raw = json.dumps(meta) if data.draw(st.integers(min_value=0, max_value=9)) else data.draw(json_values)
@@ -396,15 +396,15 @@ def test_stream_replays_with_any_valid_numbers(fps, rest, threshold, temperature
         assert summary["frames"] >= 30
 
 
-@pytest.mark.skipif(importlib.util.find_spec("signflow_zoo.modelfile") is None,
-                    reason="the pipeline checks a model file's metadata (signflow_zoo.modelfile) only from the "
+@pytest.mark.skipif(importlib.util.find_spec("signflow_zoo.serve.modelfile") is None,
+                    reason="the pipeline checks a model file's metadata (signflow_zoo.serve.modelfile) only from the "
                            "streaming rework on; before it, malformed metadata_props end in a TypeError")
 @fuzz_settings(40)
 @given(data=st.data())
 def test_onnx_metadata_serves_or_is_one_line(data, model_files, tmp_path, capsys):
     import onnx
 
-    from signflow_zoo.export import set_metadata
+    from signflow_zoo.model.export import set_metadata
 
     proto = onnx.ModelProto()
     proto.CopyFrom(model_files["onnx"])
@@ -437,9 +437,9 @@ def test_checkpoint_metadata_through_predict(data, model_files, tmp_path, capsys
 
 def test_library_errors_are_signflow_errors():
     """The fuzz contract relies on this: every error a user can cause derives from SignFlowError (exit 2)."""
-    from signflow_zoo import errors
-    from signflow_zoo.output_paths import OutputPathError
-    from signflow_zoo.report_records import ReportError
+    from signflow_zoo.common import errors
+    from signflow_zoo.common.output_paths import OutputPathError
+    from signflow_zoo.report.records import ReportError
 
     for cls in (errors.ZooError, errors.DataError, errors.CheckpointError, errors.ModelFileError, errors.PayloadError,
                 errors.TrackingError, OutputPathError, ReportError):

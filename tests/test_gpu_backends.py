@@ -16,13 +16,13 @@ import torch
 import gpu_cpu_variants
 from gpu_cpu_variants import CpuGraphFp16Runner, CpuGraphRunner
 from signflow_zoo.api import Availability, BackendError, BackendUnavailable, RunnerOptions
-from signflow_zoo.default_plugins import fixed_shapes, onnx_cuda, provider_libraries
-from signflow_zoo.default_plugins.fixed_shapes import fixed_shape_model, shape_ops_left
-from signflow_zoo.default_plugins.onnx_cuda import OnnxCudaGraphRunner, capture_refusal
-from signflow_zoo.default_plugins.torch_compile import (CPU_OPT_IN, TorchCompileBf16Runner, convs_as_matmul,
+from signflow_zoo.backends.builtin import fixed_shapes, onnx_cuda, provider_libraries
+from signflow_zoo.backends.builtin.fixed_shapes import fixed_shape_model, shape_ops_left
+from signflow_zoo.backends.builtin.onnx_cuda import OnnxCudaGraphRunner, capture_refusal
+from signflow_zoo.backends.builtin.torch_compile import (CPU_OPT_IN, TorchCompileBf16Runner, convs_as_matmul,
                                                        model_forward)
-from signflow_zoo.ort import probe_provider
-from signflow_zoo.parity import compare
+from signflow_zoo.backends.ort import probe_provider
+from signflow_zoo.backends.parity import compare
 from signflow_zoo.plugins import PluginRegistry
 from signflow_zoo.testing import check_runner
 
@@ -43,7 +43,7 @@ def _reference(arts, x, m):
 @pytest.fixture(scope="module")
 def dynamo_onnx(tmp_path_factory, tiny_artifacts):
     """The tiny model through the default (dynamo) exporter, whose graph differs from the legacy one."""
-    from signflow_zoo.export import export_to_onnx
+    from signflow_zoo.model.export import export_to_onnx
 
     path = tmp_path_factory.mktemp("dynamo") / "tiny.onnx"
     export_to_onnx(tiny_artifacts.torch_model("cpu"), path, exporter="dynamo", verify=False)
@@ -196,7 +196,7 @@ def test_graph_backend_reports_silent_cpu_fallback_with_the_missing_library(monk
 
 @pytest.mark.skipif(HAS_CUDA_EP, reason="real GPU providers present: the CPU fallback cannot be provoked")
 def test_tensorrt_prepare_refuses_a_cpu_session_and_asks_for_one_engine_over_all_batches(tiny_artifacts):
-    from signflow_zoo.default_plugins.onnx_tensorrt import OnnxTensorrtRunner
+    from signflow_zoo.backends.builtin.onnx_tensorrt import OnnxTensorrtRunner
 
     runner = OnnxTensorrtRunner(RunnerOptions(device="cuda:1", extra={"max_batch": 64}))
     with pytest.raises(BackendUnavailable, match="bound CPUExecutionProvider instead of TensorrtExecutionProvider"):
@@ -361,7 +361,7 @@ def test_bench_runs_the_graph_path_in_workers_and_reports_gpu_backends_unavailab
     """The CPU variants through the real harness (parity, accuracy, two batch sizes, streaming) in worker
     processes; the GPU backends are rows with a reason and no timing, never a CPU run under their name."""
     from conftest import TINY_DATA
-    from signflow_zoo.harness import BenchConfig, run_bench
+    from signflow_zoo.bench.harness import BenchConfig, run_bench
 
     reg = PluginRegistry([gpu_cpu_variants], entry_points=False, environment=False)
     names = ["onnx-cpu", "cpu-graph-test", "cpu-graph-fp16-test"] + GPU_BACKENDS

@@ -7,7 +7,7 @@ import pytest
 
 import faulty_backends
 from conftest import TINY_DATA
-from signflow_zoo.harness import BenchConfig, run_bench
+from signflow_zoo.bench.harness import BenchConfig, run_bench
 from signflow_zoo.plugins import PluginRegistry
 
 pytestmark = pytest.mark.slow

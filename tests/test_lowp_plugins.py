@@ -33,7 +33,7 @@ def plugin(module: str, runtime: str):
 @pytest.fixture(scope="module")
 def train_batches():
     """Calibration from a real TRAINING split, as ``BuildContext.calibration`` promises: n -> batches of n clips."""
-    from signflow_zoo.data import load_data
+    from signflow_zoo.data.loading import load_data
 
     train = load_data(TRAIN_SPEC).train
 

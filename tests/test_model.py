@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from signflow_zoo.errors import InputError
-from signflow_zoo.features import FEATURE_DIM
-from signflow_zoo.model import SignTransformer, build_model, check_input, count_parameters, estimate_gflops
-from signflow_zoo.zoo import get_model_config, list_model_configs, list_presets
+from signflow_zoo.common.errors import InputError
+from signflow_zoo.data.features import FEATURE_DIM
+from signflow_zoo.model.network import SignTransformer, build_model, check_input, count_parameters, estimate_gflops
+from signflow_zoo.model.zoo import get_model_config, list_model_configs, list_presets
 
 PRESETS = list(list_model_configs())
 # The original SignFlow model's parameter counts at 100 classes (0.87M / 2.55M / 5.84M / 12.5M / 28.1M),
@@ -223,7 +223,7 @@ def test_check_input_names_what_was_expected(features, mask, words):
 
 @pytest.mark.parametrize("name", list_presets())
 def test_closed_form_parameter_count_matches_the_model(name):
-    from signflow_zoo.zoo import parameter_count
+    from signflow_zoo.model.zoo import parameter_count
 
     e = get_model_config(name)
     for classes in (7, 100):
@@ -232,9 +232,9 @@ def test_closed_form_parameter_count_matches_the_model(name):
 
 
 def test_absurd_sizes_are_refused_before_anything_is_allocated():
-    from signflow_zoo.errors import ZooError
-    from signflow_zoo.model import model_kwargs_problem
-    from signflow_zoo.zoo import parse_zoo
+    from signflow_zoo.common.errors import ZooError
+    from signflow_zoo.model.network import model_kwargs_problem
+    from signflow_zoo.model.zoo import parse_zoo
 
     doc = """[[entry]]
 name = "huge"

@@ -9,16 +9,16 @@ import warnings
 import numpy as np
 import pytest
 
-from signflow_zoo.errors import ModelFileError
-from signflow_zoo.export import export_to_onnx, read_metadata, set_metadata
-from signflow_zoo.modelfile import MAX_CLASSES, MAX_SEQ_LEN, read_model_metadata, serving_info
-from signflow_zoo.pipeline import SignFlowInferencePipeline
+from signflow_zoo.common.errors import ModelFileError
+from signflow_zoo.model.export import export_to_onnx, read_metadata, set_metadata
+from signflow_zoo.serve.modelfile import MAX_CLASSES, MAX_SEQ_LEN, read_model_metadata, serving_info
+from signflow_zoo.serve.pipeline import SignFlowInferencePipeline
 
 
 def _tiny_model(num_classes: int = 3):
     import torch
 
-    from signflow_zoo.model import SignTransformer
+    from signflow_zoo.model.network import SignTransformer
 
     torch.manual_seed(0)
     return SignTransformer(num_classes=num_classes, d_model=24, nhead=2, num_layers=1, dim_feedforward=48).eval()

@@ -11,11 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signflow_zoo.errors import PayloadError
-from signflow_zoo.features import RAW_DIM
-from signflow_zoo.payload import FrameInfo, parse_payload, payload_from_raw
-from signflow_zoo.pipeline import PipelineConfig, SignFlowInferencePipeline, stream_from_clips
-from signflow_zoo.runners import Runner
+from signflow_zoo.common.errors import PayloadError
+from signflow_zoo.data.features import RAW_DIM
+from signflow_zoo.serve.payload import FrameInfo, parse_payload, payload_from_raw
+from signflow_zoo.serve.pipeline import PipelineConfig, SignFlowInferencePipeline
+from signflow_zoo.serve.replay import stream_from_clips
+from signflow_zoo.backends.runner import Runner
 
 
 def _points(n: int, base: float) -> list[list[float]]:
@@ -227,7 +228,7 @@ class MeanRunner(Runner):
 
 @pytest.fixture(scope="module")
 def clean_stream():
-    from signflow_zoo.synthetic import SyntheticSpec, generate
+    from signflow_zoo.data.synthetic import SyntheticSpec, generate
 
     clips, names = generate(SyntheticSpec(num_classes=5, num_signers=1, clips_per_signer_per_class=1, seed=3))
     rows, spans = stream_from_clips(clips[:3], rest_frames=15)

@@ -14,21 +14,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signflow_zoo.errors import BackendError, InputError, ModelFileError, PayloadError, SignFlowError
-from signflow_zoo.features import FEATURE_VERSION, prepare_clip
-from signflow_zoo.payload import parse_payload, payload_from_raw
-from signflow_zoo.pipeline import (
+from signflow_zoo.common.errors import BackendError, InputError, ModelFileError, PayloadError, SignFlowError
+from signflow_zoo.data.features import FEATURE_VERSION, prepare_clip
+from signflow_zoo.serve.payload import parse_payload, payload_from_raw
+from signflow_zoo.serve.pipeline import (
     NONE_LABEL,
     PipelineConfig,
     PipelineConfigError,
     Prediction,
     SignFlowInferencePipeline,
-    measure_stream_latency,
     motion_profile,
-    stream_from_clips,
 )
-from signflow_zoo.runners import Runner
-from signflow_zoo.synthetic import SyntheticSpec, generate
+from signflow_zoo.serve.replay import measure_stream_latency, stream_from_clips
+from signflow_zoo.backends.runner import Runner
+from signflow_zoo.data.synthetic import SyntheticSpec, generate
 
 
 # -- stand-in runners -------------------------------------------------------------------------------
@@ -635,7 +634,7 @@ def test_explicit_backend_must_match_the_file(tiny):
 
 
 def test_a_third_party_backend_comes_from_the_registry_passed_in(tiny, sample_clip):
-    from signflow_zoo.default_plugins.onnx_cpu import OnnxCpuRunner
+    from signflow_zoo.backends.builtin.onnx_cpu import OnnxCpuRunner
     from signflow_zoo.hookspecs import hookimpl
     from signflow_zoo.plugins import PluginRegistry, get_registry
 
@@ -703,8 +702,8 @@ def test_without_onnxruntime_an_onnx_file_falls_back_to_its_checkpoint(tiny, tmp
 
 
 def test_fallback_refuses_a_checkpoint_of_another_model(tiny, tmp_path, monkeypatch):
-    from signflow_zoo.checkpoint import save_checkpoint
-    from signflow_zoo.model import SignTransformer
+    from signflow_zoo.model.checkpoint import save_checkpoint
+    from signflow_zoo.model.network import SignTransformer
 
     onnx = _copy(tiny.onnx, tmp_path / "model.onnx")
     other = SignTransformer(num_classes=4, d_model=48, nhead=4, num_layers=1, dim_feedforward=64)
@@ -717,8 +716,8 @@ def test_fallback_refuses_a_checkpoint_of_another_model(tiny, tmp_path, monkeypa
 def test_feature_version_mismatch_is_a_clear_error(tiny, tmp_path):
     import onnx
 
-    from signflow_zoo.checkpoint import load_checkpoint, save_checkpoint
-    from signflow_zoo.export import set_metadata
+    from signflow_zoo.model.checkpoint import load_checkpoint, save_checkpoint
+    from signflow_zoo.model.export import set_metadata
 
     model, meta = load_checkpoint(tiny.checkpoint)
     old_pt = save_checkpoint(tmp_path / "old.pt", model, {**meta, "feature_version": "signflow-300-v0"})
@@ -754,13 +753,13 @@ def trained(tmp_path_factory):
     """lightweight trained a few epochs on a small synthetic set; saved as .pt and exported to .onnx."""
     import torch
 
-    from signflow_zoo.artifacts import serving_metadata
-    from signflow_zoo.checkpoint import read_checkpoint
-    from signflow_zoo.data import clips_to_dataset
-    from signflow_zoo.export import export_to_onnx
-    from signflow_zoo.model import build_model
-    from signflow_zoo.training import SignTrainer, TrainingConfig
-    from signflow_zoo.zoo import get_model_config
+    from signflow_zoo.model.export import serving_metadata
+    from signflow_zoo.model.checkpoint import read_checkpoint
+    from signflow_zoo.data.loading import clips_to_dataset
+    from signflow_zoo.model.export import export_to_onnx
+    from signflow_zoo.model.network import build_model
+    from signflow_zoo.model.training import SignTrainer, TrainingConfig
+    from signflow_zoo.model.zoo import get_model_config
 
     clips, names = generate(SyntheticSpec(num_classes=NUM_CLASSES, num_signers=8, clips_per_signer_per_class=3, seed=0))
     train = [c for c in clips if c.signer not in ("signer-06", "signer-07")]
@@ -796,7 +795,7 @@ def _replay(pipe, rows):
 
 @pytest.mark.slow
 def test_pt_and_onnx_give_the_same_answers_on_a_stream_of_known_signs(trained):
-    from signflow_zoo.replay import segmentation_score
+    from signflow_zoo.serve.replay import segmentation_score
 
     test = trained["test"]
     order = [test[i] for i in np.random.default_rng(0).permutation(len(test))]
@@ -840,9 +839,9 @@ def test_whole_clips_agree_between_pt_and_onnx(trained):
 
 @pytest.mark.slow
 def test_measure_stream_latency_on_a_prepared_runner(trained):
-    from signflow_zoo.artifacts import artifacts_from_model_file
-    from signflow_zoo.default_plugins.onnx_cpu import OnnxCpuRunner
-    from signflow_zoo.runners import RunnerOptions
+    from signflow_zoo.backends.artifacts import artifacts_from_model_file
+    from signflow_zoo.backends.builtin.onnx_cpu import OnnxCpuRunner
+    from signflow_zoo.backends.runner import RunnerOptions
 
     runner = OnnxCpuRunner(RunnerOptions(threads=1))
     runner.prepare(artifacts_from_model_file(trained["onnx"]))
@@ -860,14 +859,14 @@ def test_measure_stream_latency_on_a_prepared_runner(trained):
 
 # -- CLI --------------------------------------------------------------------------------------------
 def cli(*argv):
-    from signflow_zoo.cli import main
+    from signflow_zoo.cli.main import main
 
     return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory, trained):
-    from signflow_zoo.data import write_lsfb_fixture
+    from signflow_zoo.data.loading import write_lsfb_fixture
 
     folder = tmp_path_factory.mktemp("clips")
     clips = trained["test"][:3]

@@ -11,9 +11,9 @@ import pytest
 
 from signflow_zoo import hookspecs
 from signflow_zoo.api import ArtifactKind, Availability, OrtRunner, Runner, Tolerance, hookimpl
-from signflow_zoo.cli import main
-from signflow_zoo.errors import BackendError, InputError
-from signflow_zoo.parity import compare
+from signflow_zoo.cli.main import main
+from signflow_zoo.common.errors import BackendError, InputError
+from signflow_zoo.backends.parity import compare
 from signflow_zoo.plugins import PluginRegistry, get_registry
 from signflow_zoo.testing import check_runner
 
@@ -65,7 +65,7 @@ def test_onnx_cuda_reports_silent_cpu_fallback(monkeypatch):
     """onnxruntime-gpu on a machine without CUDA lists the provider and then falls back to CPU."""
     import onnxruntime as ort
 
-    from signflow_zoo.ort import probe_provider
+    from signflow_zoo.backends.ort import probe_provider
 
     real = ort.get_available_providers()
     if "CUDAExecutionProvider" in real:
@@ -360,7 +360,7 @@ def test_backends_command_lists_every_kind_of_broken_plugin_and_runs_the_rest(tm
 
 
 def test_blocking_a_builtin_by_name(monkeypatch):
-    monkeypatch.setenv("SIGNFLOW_ZOO_BLOCK_PLUGINS", "onnx_cuda,signflow_zoo.default_plugins.torch_eager")
+    monkeypatch.setenv("SIGNFLOW_ZOO_BLOCK_PLUGINS", "onnx_cuda,signflow_zoo.backends.builtin.torch_eager")
     assert PluginRegistry(entry_points=False).names() == ["onnx-cpu", "onnx-optimized", "torch-compile",
                                                           "torch-compile-bf16", "onnx-tensorrt"]
 

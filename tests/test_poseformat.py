@@ -9,11 +9,11 @@ import pytest
 
 pose_format = pytest.importorskip("pose_format", reason="pose-format is an optional extra: pip install '.[pose]'")
 
-from signflow_zoo import features as F  # noqa: E402
-from signflow_zoo.data import load_data, read_clips, write_pose_fixture  # noqa: E402
-from signflow_zoo.errors import DataError  # noqa: E402
-from signflow_zoo.formats.poseformat import holistic_pose, read_pose_file, write_pose_file  # noqa: E402
-from signflow_zoo.synthetic import SyntheticSpec, generate  # noqa: E402
+from signflow_zoo.data import features as F  # noqa: E402
+from signflow_zoo.data.loading import load_data, read_clips, write_pose_fixture  # noqa: E402
+from signflow_zoo.common.errors import DataError  # noqa: E402
+from signflow_zoo.data.formats.poseformat import holistic_pose, read_pose_file, write_pose_file  # noqa: E402
+from signflow_zoo.data.synthetic import SyntheticSpec, generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_pose_labels_csv_entries_are_checked(tmp_path, entry, words):
 
 @pytest.mark.slow
 def test_cli_predict_a_pose_file(tmp_path, clips_and_names, tiny_artifacts, capsys):
-    from signflow_zoo.cli import main
+    from signflow_zoo.cli.main import main
 
     clips, names = clips_and_names
     path = write_pose_file(tmp_path / "hello.pose", clips[0].raw)

@@ -12,7 +12,7 @@ sys.path.insert(0, str(BENCH))
 import gate_versions  # noqa: E402
 import ratio_gate  # noqa: E402
 
-from signflow_zoo.timing import bootstrap_ratio_ci  # noqa: E402
+from signflow_zoo.results.latency import bootstrap_ratio_ci  # noqa: E402
 
 
 def _rounds(rng, scale, drift, n_rounds=15, calls=40):

@@ -9,11 +9,11 @@ import itertools
 import numpy as np
 import pytest
 
-from signflow_zoo.features import part_present
-from signflow_zoo.motion import motion_profile
-from signflow_zoo.payload import parse_payload
-from signflow_zoo.pipeline import PipelineConfig, Prediction, SignFlowInferencePipeline
-from signflow_zoo.replay import (
+from signflow_zoo.data.features import part_present
+from signflow_zoo.serve.motion import motion_profile
+from signflow_zoo.serve.payload import parse_payload
+from signflow_zoo.serve.pipeline import PipelineConfig, Prediction, SignFlowInferencePipeline
+from signflow_zoo.serve.replay import (
     RestNoise,
     clip_of,
     replay_stream,
@@ -23,8 +23,8 @@ from signflow_zoo.replay import (
     stream_rows,
     stream_spans,
 )
-from signflow_zoo.runners import Runner
-from signflow_zoo.synthetic import SyntheticSpec, generate
+from signflow_zoo.backends.runner import Runner
+from signflow_zoo.data.synthetic import SyntheticSpec, generate
 
 
 class FirstClass(Runner):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from signflow_zoo import report
-from signflow_zoo.cli_report import register
-from signflow_zoo.errors import SignFlowError, TrackingError
+from signflow_zoo.cli.report import register
+from signflow_zoo.common.errors import SignFlowError, TrackingError
 from signflow_zoo.report import ReportError
 
 PRESETS = ("baseline", "large")
@@ -38,7 +38,7 @@ CUDA_REASON = "CUDAExecutionProvider is not available: ONNX Runtime bound CPUExe
 def flat_record(preset, backend, host, invocation="inv-new", p50_override=None):
     """A flat record as the bench builds it in memory (numbers as numbers, no start_time)."""
     rec = {
-        "preset": preset, "backend": backend, "host": host, "plugin": "signflow_zoo.default_plugins",
+        "preset": preset, "backend": backend, "host": host, "plugin": "signflow_zoo.backends.builtin",
         "provider": "", "precision": "fp32", "status": "ok", "reason": "", "cpu": "EPYC", "gpu": "",
         "threads": "2", "batch_sizes": "1,32", "exporter": "legacy", "opset": "17", "artifact_sha256": "abc",
         "invocation_id": f"{invocation}-{host}", "result_id": f"{invocation}-{host}-{preset}-{backend}",
@@ -161,7 +161,7 @@ def test_collect_filters(tracking):
 
 
 def test_collect_paginates(tracking, monkeypatch):
-    monkeypatch.setattr("signflow_zoo.report_records.PAGE_SIZE", 5)
+    monkeypatch.setattr("signflow_zoo.report.records.PAGE_SIZE", 5)
     assert len(report.collect_records(latest=False)) == 13
     assert len(report.collect_records()) == 12
 
@@ -428,7 +428,7 @@ def test_plots_into_a_file_fail_before_reading_and_in_the_library(tracking, cli,
 
 
 def test_pareto_front_with_intervals_ignores_a_one_clip_edge():
-    from signflow_zoo.metrics import wilson_interval
+    from signflow_zoo.model.metrics import wilson_interval
 
     # 320 held-out clips: 249 vs 250 correct is one clip, not a difference
     pts = [(5.0, 100 * 249 / 320), (8.0, 100 * 250 / 320), (20.0, 100 * 300 / 320)]

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from signflow_zoo import report
-from signflow_zoo.cli import main
-from signflow_zoo.records import BenchDocument, BenchRecord
+from signflow_zoo.cli.main import main
+from signflow_zoo.results.records import BenchDocument, BenchRecord
 from signflow_zoo.report import ReportError
-from signflow_zoo.report_compare import verdict
-from signflow_zoo.results import read_result, write_result
-from signflow_zoo.timing import summarize
+from signflow_zoo.report.compare import verdict
+from signflow_zoo.results.files import read_result, write_result
+from signflow_zoo.results.latency import summarize
 
 CLASS_A = "intel-f6m167-amx-2cpu"
 CLASS_B = "amd-f25m1-avx512-8cpu"
@@ -249,8 +249,8 @@ def test_cli_errors_are_one_line_exit_2(argv, match, capsys, isolated_home):
 def test_sides_from_mlflow_run_ids_and_filters(tmp_path, monkeypatch, capsys):
     """A result uploaded the way bench uploads it, then compared by its parent run id, a child run id and a
     filter, with the local file gone: the result JSON comes back as the parent run's artifact."""
-    from signflow_zoo.results import upload
-    from signflow_zoo.tracking import Tracker
+    from signflow_zoo.results.files import upload
+    from signflow_zoo.results.tracking import Tracker
 
     # mlflow.set_tracking_uri() elsewhere in the session would win over the environment variable
     monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None, raising=False)
@@ -289,8 +289,8 @@ def test_several_runs_a_side_put_the_run_to_run_spread_into_the_interval(tmp_pat
     shifts_a, shifts_b = (1.0, 1.12, 0.95), (1.08, 0.93, 1.03)
     a = [make_doc(tmp_path / f"a{i}.json", seed=10 + i, scale=s) for i, s in enumerate(shifts_a)]
     b = [make_doc(tmp_path / f"b{i}.json", seed=20 + i, scale=s) for i, s in enumerate(shifts_b)]
-    from signflow_zoo.report_compare import Side, SourceDoc, compare_sides, runs_ratio_ci
-    from signflow_zoo.records import BenchDocument
+    from signflow_zoo.report.compare import Side, SourceDoc, compare_sides, runs_ratio_ci
+    from signflow_zoo.results.records import BenchDocument
 
     def side(paths, label):
         return Side(label, [SourceDoc(BenchDocument.from_dict(json.loads(p.read_text())), str(p)) for p in paths])

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from signflow_zoo import report
-from signflow_zoo.cli import main
-from signflow_zoo.records import SCHEMA, BenchDocument, BenchRecord
-from signflow_zoo.results import flat_records, read_result, write_result
+from signflow_zoo.cli.main import main
+from signflow_zoo.results.records import SCHEMA, BenchDocument, BenchRecord
+from signflow_zoo.results.files import flat_records, read_result, write_result
 
 SCHEMA1_FILE = Path(__file__).parent / "data" / "bench-schema1.json"
 

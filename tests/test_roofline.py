@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from signflow_zoo import roofline as rl
-from signflow_zoo.errors import InputError
+from signflow_zoo.bench import roofline as rl
+from signflow_zoo.common.errors import InputError
 
 TINY_SHAPES = ((64, 64, 64), (130, 96, 48))
 
@@ -91,7 +91,7 @@ def test_measure_rejects_bad_threads():
 def test_flop_estimate_matches_the_graph_and_the_profiler(tiny_artifacts):
     """``estimate_gflops`` (hand count) == MACs of the exported graph's MatMul/Gemm/Conv nodes at real shapes;
     torch.profiler agrees on the matrix products (it has no FLOP formula for the CPU Conv1d)."""
-    from signflow_zoo.model import estimate_gflops
+    from signflow_zoo.model.network import estimate_gflops
 
     kw = tiny_artifacts.model_kwargs
     entry = SimpleNamespace(d_model=kw["d_model"], dim_ff=kw["dim_feedforward"], layers=kw["num_layers"],

@@ -15,9 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA
-from signflow_zoo.cachefiles import exclusive, is_locked, lock_path, temp_path
-from signflow_zoo.cli import main
-from signflow_zoo.results import COMPLETE_TAG, scan_results
+from signflow_zoo.common.cachefiles import exclusive, is_locked, lock_path, temp_path
+from signflow_zoo.cli.main import main
+from signflow_zoo.results.files import COMPLETE_TAG, scan_results
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def bench_argv(zoo_file, *extra):
 
 HOLD = """
 import sys
-from signflow_zoo.cachefiles import exclusive
+from signflow_zoo.common.cachefiles import exclusive
 with exclusive(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.readline()
@@ -48,7 +48,7 @@ def hold_lock(target: Path) -> subprocess.Popen:
 def test_a_second_process_waits_on_the_lock_then_reuses_the_target(tmp_path):
     target = tmp_path / "model.pt"
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pathlib import Path\nfrom signflow_zoo.cachefiles import exclusive, atomic_write_text\n"
+        "import sys, time\nfrom pathlib import Path\nfrom signflow_zoo.common.cachefiles import exclusive, atomic_write_text\n"
         "with exclusive(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(1.0)\n"
         "    atomic_write_text(sys.argv[1], 'made once')\n"), str(target)], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "held"
@@ -64,7 +64,7 @@ def test_a_second_process_waits_on_the_lock_then_reuses_the_target(tmp_path):
 
 
 def test_corrupt_cache_files_are_named_and_rebuilt_never_a_traceback(warm_home, tiny_zoo_file, capsys):
-    from signflow_zoo.export import file_sha256
+    from signflow_zoo.model.export import file_sha256
 
     npz = next((warm_home / "data").glob("synthetic-*.npz"))
     folder = next(p for p in (warm_home / "artifacts").glob("*-legacy-op*") if p.is_dir())
@@ -90,7 +90,7 @@ def test_corrupt_cache_files_are_named_and_rebuilt_never_a_traceback(warm_home, 
 
 
 def test_bench_holds_its_result_file_until_it_has_finished(warm_home, tiny_zoo_file):
-    from signflow_zoo.harness import Bench, BenchConfig
+    from signflow_zoo.bench.harness import Bench, BenchConfig
 
     seen = {}
 

@@ -1,4 +1,4 @@
-"""Run stability (signflow_zoo.stability): the spread/status rule, the reference workload, the result document,
+"""Run stability (signflow_zoo.bench.stability): the spread/status rule, the reference workload, the result document,
 the report, and the proof on a real bench: a CPU hog started mid-run makes the run ``unstable``.
 
 The quiet side is asserted on the monitor (several readings back to back), not on a whole bench: this machine
@@ -20,11 +20,11 @@ import time
 import pytest
 
 from conftest import TINY_DATA
-from signflow_zoo.records import BenchDocument
-from signflow_zoo.report_tables import UNSTABLE_MARK, comparison_table
-from signflow_zoo.results import STRING_KEYS, flatten, split_flat
-from signflow_zoo.stability import (REFERENCE, THRESHOLD, Stability, StabilityMonitor, build_reference_model,
-                                    reference_spread, status_of)
+from signflow_zoo.results.records import BenchDocument
+from signflow_zoo.report.tables import UNSTABLE_MARK, comparison_table
+from signflow_zoo.results.files import STRING_KEYS, flatten, split_flat
+from signflow_zoo.bench.stability import StabilityMonitor, build_reference_model
+from signflow_zoo.results.stability import REFERENCE, THRESHOLD, Stability, reference_spread, status_of
 
 
 def _doc(stability=None) -> dict:
@@ -108,7 +108,7 @@ def test_reference_graph_is_deterministic_and_runs():
     import numpy as np
     import onnxruntime as ort
 
-    from signflow_zoo import stability
+    from signflow_zoo.bench import stability
 
     assert build_reference_model() == build_reference_model()  # weights from a seeded generator
     sess = ort.InferenceSession(build_reference_model(), providers=["CPUExecutionProvider"])
@@ -191,7 +191,7 @@ def _stop(procs: list) -> None:
 def test_a_cpu_hog_started_mid_run_makes_the_run_unstable(tiny_zoo_file, tmp_path, warm_home, monkeypatch, capsys):
     """Busy-loop processes (more than the cores) start after the first reading between rounds and stop after
     the preset's last reading: the reference moves far past the threshold, the run says so everywhere."""
-    from signflow_zoo.cli import main
+    from signflow_zoo.cli.main import main
 
     hogs: list[subprocess.Popen] = []
     read = StabilityMonitor.read

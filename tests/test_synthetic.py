@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 
-from signflow_zoo import features as F
-from signflow_zoo.errors import DataError
-from signflow_zoo.synthetic import Clip, SyntheticSpec, class_catalogue, generate
+from signflow_zoo.data import features as F
+from signflow_zoo.common.errors import DataError
+from signflow_zoo.data.synthetic import Clip, SyntheticSpec, class_catalogue, generate
 
 SMALL = SyntheticSpec(num_classes=6, num_signers=4, clips_per_signer_per_class=2, seed=7)
 

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 import team_servers as ts
 from conftest import TINY_DATA, TINY_ZOO
-from signflow_zoo.cli import main
-from signflow_zoo.results import COMPLETE_TAG
+from signflow_zoo.cli.main import main
+from signflow_zoo.results.files import COMPLETE_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -277,8 +277,8 @@ def test_upload_cut_off_after_a_run_was_created_is_replaced_by_sync(on_server, w
                                                                      monkeypatch):
     """The connection to the server dies after a child run was created but before its metrics were
     logged (here: the proxy in front of the server goes away): that run must not count as uploaded."""
-    from signflow_zoo.results import read_result, upload
-    from signflow_zoo.tracking import Tracker
+    from signflow_zoo.results.files import read_result, upload
+    from signflow_zoo.results.tracking import Tracker
 
     assert main(warm_argv(tiny_zoo_file, "--no-track")) == 0
     path = next((warm_home / "results").glob("bench-*.json"))
@@ -349,8 +349,8 @@ def test_a_password_in_the_tracking_uri_works_and_is_never_shown_or_stored(on_se
 
 
 def test_redaction_and_basic_auth_probe_units(on_server):
-    from signflow_zoo.errors import TrackingError
-    from signflow_zoo.tracking import check_reachable, redact, split_credentials
+    from signflow_zoo.common.errors import TrackingError
+    from signflow_zoo.results.tracking import check_reachable, redact, split_credentials
 
     assert split_credentials("http://bob:p%40ss@host:5000/x") == ("http://host:5000/x", "bob", "p@ss")
     assert split_credentials("sqlite:///a.db") == ("sqlite:///a.db", None, None)

@@ -5,21 +5,12 @@ import time
 import numpy as np
 import pytest
 
-from signflow_zoo.errors import BackendError, SignFlowError
-from signflow_zoo.metrics import wilson_interval
-from signflow_zoo.parity import compare
-from signflow_zoo.schedule import Outcome, expected_calls, run_schedule, warm
-from signflow_zoo.timing import (
-    NOISY_CI,
-    TimingConfig,
-    bootstrap_median_ci,
-    bootstrap_ratio_ci,
-    percentile,
-    reference_workload,
-    summarize,
-    time_block,
-    warm_up,
-)
+from signflow_zoo.common.errors import BackendError, SignFlowError
+from signflow_zoo.model.metrics import wilson_interval
+from signflow_zoo.backends.parity import compare
+from signflow_zoo.bench.schedule import Outcome, expected_calls, run_schedule, warm
+from signflow_zoo.bench.timing import TimingConfig, reference_workload, time_block, warm_up
+from signflow_zoo.results.latency import NOISY_CI, bootstrap_median_ci, bootstrap_ratio_ci, percentile, summarize
 
 
 def test_percentiles_interpolate():
@@ -216,8 +207,8 @@ class _RecordingWorker:
 
 
 def test_solo_reference_runs_in_the_schedules_blocks_and_gaps(monkeypatch):
-    from signflow_zoo import schedule
-    from signflow_zoo.schedule import Outcome, run_solo
+    from signflow_zoo.bench import schedule
+    from signflow_zoo.bench.schedule import Outcome, run_solo
 
     sleeps = []
     monkeypatch.setattr(schedule.time, "sleep", sleeps.append)
@@ -230,8 +221,8 @@ def test_solo_reference_runs_in_the_schedules_blocks_and_gaps(monkeypatch):
 
 
 def test_continuous_solo_is_one_block_of_back_to_back_calls(monkeypatch):
-    from signflow_zoo import schedule
-    from signflow_zoo.schedule import Outcome, run_solo
+    from signflow_zoo.bench import schedule
+    from signflow_zoo.bench.schedule import Outcome, run_solo
 
     sleeps = []
     monkeypatch.setattr(schedule.time, "sleep", sleeps.append)
@@ -244,8 +235,8 @@ def test_check_timing_scatters_solo_stints_through_the_interleaved_schedule(monk
     """With several backends, each solo stint is two blocks alone (the first, which follows another backend,
     is dropped) placed between rounds, whenever a backend's solo calls fall below half its scheduled ones:
     solo and scheduled readings then span the same stretch of time."""
-    from signflow_zoo import schedule
-    from signflow_zoo.schedule import Outcome, run_schedule, stints_between_rounds
+    from signflow_zoo.bench import schedule
+    from signflow_zoo.bench.schedule import Outcome, run_schedule, stints_between_rounds
 
     monkeypatch.setattr(schedule.time, "sleep", lambda s: None)
     cfg = TimingConfig(block_time=0.1, settle_time=0.02, discard=1, min_iters=20, min_time=1.0)
@@ -296,7 +287,7 @@ def _exact_cdf(k, n, p):
 
 @pytest.mark.parametrize("n", [459, 460, 600, 1000, 1500])
 def test_tail_rank_is_the_smallest_order_statistic_that_bounds_the_p99_at_99_percent(n):
-    from signflow_zoo.timing import tail_rank
+    from signflow_zoo.results.latency import tail_rank
 
     k = tail_rank(n)
     assert k is not None and k <= n
@@ -305,7 +296,7 @@ def test_tail_rank_is_the_smallest_order_statistic_that_bounds_the_p99_at_99_per
 
 
 def test_too_few_calls_claim_no_p99():
-    from signflow_zoo.timing import min_calls_for_tail, tail_rank, tail_upper_bound
+    from signflow_zoo.results.latency import min_calls_for_tail, tail_rank, tail_upper_bound
 
     assert min_calls_for_tail() == 459
     assert tail_rank(458) is None and tail_upper_bound(list(range(458))) is None

@@ -8,13 +8,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA
-from signflow_zoo.augment import _MIRROR, augment_batch
-from signflow_zoo.calibration import nll
-from signflow_zoo.checkpoint import load_checkpoint, read_checkpoint
-from signflow_zoo.data import load_data
-from signflow_zoo.errors import TrainingConfigError, TrainingDivergedError
-from signflow_zoo.model import SignTransformer
-from signflow_zoo.training import SignTrainer, TrainingConfig
+from signflow_zoo.data.augment import _MIRROR, augment_batch
+from signflow_zoo.model.calibration import nll
+from signflow_zoo.model.checkpoint import load_checkpoint, read_checkpoint
+from signflow_zoo.data.loading import load_data
+from signflow_zoo.common.errors import TrainingConfigError, TrainingDivergedError
+from signflow_zoo.model.network import SignTransformer
+from signflow_zoo.model.training import SignTrainer, TrainingConfig
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +199,8 @@ def test_blown_up_weights_stop_training_and_blame_the_learning_rate(tiny_splits,
 
 def test_cli_train_that_diverges_exits_2_and_writes_no_checkpoint(tiny_zoo_file, monkeypatch, capsys, tmp_path,
                                                                    isolated_home):
-    import signflow_zoo.data as data_mod
-    from signflow_zoo.cli import main
+    import signflow_zoo.data.loading as data_mod
+    from signflow_zoo.cli.main import main
 
     real = data_mod.load_data
     monkeypatch.setattr(data_mod, "load_data", lambda *a, **k: _nan_splits(real(*a, **k)))
@@ -235,8 +235,8 @@ def test_fit_calibrates_on_validation_logits(calibrated, tiny_splits):
 
 
 def test_calibration_travels_checkpoint_to_onnx_metadata(calibrated, tmp_path):
-    from signflow_zoo.artifacts import serving_metadata
-    from signflow_zoo.export import export_to_onnx, read_metadata
+    from signflow_zoo.model.export import serving_metadata
+    from signflow_zoo.model.export import export_to_onnx, read_metadata
 
     trainer, res, path = calibrated
     _, meta = read_checkpoint(path)
@@ -254,14 +254,14 @@ def test_calibration_travels_checkpoint_to_onnx_metadata(calibrated, tmp_path):
 
 
 def test_serving_metadata_without_calibration_is_neutral():
-    from signflow_zoo.artifacts import serving_metadata
+    from signflow_zoo.model.export import serving_metadata
 
     sm = serving_metadata({"model_kwargs": {"num_classes": 3}})
     assert sm["calibration_temperature"] == 1.0 and sm["class_thresholds"] == [] and sm["calibration"] == {}
 
 
 def test_cli_train_prints_ece_before_and_after(tiny_zoo_file, capsys, tmp_path):
-    from signflow_zoo.cli import main
+    from signflow_zoo.cli.main import main
 
     out = tmp_path / "m.pt"
     assert main(["--zoo", str(tiny_zoo_file), "train", "--preset", "tiny", "--data", TINY_DATA, "--no-track",

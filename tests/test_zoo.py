@@ -4,10 +4,10 @@ import sys
 
 import pytest
 
-from signflow_zoo import zoo as zoo_mod
-from signflow_zoo.cli import main
-from signflow_zoo.errors import ZooError
-from signflow_zoo.zoo import Zoo, get_model_config, list_model_configs, list_presets, parse_zoo
+from signflow_zoo.model import zoo as zoo_mod
+from signflow_zoo.cli.main import main
+from signflow_zoo.common.errors import ZooError
+from signflow_zoo.model.zoo import Zoo, get_model_config, list_model_configs, list_presets, parse_zoo
 
 SEED_PRESETS = ["lightweight", "baseline", "medium", "large", "xlarge"]
 GOOD = """
@@ -117,7 +117,7 @@ def test_unknown_preset_lists_valid_names():
 
 
 def test_presets_json_counts_parameters_by_instantiating(capsys):
-    from signflow_zoo.model import build_model, count_parameters
+    from signflow_zoo.model.network import build_model, count_parameters
 
     assert main(["presets", "--json", "--num-classes", "10"]) == 0
     rows = json.loads(capsys.readouterr().out)

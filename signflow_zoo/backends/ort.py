@@ -1,0 +1,136 @@
+"""A base for ONNX Runtime backends: session creation and the honest provider check.
+
+The built-in ``onnx-*`` backends and plugins that run an ONNX graph (their own artifact kind, or other
+providers) subclass :class:`OrtRunner`; ``onnxruntime`` is imported only when a runner needs it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from signflow_zoo.common.errors import ModelFileError
+from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner
+
+
+@lru_cache(maxsize=None)
+def probe_provider(provider: str) -> Availability:
+    """Create a tiny session with ``provider`` first and report what ORT really bound.
+
+    ``get_available_providers()`` lists CUDA for the onnxruntime-gpu build even on a machine without
+    a GPU; session creation then logs an error and silently runs on CPU. Only ``get_providers()`` on a
+    live session tells the truth.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return Availability.no(f"onnxruntime is not importable: {exc}")
+    if provider not in ort.get_available_providers():
+        return Availability.no(
+            f"this onnxruntime build ({ort.__version__}) has no {provider}"
+            + ("; install onnxruntime-gpu instead of onnxruntime" if provider == "CUDAExecutionProvider" else "")
+        )
+    if provider == "CUDAExecutionProvider" and hasattr(ort, "preload_dlls"):
+        try:  # finds CUDA/cuDNN libraries shipped with PyTorch or the nvidia-* wheels
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - session creation below reports the real failure
+            pass
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # the fallback error is what we report ourselves
+    try:
+        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    except Exception as exc:  # noqa: BLE001
+        return Availability.no(f"{provider} failed to create a session: {str(exc).splitlines()[0][:200]}")
+    bound = sess.get_providers()
+    if bound[0] != provider:
+        return Availability.no(f"ORT lists {provider} but bound {bound[0]} (no usable device or driver/CUDA libraries)")
+    return Availability.yes(f"{provider} bound")
+
+
+def open_session(path: str | Path, options=None, providers=("CPUExecutionProvider",)):
+    """An ``onnxruntime.InferenceSession``; a missing or corrupt file is a :class:`ModelFileError` naming it."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: ONNX model file not found")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as exc:  # ORT raises several exception types for corrupt protobufs
+        msg = str(exc).splitlines()[0][:300]
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({msg}); re-export it with `signflow-zoo export`") from None
+
+
+class OrtRunner(Runner):
+    """Base for ONNX Runtime runners: subclasses choose provider and artifact."""
+
+    provider: ClassVar[str] = "CPUExecutionProvider"
+    provider_options: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return probe_provider(cls.provider)
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if self.options.threads:
+            so.intra_op_num_threads = int(self.options.threads)
+            so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return so
+
+    def prepare(self, artifacts: Artifacts) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        path = artifacts.path_for(self.artifact)
+        providers = [(self.provider, dict(self.provider_options))]
+        if self.provider != "CPUExecutionProvider":
+            providers.append(("CPUExecutionProvider", {}))
+        self.session = open_session(path, self.session_options(), providers)
+        bound = self.session.get_providers()
+        if bound[0] != self.provider:
+            raise BackendUnavailable(
+                f"ONNX Runtime bound {bound[0]} instead of {self.provider}; refusing to report a CPU run as {self.name}"
+            )
+        self.path = path
+        inp = self.session.get_inputs()[0]
+        self.input_dim = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 469
+
+    def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"features": features, "mask": mask})[0]
+
+    def describe(self) -> dict[str, Any]:
+        so = self.session.get_session_options()
+        return {
+            "backend": self.name, "precision": self.precision, "provider": self.session.get_providers()[0],
+            "providers": self.session.get_providers(), "threads": so.intra_op_num_threads or "default",
+            "onnxruntime": self.ort.__version__, "model": self.path.name, "spinning": self._spinning(so),
+        }
+
+    @staticmethod
+    def _spinning(so) -> str:
+        """ONNX Runtime's intra-op thread spinning (on by default): part of its latency, so the harness settles
+        it between backends (an idle gap) rather than turning it off; recorded with every result."""
+        try:
+            value = so.get_session_config_entry("session.intra_op.allow_spinning")
+        except Exception:  # noqa: BLE001 - not set: ORT's default
+            value = ""
+        return {"0": "off", "1": "on"}.get(value, "on (default)")
+
+    def close(self) -> None:
+        self.session = None

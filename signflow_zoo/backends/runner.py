@@ -1,0 +1,196 @@
+"""The Runner interface every backend implements, and the artifacts a runner consumes.
+
+The harness, not the runner, owns timing: a runner only prepares a session and runs batches.
+Lifecycle: ``cls.availability()`` (cheap, honest) -> ``runner = cls(options)`` ->
+``runner.prepare(artifacts)`` (may raise :class:`BackendUnavailable` after checking what it really got)
+-> ``runner.run(features, mask)`` many times -> ``runner.close()``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from signflow_zoo.common.errors import BackendError, InputError
+from signflow_zoo.backends.parity import TOLERANCES, Tolerance
+from signflow_zoo.common.tensors import check_input
+
+# Made by signflow_zoo.backends.artifacts.build_artifacts; plugins add their own kinds (signflow_zoo.backends.kinds).
+BUILTIN_ARTIFACT_KINDS = ("torch", "onnx", "onnx-optimized")
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot run here; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+    broken: bool = False  # the plugin itself failed (availability() raised): listed as a broken plugin
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @classmethod
+    def yes(cls, detail: str = "") -> "Availability":
+        return cls(True, detail)
+
+    @classmethod
+    def no(cls, reason: str) -> "Availability":
+        return cls(False, reason)
+
+    @classmethod
+    def error(cls, reason: str) -> "Availability":
+        return cls(False, reason, broken=True)
+
+
+@dataclass
+class RunnerOptions:
+    threads: int | None = None  # intra-op threads; None = the runtime's default
+    device: str | None = None  # e.g. "cpu", "cuda", "cuda:1"; None = the runner's default
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifacts:
+    """What one zoo entry has been turned into. Paths exist once the harness built them."""
+
+    preset: str
+    num_classes: int
+    labels: list[str]
+    model_kwargs: dict[str, Any]
+    checkpoint: Path | None = None  # weights-only PyTorch checkpoint
+    onnx: Path | None = None  # plain export (dynamic batch and frames)
+    onnx_optimized: Path | None = None  # derived optimized graph
+    workdir: Path | None = None  # where a runner may cache its own derived files
+    hashes: dict[str, str] = field(default_factory=dict)  # kind -> sha256
+    info: dict[str, Any] = field(default_factory=dict)  # export / optimize reports; kind -> build record
+    paths: dict[str, Path] = field(default_factory=dict)  # kinds registered by plugins -> main file
+
+    def path_for(self, kind: str) -> Path:
+        builtin = {"torch": self.checkpoint, "onnx": self.onnx, "onnx-optimized": self.onnx_optimized}
+        path = builtin[kind] if kind in builtin else self.paths.get(kind)
+        if path is None or not Path(path).is_file():
+            how = "" if kind in builtin else " (a plugin's artifact kind is built by ensure_artifact)"
+            raise BackendError(f"artifact {kind!r} of preset {self.preset!r} has not been built{how}")
+        return Path(path)
+
+    def torch_model(self, device: str = "cpu"):
+        """The PyTorch model from the weights-only checkpoint."""
+        from signflow_zoo.model.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(self.path_for("torch"), map_location=device)
+        return model
+
+
+class Runner:
+    """Base class of every backend. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str] = ""  # unique backend name, e.g. "onnx-cpu"
+    artifact: ClassVar[str] = "onnx"  # the artifact kind it consumes: built-in or registered by a plugin
+    precision: ClassVar[str] = "fp32"  # arithmetic precision: drives the parity tolerance
+    tolerance: ClassVar[Tolerance | None] = None  # required for a precision outside parity.TOLERANCES only
+    device_kind: ClassVar[str] = "cpu"  # "cpu" or "gpu": what hardware it runs on
+    summary: ClassVar[str] = ""  # one line for `signflow-zoo backends`
+    # Set by prepare() where they differ: run() may return before the device is done (the harness then
+    # calls synchronize()); the feature width the model expects.
+    asynchronous: bool = False
+    input_dim: int = 469
+
+    def __init__(self, options: RunnerOptions | None = None):
+        self.options = options or RunnerOptions()
+        self.prepared = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's prepare() marks the runner prepared when it returns, so a plugin need not."""
+        super().__init_subclass__(**kwargs)
+        if "prepare" in cls.__dict__:
+            cls.prepare = _marks_prepared(cls.__dict__["prepare"])
+
+    # -- to implement ------------------------------------------------------------------------
+    @classmethod
+    def availability(cls) -> Availability:
+        """Whether this backend can run on this machine, or the reason it cannot. Cheap; no model needed."""
+        return Availability.yes()
+
+    def prepare(self, artifacts: Artifacts) -> None:
+        """Create the session (threads, device, providers) from ``artifacts.path_for(self.artifact)``."""
+        raise NotImplementedError
+
+    def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Run one validated batch; return float32 logits [batch, classes] as a host array."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for asynchronous device work (no-op for synchronous runners)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a reader of the results must know: provider actually used, threads, versions, precision."""
+        return {"backend": self.name, "precision": self.precision}
+
+    def close(self) -> None:
+        """Release the session."""
+
+    # -- provided -------------------------------------------------------------------------------
+    def run(self, features: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Validate the batch, then run it. Wrong shapes and dtypes raise :class:`InputError`."""
+        if not self.prepared:
+            raise BackendError(f"backend {self.name!r}: call prepare(artifacts) before run()")
+        if not isinstance(features, np.ndarray):
+            raise InputError(f"features must be a numpy array, got {type(features).__name__}")
+        if mask is None:
+            mask = np.ones(features.shape[:2], dtype=bool)
+        elif not isinstance(mask, np.ndarray):
+            raise InputError(f"mask must be a numpy array, got {type(mask).__name__}")
+        check_input(features, mask, self.input_dim)
+        return self.infer(features, mask)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _marks_prepared(prepare):
+    @functools.wraps(prepare)
+    def marked(self: Runner, *args: Any, **kwargs: Any) -> None:
+        try:
+            prepare(self, *args, **kwargs)
+        except BaseException:
+            self.prepared = False  # also when a subclass fails after its base's prepare() succeeded
+            raise
+        self.prepared = True
+
+    return marked
+
+
+def validate_runner_class(cls: Any, kinds: tuple[str, ...] | list[str] = BUILTIN_ARTIFACT_KINDS) -> None:
+    """Raise :class:`BackendError` naming what is wrong with a class offered to ``register_runners``."""
+    if not (isinstance(cls, type) and issubclass(cls, Runner)):
+        raise BackendError(f"register() expects a Runner subclass, got {cls!r}")
+    if not isinstance(cls.name, str) or not cls.name:
+        raise BackendError(f"Runner class {cls.__qualname__} has no name")
+    if cls.artifact not in kinds:
+        raise BackendError(f"backend {cls.name!r}: artifact must be one of {', '.join(kinds)}, got {cls.artifact!r}")
+    if not isinstance(cls.precision, str) or not cls.precision:
+        raise BackendError(f"backend {cls.name!r}: precision must be a name such as fp32, got {cls.precision!r}")
+    if cls.precision in TOLERANCES:
+        if cls.tolerance is not None:
+            raise BackendError(f"backend {cls.name!r}: precision {cls.precision!r} has a fixed parity tolerance; "
+                               "declare a precision of your own to set one")
+    elif not _valid_tolerance(cls.tolerance):
+        raise BackendError(f"backend {cls.name!r}: precision {cls.precision!r} is not one of {', '.join(TOLERANCES)}; "
+                           "declare its parity tolerance: tolerance = Tolerance(max_error > 0 or None, 0 <= min_top1 <= 1), "
+                           f"got {cls.tolerance!r}")
+
+
+def _valid_tolerance(tol: Any) -> bool:
+    if not (isinstance(tol, tuple) and len(tol) == 2 and isinstance(tol[1], (int, float)) and 0 <= tol[1] <= 1):
+        return False
+    return tol[0] is None or (isinstance(tol[0], (int, float)) and tol[0] > 0)

@@ -1,0 +1,214 @@
+"""What the harness measures, one small function per scenario, over typed records.
+
+Each scenario drives backend workers (:mod:`signflow_zoo.bench.worker`) and fills
+:class:`~signflow_zoo.results.records.BenchRecord` fields. Failures are recorded where they happen: a worker
+that dies or hangs ends that backend (``crashed`` / ``timeout``); an error at one batch size costs only
+that batch size; every other backend goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from signflow_zoo.common.errors import BackendError
+from signflow_zoo.model.metrics import classification_report, wilson_interval
+from signflow_zoo.backends.parity import compare
+from signflow_zoo.results.records import Accuracy, BenchRecord, Memory, Speedup, TimingCheck
+from signflow_zoo.bench.schedule import Outcome, expected_calls, run_schedule, run_solo, stints_between_rounds, warm
+from signflow_zoo.bench.timing import TimingConfig
+from signflow_zoo.results.latency import bootstrap_ratio_ci, summarize
+from signflow_zoo.bench.worker import BackendWorker, WorkerError, WorkerFailed
+
+ACCURACY_BATCH = 64
+
+
+@dataclass
+class Lane:
+    """One backend under test: its record and, while it can still run, its worker."""
+
+    record: BenchRecord
+    worker: BackendWorker | None
+    precision: str = "fp32"
+    tolerance: Any = None  # a plugin's own parity tolerance, for a precision outside the built-in table
+
+    @property
+    def live(self) -> bool:
+        return self.worker is not None and self.record.status in ("ok", "parity-failed")
+
+    def fail(self, exc: BaseException, during: str) -> None:
+        """Record why this backend stopped, and stop its worker."""
+        if isinstance(exc, WorkerFailed):
+            self.record.fail(exc.status, str(exc))
+        elif isinstance(exc, WorkerError) and exc.kind == "BackendUnavailable":
+            self.record.fail("unavailable", str(exc).split(": ", 1)[-1])
+        else:
+            self.record.fail("failed", f"{during}: {exc}")
+            self.record.traceback = getattr(exc, "trace", "")
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def prepare(lane: Lane, log: Callable[[str], None]) -> None:
+    try:
+        lane.record.describe = dict(lane.worker.call("prepare"))
+        lane.record.params["provider"] = lane.record.describe.get("provider", "")
+    except BackendError as exc:
+        lane.fail(exc, "prepare")
+        log(f"{lane.record.preset}/{lane.record.backend}: {lane.record.status}: {lane.record.reason}")
+
+
+def parity(lane: Lane, inputs: list[tuple[np.ndarray, np.ndarray]], refs: list[np.ndarray],
+           log: Callable[[str], None]) -> None:
+    """Logits on the same inputs as the PyTorch fp32 reference, judged by the backend's precision."""
+    try:
+        outs = lane.worker.call("run_many", inputs, budget=0.0)
+    except BackendError as exc:
+        lane.fail(exc, "parity")
+        return
+    classes = refs[0].shape[1]
+    got = np.concatenate([np.asarray(o).reshape(-1, np.asarray(o).shape[-1]) for o in outs])
+    want = np.concatenate(refs).reshape(-1, classes)
+    res = compare(got, want, lane.precision, lane.tolerance)
+    lane.record.parity = res.to_dict()
+    if not res.ok:
+        lane.record.fail("parity-failed", res.message)
+        log(f"{lane.record.preset}/{lane.record.backend}: PARITY FAILED: {res.message}")
+
+
+def accuracy(lane: Lane, test, num_classes: int, ref_pred: np.ndarray) -> None:
+    """Top-1 (with its Wilson interval), top-5, macro-F1 and agreement with the reference, on held-out clips."""
+    pairs = [(test.features[i:i + ACCURACY_BATCH], test.mask[i:i + ACCURACY_BATCH])
+             for i in range(0, len(test), ACCURACY_BATCH)]
+    try:
+        logits = np.concatenate(lane.worker.call("run_many", pairs))
+    except BackendError as exc:
+        lane.fail(exc, "accuracy")
+        return
+    rep = classification_report(logits, test.labels, num_classes)
+    n = len(test)
+    correct = int(round(rep["top1"] * n))
+    lane.record.accuracy = Accuracy(top1=rep["top1"], top1_ci=wilson_interval(correct, n), top5=rep["top5"],
+                                    macro_f1=rep["macro_f1"], agreement_top1=float((logits.argmax(1) == ref_pred).mean()),
+                                    n=n)
+
+
+def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarray, cfg: TimingConfig,
+            check: bool, log: Callable[[str], None],
+            between_rounds: Callable[[bool], None] | None = None) -> dict[str, Outcome]:
+    """Time every live backend at one batch size in the configured schedule (and solo, with ``check``).
+
+    ``between_rounds(settled)`` is called after every round of the interleaved schedule (after its solo stints,
+    with ``check``) and after every block of a sequential one: the harness reads its run-stability reference
+    there. ``settled``: the schedule has just slept its settling gap after the last block (several backends
+    interleaved), so the last block's threads are already quiet.
+
+    Returns the scheduled outcomes (raw blocks, for plots and speedups) by backend name.
+    """
+    live = [ln for ln in lanes if ln.live]
+    key = f"b{batch}"
+    cfg = replace(cfg, min_iters=cfg.calls_for(batch))  # batch 1: enough calls for a valid p99
+    for ln in list(live):
+        try:
+            ln.worker.call("load", key, features, mask)
+        except WorkerError as exc:  # e.g. MemoryError at this batch size: only this batch is lost
+            ln.record.latency_errors[batch] = str(exc)
+            live.remove(ln)
+        except WorkerFailed as exc:
+            ln.fail(exc, f"batch {batch}")
+            live.remove(ln)
+    workers = {ln.record.backend: ln.worker for ln in live}
+    outcomes = warm(workers, key, cfg)
+    solo = {name: Outcome(call_s=o.call_s) for name, o in outcomes.items()}
+    # the solo reference: with several backends interleaved, stints alone scattered through the schedule
+    # (a stint whenever a backend's solo calls fall below half its scheduled ones), so that drift and
+    # machine states hit both readings alike; otherwise two halves, before and after the schedule
+    stints = check and cfg.schedule == "interleaved" and sum(o.error is None for o in outcomes.values()) > 1
+    if check and not stints:
+        for name, o in outcomes.items():
+            if o.error is None:
+                try:
+                    run_solo(workers[name], key, cfg, solo[name], (expected_calls(o, cfg) + 1) // 2)
+                except BackendError as exc:
+                    o.error = exc
+    stint = stints_between_rounds(workers, key, cfg, outcomes, solo) if stints else None
+    several = sum(o.error is None for o in outcomes.values()) > 1  # interleaved: each block then ends with the gap
+
+    def after_round(ran: list[str]) -> None:
+        if stint is not None:
+            stint(ran)
+        if between_rounds is not None:
+            between_rounds(several)
+
+    sequential = cfg.schedule == "sequential"
+    run_schedule(workers, key, cfg, outcomes,
+                 on_block=(lambda name, blocks: between_rounds(False)) if between_rounds is not None and sequential else None,
+                 after_round=after_round if stint is not None or between_rounds is not None else None)
+    if check and not stints:
+        for name, o in outcomes.items():
+            if o.error is None:
+                try:
+                    run_solo(workers[name], key, cfg, solo[name], (o.calls + 1) // 2)
+                except BackendError as exc:
+                    o.error = exc
+    for ln in live:
+        name = ln.record.backend
+        o = outcomes[name]
+        if o.error is not None:
+            if isinstance(o.error, WorkerFailed):
+                ln.fail(o.error, f"timing batch {batch}")
+            else:
+                ln.record.latency_errors[batch] = str(o.error)
+            log(f"{ln.record.preset}/{name}: batch {batch}: {o.error}")
+            continue
+        stats = summarize(o.blocks, batch, cfg.min_iters, o.discarded)
+        ln.record.latency[batch] = stats
+        ln.record.samples[batch] = [[round(v / 1e6, 5) for v in block] for block in o.blocks]
+        if check and solo[name].blocks:
+            alone = summarize(solo[name].blocks, batch)
+            ln.record.timing_check[batch] = TimingCheck(
+                solo_p50_ms=alone.p50_ms, scheduled_p50_ms=stats.p50_ms, p50_ratio=stats.p50_ms / alone.p50_ms,
+                solo_p99_ms=alone.p99_ms, scheduled_p99_ms=stats.p99_ms, p99_ratio=stats.p99_ms / alone.p99_ms)
+        try:
+            ln.worker.call("unload", key)
+        except BackendError:
+            pass
+    return {name: o for name, o in outcomes.items() if o.error is None}
+
+
+def speedups(records: list[BenchRecord], outcomes: dict[int, dict[str, Outcome]], reference: str) -> None:
+    """Each backend's speedup over ``reference`` per batch size, with a bootstrap interval."""
+    for batch, by_name in outcomes.items():
+        ref = by_name.get(reference)
+        if ref is None:
+            continue
+        for rec in records:
+            o = by_name.get(rec.backend)
+            if o is None or rec.backend == reference:
+                continue
+            ratio, lo, hi = bootstrap_ratio_ci(ref.blocks, o.blocks)
+            if math.isfinite(ratio):
+                rec.speedup[batch] = Speedup(reference, ratio, (lo, hi), distinguishable=not (lo <= 1.0 <= hi))
+
+
+def streaming(lane: Lane, labels: list[str], clips: list[Any]) -> None:
+    """Sign end -> prediction through the real streaming pipeline, in the backend's worker."""
+    try:
+        lane.record.stream = dict(lane.worker.call("stream", labels, clips, budget=60.0))
+    except WorkerFailed as exc:
+        lane.fail(exc, "streaming")
+    except WorkerError as exc:
+        lane.record.stream = {"error": str(exc)}
+
+
+def memory(lane: Lane) -> None:
+    try:
+        lane.record.memory = Memory(**lane.worker.call("memory"))
+    except WorkerFailed as exc:
+        lane.fail(exc, "memory")
+    except WorkerError:
+        pass

@@ -1,0 +1,7 @@
+"""``python -m signflow_zoo.cli``: the same as the ``signflow-zoo`` command."""
+
+import sys
+
+from signflow_zoo.cli.main import main
+
+sys.exit(main())

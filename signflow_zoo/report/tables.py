@@ -1,0 +1,437 @@
+"""Comparison tables from flat bench records (see :mod:`signflow_zoo.report.records`).
+
+terminal/markdown show formatted cells (``~`` marks a noisy latency, ``≈`` a speedup indistinguishable
+from 1.0x, ``!`` the status of a row whose run was unstable); csv/json hold the raw numbers under stable keys,
+so scripts can read them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from signflow_zoo.report.records import (REFERENCE_BACKEND, ReportError, batch_sizes_of, is_noisy, number, p99_valid,
+                             preset_order, reference_of, references, sort_key, started_ms)
+from signflow_zoo.results.latency import NOISY_RULE, TAIL_CONFIDENCE, min_calls_for_tail
+
+FORMATS = ("terminal", "markdown", "csv", "json")
+NOISY_MARK = "~"
+SAME_MARK = "≈"
+TAIL_MARK = "<"  # a p99 from too few calls to claim: shown as "<n calls", not as a number
+UNSTABLE_MARK = "!"  # before the status of a row whose run was unstable (signflow_zoo.bench.stability)
+NOISY_LEGEND = (f"{NOISY_MARK} = {NOISY_RULE}; rerun on a quieter machine or with more iterations (--min-time)")
+TAIL_LEGEND = (f"{TAIL_MARK}N calls = too few calls to claim a p99 (an upper bound at {TAIL_CONFIDENCE:.0%} confidence "
+               f"needs {min_calls_for_tail()}: MLPerf LoadGen's early-stopping rule); raise --tail-iters or --min-iters")
+SAME_LEGEND = (f"{SAME_MARK} = indistinguishable from {{ref}} in this run: the 95% bootstrap interval of the speedup "
+               "contains 1.0x")
+
+
+# -- formatting ------------------------------------------------------------------------------------
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return ""
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def fmt_count(v: float | None) -> str:
+    """Parameter counts as a reader says them: 870k, 2.55M, 12.1M."""
+    if v is None:
+        return ""
+    if v >= 1e9:
+        return f"{v / 1e9:.2f}B"
+    if v >= 1e7:
+        return f"{v / 1e6:.1f}M"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.0f}k"
+    return f"{v:.0f}"
+
+
+def _fmt_pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.1f}%"
+
+
+def _fmt_throughput(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _fmt_seconds(v: float | None) -> str:
+    if v is None:
+        return ""
+    if v >= 3600:
+        return f"{v / 3600:.1f} h"
+    if v >= 120:
+        return f"{v / 60:.1f} min"
+    return f"{v:.1f} s"
+
+
+def _fmt_sci(v: float | None) -> str:
+    return "" if v is None else f"{v:.1e}"
+
+
+def _fmt_plain(v: float | None) -> str:
+    return "" if v is None else f"{v:g}"
+
+
+def _status_text(rec: dict[str, Any], width: int = 36) -> str:
+    status = str(rec.get("status", "") or "?")
+    reason = " ".join(str(rec.get("reason", "") or "").split())
+    if status == "ok" or not reason:
+        return status
+    if len(reason) > width:
+        reason = reason[: width - 3].rstrip() + "..."
+    return f"{status}: {reason}"
+
+
+def _render(columns: list[tuple[str, str]], rows: list[dict[str, Any]], fmt: str, right: set[str]) -> str:
+    """``columns`` = [(key, header)]; rows hold display strings for terminal/markdown, raw values otherwise."""
+    if fmt == "json":
+        return json.dumps([{k: row.get(k) for k, _ in columns} for row in rows], indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([k for k, _ in columns])
+        for row in rows:
+            w.writerow(["" if row.get(k) is None else row.get(k) for k, _ in columns])
+        return buf.getvalue()
+    from tabulate import tabulate
+
+    table = [[row.get(k, "") for k, _ in columns] for row in rows]
+    align = ["right" if k in right else "left" for k, _ in columns]
+    return tabulate(table, headers=[h for _, h in columns], tablefmt="simple" if fmt == "terminal" else "github",
+                    disable_numparse=True, colalign=align)
+
+
+def _check_fmt(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+# -- the comparison table ------------------------------------------------------------------------------
+
+
+def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
+                     batch_sizes: Iterable[int] | str | None = None) -> str:
+    """One row per (preset, backend[, host]): status, size, latency, throughput, speedup, accuracy, parity.
+
+    terminal/markdown show formatted cells (``~`` marks a noisy latency, speedup is torch-eager's p50
+    over this backend's p50 on the same preset and host); csv/json hold the raw numbers under stable keys.
+    """
+    _check_fmt(fmt)
+    records = list(records)
+    if isinstance(batch_sizes, str):
+        batch_sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    sizes = sorted(set(int(b) for b in batch_sizes)) if batch_sizes else batch_sizes_of(records)
+    records.sort(key=sort_key(preset_order()))
+    several_hosts = len({r.get("host", "") for r in records}) > 1
+    classes = sorted({str(r.get("host_class") or "") for r in records} - {""})
+    keys = [(r.get("preset"), r.get("backend"), r.get("host", "")) for r in records]
+    repeated = len(set(keys)) < len(keys)
+    raw = fmt in ("csv", "json")
+
+    columns: list[tuple[str, str]] = [("preset", "preset"), ("backend", "backend")]
+    if several_hosts or raw:
+        columns.append(("host", "host"))
+    if len(classes) > 1 or raw:
+        columns.append(("host_class", "host class"))
+    if repeated or raw:
+        columns.append(("created", "created"))
+    columns.append(("status", "status"))
+    if raw:
+        columns.append(("reason", "reason"))
+    columns.append(("num_params", "params"))
+    for b in sizes:
+        columns += [(f"p50_ms_b{b}", f"p50 ms b{b}"), (f"p99_ms_b{b}", f"p99 ms b{b}"),
+                    (f"throughput_seq_s_b{b}", f"seq/s b{b}")]
+        if raw:
+            columns.append((f"noisy_b{b}", f"noisy b{b}"))
+        columns += [(f"speedup_b{b}", f"vs eager b{b}"), (f"roofline_share_b{b}", f"roof b{b}")]
+    columns += [("accuracy_top1", "top-1"), ("accuracy_change", "Δ top-1"), ("agreement_top1", "agree"),
+                ("parity_max_abs", "parity abs"), ("memory_mb", "mem MB")]
+    if raw:
+        columns[-5:-4] = [("accuracy_top1", "top-1"), ("accuracy_top1_ci_lo", "top-1 CI lo"),
+                          ("accuracy_top1_ci_hi", "top-1 CI hi")]
+        for b in sizes:
+            i = columns.index((f"p50_ms_b{b}", f"p50 ms b{b}"))
+            columns[i + 1:i + 1] = [(f"p50_ci_lo_ms_b{b}", f"p50 CI lo b{b}"), (f"p50_ci_hi_ms_b{b}", f"p50 CI hi b{b}")]
+            k = columns.index((f"p99_ms_b{b}", f"p99 ms b{b}"))
+            columns[k + 1:k + 1] = [(f"p99_upper_ms_b{b}", f"p99 upper b{b}"), (f"n_b{b}", f"n b{b}")]
+            j = columns.index((f"speedup_b{b}", f"vs eager b{b}"))
+            columns.insert(j + 1, (f"speedup_distinguishable_b{b}", f"distinguishable b{b}"))
+
+    rows: list[dict[str, Any]] = []
+    any_noisy = any_same = any_short_tail = False
+    refs = references(records)
+    for r in records:
+        ref = reference_of(r, refs)
+        row: dict[str, Any] = {"preset": r.get("preset", ""), "backend": r.get("backend", ""),
+                               "host": r.get("host", ""), "host_class": r.get("host_class", "") or "", "created": r.get("created") or _iso(started_ms(r))}
+        if raw:
+            row.update(status=r.get("status", ""), reason=r.get("reason", "") or "", num_params=_int(number(r, "num_params")))
+        else:
+            row.update(status=(UNSTABLE_MARK if r.get("stability_status") == "unstable" else "") + _status_text(r),
+                       num_params=fmt_count(number(r, "num_params")))
+        for b in sizes:
+            p50, p99 = number(r, f"latency_p50_ms_b{b}"), number(r, f"latency_p99_ms_b{b}")
+            noisy = is_noisy(r, b)
+            speedup, same = _speedup(r, ref, b)
+            thr = number(r, f"throughput_seq_s_b{b}")
+            share = number(r, f"roofline_share_b{b}")
+            row[f"roofline_share_b{b}"] = share if raw else ("" if share is None else f"{100 * share:.0f}%")
+            if raw:
+                row.update({f"p50_ms_b{b}": p50, f"p50_ci_lo_ms_b{b}": number(r, f"latency_p50_ci_lo_ms_b{b}"),
+                            f"p50_ci_hi_ms_b{b}": number(r, f"latency_p50_ci_hi_ms_b{b}"), f"p99_ms_b{b}": p99,
+                            f"p99_upper_ms_b{b}": number(r, f"latency_p99_upper_ms_b{b}"),
+                            f"n_b{b}": _int(number(r, f"iterations_b{b}")),
+                            f"throughput_seq_s_b{b}": thr, f"noisy_b{b}": noisy if p50 is not None else None,
+                            f"speedup_b{b}": None if speedup is None else round(speedup, 4),
+                            f"speedup_distinguishable_b{b}": None if speedup is None else not same})
+            else:
+                mark = NOISY_MARK if noisy else ""
+                any_noisy = any_noisy or (noisy and p50 is not None)
+                any_same = any_same or (speedup is not None and same)
+                speed_mark = SAME_MARK if same else (NOISY_MARK if noisy or (ref is not None and is_noisy(ref, b)) else "")
+                tail_ok = p99_valid(r, b)
+                any_short_tail = any_short_tail or (p99 is not None and not tail_ok)
+                row.update({f"p50_ms_b{b}": mark + fmt_ms(p50) if p50 is not None else "",
+                            f"p99_ms_b{b}": ("" if p99 is None else mark + fmt_ms(p99) if tail_ok
+                                             else f"{TAIL_MARK}{_int(number(r, f'iterations_b{b}')) or 0} calls"),
+                            f"throughput_seq_s_b{b}": _fmt_throughput(thr),
+                            f"speedup_b{b}": "" if speedup is None else f"{speed_mark}{speedup:.2f}x"})
+        acc, agree = number(r, "accuracy_top1"), number(r, "agreement_top1")
+        lo, hi = number(r, "accuracy_top1_ci_lo"), number(r, "accuracy_top1_ci_hi")
+        par, mem = number(r, "parity_max_abs"), number(r, "memory_mb")
+        ref_acc = number(ref, "accuracy_top1") if ref is not None else None
+        change = None if acc is None or ref_acc is None else acc - ref_acc
+        row["accuracy_change"] = change if raw else ("" if change is None or ref is r else f"{100 * change:+.1f}")
+        if raw:
+            row.update(accuracy_top1=acc, accuracy_top1_ci_lo=lo, accuracy_top1_ci_hi=hi, agreement_top1=agree,
+                       parity_max_abs=par, memory_mb=mem)
+        else:
+            row.update(accuracy_top1=_fmt_pct(acc) + (f" [{100 * lo:.0f}-{100 * hi:.0f}]" if lo is not None and hi is not None else ""),
+                       agreement_top1=_fmt_pct(agree), parity_max_abs=_fmt_sci(par),
+                       memory_mb="" if mem is None else f"{mem:.0f}")
+        rows.append(row)
+
+    if not raw:  # a column nobody measured is noise on screen; csv/json keep a stable schema
+        fixed = {"preset", "backend", "host", "host_class", "created", "status"}
+        columns = [(k, h) for k, h in columns if k in fixed or any(row.get(k) for row in rows)]
+    right = {k for k, _ in columns} - {"preset", "backend", "host", "host_class", "created", "status"}
+    text = _render(columns, rows, fmt, right)
+    if not raw:
+        notes = ([NOISY_LEGEND] if any_noisy else []) + ([SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if any_same else [])
+        notes += [TAIL_LEGEND] if any_short_tail else []
+        if len(classes) > 1:
+            notes.append(f"{len(classes)} host classes ({', '.join(classes)}): milliseconds compare only within one "
+                         "class; across classes compare speedups (within one host) or `report --compare` on "
+                         "normalized values")
+        notes += data_lines(records) + drift_lines(records)
+        notes += stability_lines(records)
+        if any(row.get("memory_mb") for row in rows):
+            notes.append("mem MB = peak resident memory of the backend's own worker process above its level just "
+                         "before prepare")
+        if any(row.get(f"roofline_share_b{b}") for row in rows for b in sizes):
+            notes.append("roof = achieved GFLOP/s over this machine's measured matmul ceiling for the backend's precision "
+                         "(measured once per machine by bench and cached)")
+        if any(row.get("accuracy_change") for row in rows):
+            notes.append(f"Δ top-1 = points of top-1 against {REFERENCE_BACKEND} (fp32) on the same clips")
+        if rows and any(number(r, "accuracy_top1_ci_lo") is not None for r in records):
+            notes.append("top-1 [lo-hi] = 95% Wilson interval over the held-out clips: overlapping intervals are not "
+                         "a measured difference")
+        if notes:
+            text += "\n\n" + "\n".join(notes)
+    return text
+
+
+def _speedup(rec: dict[str, Any], ref: dict[str, Any] | None, b: int) -> tuple[float | None, bool]:
+    """(reference p50 / this p50, indistinguishable?). The bench's own bootstrap interval when it stored one
+    (same invocation); else the ratio of p50s, indistinguishable when their intervals overlap."""
+    if rec.get("backend") == REFERENCE_BACKEND:
+        return (1.0, False) if number(rec, f"latency_p50_ms_b{b}") else (None, False)
+    stored = number(rec, f"speedup_b{b}")
+    if stored is not None and ref is not None and ref.get("invocation_id") == rec.get("invocation_id"):
+        return stored, number(rec, f"speedup_distinguishable_b{b}") == 0.0
+    p50, ref_p50 = number(rec, f"latency_p50_ms_b{b}"), number(ref, f"latency_p50_ms_b{b}") if ref else None
+    if not p50 or not ref_p50:
+        return None, False
+    lo, hi = number(rec, f"latency_p50_ci_lo_ms_b{b}"), number(rec, f"latency_p50_ci_hi_ms_b{b}")
+    rlo, rhi = number(ref, f"latency_p50_ci_lo_ms_b{b}"), number(ref, f"latency_p50_ci_hi_ms_b{b}")
+    same = None not in (lo, hi, rlo, rhi) and lo <= rhi and rlo <= hi
+    return ref_p50 / p50, same
+
+
+def drift_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per invocation that measured machine drift (reference workload, end vs start)."""
+    seen: dict[str, tuple[str, float, float | None]] = {}
+    for r in records:
+        ratio = number(r, "drift_ratio")
+        if ratio is not None and r.get("invocation_id") not in seen:
+            seen[r.get("invocation_id")] = (str(r.get("host", "")), ratio, number(r, "drift_spread"))
+    lines = []
+    for inv, (host, ratio, spread) in seen.items():
+        spread_text = f", slowest/fastest reading {spread:.2f}x" if spread else ""
+        lines.append(f"machine drift, run {inv} on {host or 'this host'}: {100 * (ratio - 1):+.1f}% from start to end "
+                     f"(reference workload{spread_text})")
+    return lines
+
+
+def stability_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One legend line per unstable run (its rows carry ``!``): the run and how far its reference moved."""
+    seen: dict[str, tuple[str, float | None]] = {}
+    for r in records:
+        if r.get("stability_status") == "unstable" and r.get("invocation_id") not in seen:
+            seen[r.get("invocation_id")] = (str(r.get("host", "")), number(r, "stability_spread"))
+    return [f"{UNSTABLE_MARK} = unstable run {inv} on {host or 'this host'}: its reference workload moved "
+            + (f"{100 * (spread - 1):.0f}% (spread {spread:.2f}x) " if spread else "")
+            + "during the run; its numbers may not compare with other runs: rerun on a quieter machine"
+            for inv, (host, spread) in seen.items()]
+
+
+def data_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The data and split each result was measured on (an official split, or this project's signer split),
+    one line per distinct pair: accuracies on different splits are not comparable."""
+    seen: dict[tuple[str, str], int] = {}
+    for r in records:
+        data, split = str(r.get("data", "") or ""), str(r.get("data_split", "") or "")
+        if data or split:
+            seen[(data, split)] = seen.get((data, split), 0) + 1
+    return [f"data: {data or '?'}; split: {split or 'not recorded'}" + (f" ({n} rows)" if len(seen) > 1 else "")
+            for (data, split), n in seen.items()]
+
+
+def timing_check_table(records: Sequence[dict[str, Any]], fmt: str = "terminal") -> str:
+    """``bench --check-timing``: each backend alone vs in the schedule, per batch size."""
+    _check_fmt(fmt)
+    rows = []
+    for r in sorted(records, key=sort_key(preset_order())):
+        for b in batch_sizes_of([r]):
+            solo = number(r, f"timing_check_solo_p50_ms_b{b}")
+            if solo is None:
+                continue
+            rows.append({"preset": r.get("preset", ""), "backend": r.get("backend", ""), "batch": b,
+                         "solo_p50_ms": solo, "scheduled_p50_ms": number(r, f"timing_check_scheduled_p50_ms_b{b}"),
+                         "p50_ratio": number(r, f"timing_check_p50_ratio_b{b}"),
+                         "solo_p99_ms": number(r, f"timing_check_solo_p99_ms_b{b}"),
+                         "scheduled_p99_ms": number(r, f"timing_check_scheduled_p99_ms_b{b}"),
+                         "p99_ratio": number(r, f"timing_check_p99_ratio_b{b}")})
+    columns = [("preset", "preset"), ("backend", "backend"), ("batch", "batch"), ("solo_p50_ms", "solo p50 ms"),
+               ("scheduled_p50_ms", "scheduled p50 ms"), ("p50_ratio", "p50 ratio"), ("solo_p99_ms", "solo p99 ms"),
+               ("scheduled_p99_ms", "scheduled p99 ms"), ("p99_ratio", "p99 ratio")]
+    if not rows:
+        return "no timing check in these results (run `signflow-zoo bench --check-timing`)"
+    if fmt not in ("csv", "json"):
+        for row in rows:
+            for k in ("solo_p50_ms", "scheduled_p50_ms", "solo_p99_ms", "scheduled_p99_ms"):
+                row[k] = fmt_ms(row[k])
+            for k in ("p50_ratio", "p99_ratio"):
+                row[k] = "" if row[k] is None else f"{row[k]:.3f}"
+            row["batch"] = str(row["batch"])
+    text = _render(columns, rows, fmt, {k for k, _ in columns} - {"preset", "backend"})
+    if fmt not in ("csv", "json"):
+        text = ("Timing self-check: each backend alone (its own blocks and gaps, in stints scattered through the "
+                "schedule) vs in the schedule\n" + text)
+    return text
+
+
+def _intlike(v: float | None) -> float | int | None:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(round(v))
+
+
+def _iso(ms: int) -> str:
+    if not ms:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- preset vs preset -------------------------------------------------------------------------------
+
+
+def compare_presets_table(records: Sequence[dict[str, Any]], a: str = "baseline", b: str = "large",
+                          fmt: str = "terminal") -> str:
+    """The seed's "Baseline vs Large" table from measured data: size, training, accuracy, latency per backend.
+
+    ``gain/cost`` is the ratio b/a, except for accuracy, where it is the difference in percentage points.
+    Model facts come from the torch-eager record (the reference) when there is one, else the newest.
+    """
+    _check_fmt(fmt)
+    records = list(records)
+    by = {name: [r for r in records if r.get("preset") == name] for name in (a, b)}
+    missing = [name for name in (a, b) if not by[name]]
+    if missing:
+        have = sorted({str(r.get("preset")) for r in records})
+        raise ReportError(
+            f"no bench records for preset {' and '.join(repr(m) for m in missing)} "
+            f"(records exist for: {', '.join(have) or 'nothing'}); run "
+            f"`signflow-zoo bench --preset {','.join(missing)}` or widen --since/--host/--backend"
+        )
+    raw = fmt in ("csv", "json")
+    rows: list[dict[str, Any]] = []
+
+    def add(label: str, unit: str, va: float | None, vb: float | None, show, points: bool = False,
+            marks: tuple[str, str] = ("", "")) -> None:
+        if va is None and vb is None:
+            return
+        if points:
+            gain = None if va is None or vb is None else 100 * (vb - va)
+            gain_text = "" if gain is None else f"{gain:+.1f} pts"
+        else:
+            gain = vb / va if va and vb is not None else None
+            gain_text = "" if gain is None else f"{gain:.2f}x"
+        if raw:
+            va, vb = (_intlike(v) for v in (va, vb))
+            rows.append({"metric": label, "unit": unit, a: va, b: vb,
+                         "gain/cost": None if gain is None else round(gain, 4)})
+        else:
+            rows.append({"metric": label, a: marks[0] + show(va) if va is not None else "",
+                         b: marks[1] + show(vb) if vb is not None else "", "gain/cost": gain_text})
+
+    def fact(name: str, key: str) -> float | None:
+        recs = sorted(by[name], key=lambda r: (r.get("backend") != REFERENCE_BACKEND, -started_ms(r)))
+        return next((v for v in (number(r, key) for r in recs) if v is not None), None)
+
+    add("params", "count", fact(a, "num_params"), fact(b, "num_params"), fmt_count)
+    add("GFLOP/seq", "GFLOP", fact(a, "gflops"), fact(b, "gflops"), lambda v: f"{v:.2f}")
+    for key in ("d_model", "layers", "dim_ff"):
+        add(key, "", fact(a, key), fact(b, key), _fmt_plain)
+    add("training time", "s", fact(a, "train_seconds"), fact(b, "train_seconds"), _fmt_seconds)
+    add("top-1 accuracy", "fraction (gain/cost in percentage points)", fact(a, "accuracy_top1"), fact(b, "accuracy_top1"), _fmt_pct, points=True)
+
+    several_hosts = len({r.get("host", "") for r in records if r.get("preset") in (a, b)}) > 1
+    pairs = sorted({(r.get("backend", ""), r.get("host", "")) for r in by[a] + by[b]},
+                   key=lambda p: (p[0] != REFERENCE_BACKEND, p[0], p[1]))
+    any_noisy = False
+    for backend, host in pairs:
+        vals, marks = [], []
+        for name in (a, b):
+            recs = [r for r in by[name] if r.get("backend") == backend and r.get("host", "") == host
+                    and number(r, "latency_p50_ms_b1") is not None]
+            r = max(recs, key=started_ms) if recs else None
+            vals.append(number(r, "latency_p50_ms_b1") if r else None)
+            marks.append(NOISY_MARK if r is not None and is_noisy(r, 1) else "")
+        any_noisy = any_noisy or any(marks)
+        label = f"p50 latency b1, {backend}" + (f" @ {host}" if several_hosts else "")
+        add(label, "ms", vals[0], vals[1], lambda v: f"{fmt_ms(v)} ms", marks=(marks[0], marks[1]))
+
+    columns = [("metric", "metric")] + ([("unit", "unit")] if raw else []) + [(a, a), (b, b), ("gain/cost", "gain/cost")]
+    text = _render(columns, rows, fmt, {a, b, "gain/cost"})
+    if any_noisy and not raw:
+        text += "\n\n" + NOISY_LEGEND
+    return text
