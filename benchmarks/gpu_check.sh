@@ -28,9 +28,9 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, onnxruntime as o; getattr(o, 'preload_dlls', lambda: None)(); print('torch', torch.__version__, 'cuda', torch.version.cuda, '| onnxruntime', o.__version__, o.get_available_providers())"
 } 2>&1 | tee "$OUT/versions.txt"
-python3 -m signflow_zoo.cli.main backends 2>&1 | tee "$OUT/backends.txt"
+python3 -m signflow_zoo.cli.commands backends 2>&1 | tee "$OUT/backends.txt"
 # 3. the floor under every GPU call: copying a batch of features to the device
-timeout 60 python3 benchmarks/gpu_transfer.py --batch-sizes 1,256 2>&1 | tee "$OUT/transfer.txt"
+timeout 60 python3 benchmarks/studies/gpu_transfer.py --batch-sizes 1,256 2>&1 | tee "$OUT/transfer.txt"
 # 4. conformance + parity of every backend on the real GPU (tiny model) and the GPU-only capture checks
 #    (the slow tests there are CPU-side: inductor on CPU, the harness with CPU variants)
 timeout $(( $(left) > 150 ? 130 : 60 )) python3 -m pytest -q -p no:cacheprovider -m "not slow" --durations=8 \
@@ -41,11 +41,11 @@ BENCH=(--backends all --batch-sizes 1,256 --no-track --no-progress --no-stream -
 # (the result file in /tmp/zoo/results is written after every preset: a timeout keeps what was finished)
 t=$(( $(left) > 260 ? 240 : $(left) - 20 ))
 if [ "$t" -gt 30 ]; then
-  timeout "$t" python3 -m signflow_zoo.cli.main bench --preset large "${BENCH[@]}" > "$OUT/bench-large.txt" 2>&1
+  timeout "$t" python3 -m signflow_zoo.cli.commands bench --preset large "${BENCH[@]}" > "$OUT/bench-large.txt" 2>&1
   echo "bench large: exit $? ($(left) s of the budget left)"
 fi
 if [ "$(left)" -gt 60 ]; then
-  timeout $(( $(left) - 25 )) python3 -m signflow_zoo.cli.main bench --preset lightweight,baseline,medium,xlarge "${BENCH[@]}" \
+  timeout $(( $(left) - 25 )) python3 -m signflow_zoo.cli.commands bench --preset lightweight,baseline,medium,xlarge "${BENCH[@]}" \
     > "$OUT/bench-rest.txt" 2>&1
   echo "bench other presets: exit $?"
 fi

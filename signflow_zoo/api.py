@@ -19,7 +19,10 @@ What is here:
 * ``hookimpl`` marks a plugin's hook functions.
 * ``Runner`` is the backend base class (``availability``, ``prepare``, ``infer``, ``describe``, ``close``;
   ``run`` validates input and is provided), with ``RunnerOptions`` (threads, device) and ``Availability``
-  (``Availability.yes(detail)`` / ``Availability.no(reason)``).
+  (``Availability.yes(detail)`` / ``Availability.no(reason)``). ``Runner.requires`` names the modules that
+  must import for the backend to run (``requires = ("torch",)``): they are checked before the runner's own
+  ``availability()``, and one that does not import makes the backend unavailable with a reason naming it and
+  how to install it, so ``availability()`` need not try the imports itself.
 * ``Artifacts`` is what ``prepare`` gets: ``artifacts.path_for(kind)`` is the file of any built-in or
   registered kind, ``artifacts.torch_model()`` the PyTorch reference.
 * ``OrtRunner`` is a base for backends running an ONNX graph in ONNX Runtime (choose ``provider`` and
@@ -32,6 +35,7 @@ What is here:
 * ``Tolerance`` is the parity tolerance a backend declares for a precision of its own (``Runner.tolerance``).
 * Errors: ``BackendUnavailable`` (this backend cannot run here: the message is the reason),
   ``BackendError``, ``InputError``, ``ModelFileError``; ``check_input`` validates a batch as ``run`` does.
+* ``FEATURE_DIM``: the features per frame the model reads (the last axis of ``features``), 469.
 """
 
 from signflow_zoo.backends.kinds import ArtifactKind, BuildContext, ensure_artifact
@@ -41,7 +45,7 @@ from signflow_zoo.hookspecs import hookimpl
 from signflow_zoo.backends.ort import OrtRunner, open_session, probe_provider
 from signflow_zoo.backends.parity import Tolerance
 from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions
-from signflow_zoo.common.tensors import check_input
+from signflow_zoo.common.tensors import FEATURE_DIM, check_input
 
 __all__ = [
     "hookimpl",
@@ -49,5 +53,5 @@ __all__ = [
     "OrtRunner", "open_session", "probe_provider",
     "ArtifactKind", "BuildContext", "ensure_artifact", "cpu_flags",
     "Tolerance",
-    "BackendUnavailable", "BackendError", "InputError", "ModelFileError", "check_input",
+    "BackendUnavailable", "BackendError", "InputError", "ModelFileError", "check_input", "FEATURE_DIM",
 ]

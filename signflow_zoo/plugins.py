@@ -227,8 +227,9 @@ def get_registry(reload: bool = False) -> PluginRegistry:
 
 
 def describe_backends(registry=None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(one row per backend: plugin, package, artifact, precision, device, available and why not;
-    broken plugins with their error)."""
+    """Every registered backend and whether it can run here, as ``(rows, broken)``: one row per backend
+    (name, plugin, package, artifact, precision, device, available, reason when not, summary) and the broken
+    plugins with their error. What ``signflow-zoo backends`` lists."""
     reg = registry or get_registry()
     rows, broken = [], [{"plugin": b.name, "package": b.package, "error": b.error} for b in reg.broken]
     for name, be in reg.runners.items():

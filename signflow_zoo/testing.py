@@ -29,6 +29,7 @@ import numpy as np
 
 from signflow_zoo.backends.kinds import ensure_artifact
 from signflow_zoo.common.errors import InputError
+from signflow_zoo.common.tensors import FEATURE_DIM
 from signflow_zoo.backends.parity import compare
 from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner, RunnerOptions, validate_runner_class
 
@@ -85,7 +86,7 @@ class RandomCalibration:
         rng = np.random.default_rng(1)
         for start in range(0, n, 8):
             b = min(8, n - start)
-            yield rng.standard_normal((b, 64, 469)).astype(np.float32), rng.random((b, 64)) > 0.1
+            yield rng.standard_normal((b, 64, FEATURE_DIM)).astype(np.float32), rng.random((b, 64)) > 0.1
 
 
 def bench_artifacts(preset: str, folder: str | Path, num_classes: int = 20, seed: int = 0) -> Artifacts:
@@ -158,7 +159,7 @@ def check_runner(cls: type[Runner], folder: str | Path, artifacts: Artifacts | N
     rng = np.random.default_rng(0)
     outs, refs = [], []
     for b, t in SHAPES:
-        x = rng.standard_normal((b, t, 469)).astype(np.float32)
+        x = rng.standard_normal((b, t, FEATURE_DIM)).astype(np.float32)
         m = rng.random((b, t)) > 0.1
         try:
             y = runner.run(x, m)
@@ -182,10 +183,10 @@ def check_runner(cls: type[Runner], folder: str | Path, artifacts: Artifacts | N
         parity = res.to_dict()
         if not res.ok:
             problems.append(f"parity with the PyTorch reference failed: {res.message}")
-    for bad, what in (((np.zeros((2, 64, 100), np.float32), None), "features with 100 instead of 469 columns"),
-                      ((np.zeros((64, 469), np.float32), None), "a 2-D features array"),
-                      ((np.zeros((2, 64, 469), np.float64), None), "float64 features"),
-                      ((np.zeros((2, 64, 469), np.float32), np.ones((2, 10), bool)), "a mask of the wrong shape")):
+    for bad, what in (((np.zeros((2, 64, 100), np.float32), None), f"features with 100 instead of {FEATURE_DIM} columns"),
+                      ((np.zeros((64, FEATURE_DIM), np.float32), None), "a 2-D features array"),
+                      ((np.zeros((2, 64, FEATURE_DIM), np.float64), None), "float64 features"),
+                      ((np.zeros((2, 64, FEATURE_DIM), np.float32), np.ones((2, 10), bool)), "a mask of the wrong shape")):
         try:
             runner.run(*bad)
             problems.append(f"run accepted {what}; it must raise InputError")

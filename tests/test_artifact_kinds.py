@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from signflow_zoo.api import ArtifactKind, BackendUnavailable, BuildContext, OrtRunner, ensure_artifact, hookimpl
+from signflow_zoo.api import (FEATURE_DIM, ArtifactKind, BackendUnavailable, BuildContext, OrtRunner, ensure_artifact,
+                              hookimpl)
 from signflow_zoo.common.errors import BackendError, ModelFileError
 from signflow_zoo.plugins import PluginRegistry
 from signflow_zoo.testing import check_runner
@@ -108,7 +109,7 @@ class Calibration:
         rng = np.random.default_rng(self.seed)
         for start in range(0, n, 4):
             b = min(4, n - start)
-            yield rng.standard_normal((b, 16, 469)).astype(np.float32), np.ones((b, 16), bool)
+            yield rng.standard_normal((b, 16, FEATURE_DIM)).astype(np.float32), np.ones((b, 16), bool)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 
 pytestmark = pytest.mark.slow
 

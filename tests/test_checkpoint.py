@@ -83,7 +83,7 @@ def test_impossible_metadata_is_one_line_naming_file_and_problem(tmp_path, good,
 
 
 def test_cli_reports_a_crafted_checkpoint_without_traceback(tmp_path, good, capsys):
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     path = _write(tmp_path, _with_meta(good, _set_kwarg("nhead", 7)))
     assert main(["export", str(path), "--output", str(tmp_path / "m.onnx")]) == 2
@@ -132,7 +132,7 @@ def test_nan_weights_are_never_written(tmp_path):
 
 
 def test_an_old_nan_checkpoint_explains_itself_when_loaded_or_exported(tmp_path, good, capsys):
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     good["state_dict"]["classifier.bias"][1] = float("nan")  # as written before saving refused NaN
     path = _write(tmp_path, good, "old-nan.pt")

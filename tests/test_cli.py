@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TINY_DATA
 from signflow_zoo.common import limits
-from signflow_zoo.cli.main import EXIT_BROKEN_PIPE, build_parser, main
+from signflow_zoo.cli.commands import EXIT_BROKEN_PIPE, build_parser, main
 
 ENTRY = [sys.executable, "-m", "signflow_zoo.cli"]
 
@@ -60,8 +60,8 @@ def test_every_ranged_option_documents_its_range_in_help(command, flag, extra, c
     assert flag in help_text and r.text in help_text
 
 
-def test_readme_user_errors_paragraph_lists_every_range():
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+def test_docs_user_errors_paragraph_lists_every_range():
+    text = (Path(__file__).parents[1] / "docs" / "commands.md").read_text()
     para = " ".join(text[text.index("User errors ("):].split("\n\n")[0].split())
     for flag, r in limits.CLI_OPTIONS.items():
         assert f"`{flag}`" in para, flag
@@ -122,7 +122,7 @@ def test_a_reader_gone_before_the_output_exits_141_without_a_word(argv):
 
 
 def test_presets_piped_into_head():
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m signflow_zoo.cli.main presets | head -1"],
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m signflow_zoo.cli presets | head -1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["name", "d_model", "heads", "layers", "dim_ff", "params", "gflop_per_seq", "use_case"]
     assert proc.stderr == "" and proc.returncode in (0, EXIT_BROKEN_PIPE)
@@ -236,12 +236,21 @@ def test_export_command_is_export_checkpoint(tiny_artifacts, tmp_path, capsys):
 
 
 def test_every_command_names_its_library_call():
-    from signflow_zoo.cli import main as cli
+    from signflow_zoo.cli import commands as cli
     from signflow_zoo.cli import report as cli_report
 
-    for fn in (cli.cmd_presets, cli.cmd_backends, cli.cmd_train, cli.cmd_export, cli.cmd_bench, cli.cmd_doctor,
-               cli.cmd_ui, cli_report.handler):
-        assert "Python:" in (fn.__doc__ or ""), fn.__name__
+    import re
+
+    import signflow_zoo
+
+    for fn in (cli.cmd_presets, cli.cmd_backends, cli.cmd_train, cli.cmd_export, cli.cmd_bench, cli.cmd_sync,
+               cli.cmd_doctor, cli.cmd_ui, cli_report.handler):
+        doc = fn.__doc__ or ""
+        assert "Python:" in doc, fn.__name__
+        for path in re.findall(r"``(signflow_zoo(?:\.\w+)+)", doc):  # every call it names exists
+            module, _, name = path.rpartition(".")
+            target = signflow_zoo if module == "signflow_zoo" else __import__(module, fromlist=[name])
+            assert hasattr(target, name), f"{fn.__name__} names {path}, which does not exist"
 
 
 # -- the library refuses the same numbers -----------------------------------------------------------------

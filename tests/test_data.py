@@ -70,7 +70,7 @@ def test_subset_and_fingerprint(clips_and_names):
 
 def test_dataset_rejects_inconsistent_arrays():
     with pytest.raises(DataError, match="mask"):
-        SignDataset(np.zeros((2, 64, 469), np.float32), np.zeros((2, 63), bool), np.zeros(2, np.int64),
+        SignDataset(np.zeros((2, 64, F.FEATURE_DIM), np.float32), np.zeros((2, 63), bool), np.zeros(2, np.int64),
                     ["a"], ["s", "t"])
     with pytest.raises(DataError, match="features"):
         SignDataset(np.zeros((2, 64, 468), np.float32), np.zeros((2, 64), bool), np.zeros(2, np.int64),
@@ -711,7 +711,7 @@ def test_spec_forms_and_cli_help_name_every_format(capsys):
     for form in ("synthetic:", "signflow:PATH", "lsfb:PATH", "pose:PATH", "labels.csv", "<sign>_<12 hex>.npy",
                  "sign_to_index.csv"):
         assert form in text
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     assert main(["train", "--help"]) == 0  # main returns the exit status, --help's too
     assert "pose:PATH" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import torch
 from signflow_zoo.backends.artifacts import artifacts_from_model_file, build_artifacts
 from signflow_zoo.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from signflow_zoo.common.errors import CheckpointError, ModelFileError
+from signflow_zoo.data.features import FEATURE_DIM
 from signflow_zoo.model.export import export_to_onnx, optimize_onnx_model, read_metadata, verify_onnx
 from signflow_zoo.model.network import SignTransformer, build_model
 from signflow_zoo.model.zoo import get_model_config, list_model_configs
@@ -36,7 +37,7 @@ def test_exported_model_runs_at_unseen_shapes(lightweight_export):
     model, path, _ = lightweight_export
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for b, t in ((16, 200), (2, 9)):
-        x = torch.randn(b, t, 469)
+        x = torch.randn(b, t, FEATURE_DIM)
         m = torch.rand(b, t) > 0.3
         with torch.no_grad():
             ref = model(x, m).numpy()
@@ -81,7 +82,7 @@ def test_optimize_reports_nodes_and_fusions(lightweight_export, tmp_path):
     assert rep.fusions and rep.note.startswith("fused:")
     assert read_metadata(tmp_path / "opt.onnx")["optimized"] is True
     # and it computes the same thing
-    x = np.random.default_rng(0).standard_normal((2, 64, 469)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 64, FEATURE_DIM)).astype(np.float32)
     m = np.ones((2, 64), bool)
     a = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"features": x, "mask": m})[0]
     b = ort.InferenceSession(str(tmp_path / "opt.onnx"), providers=["CPUExecutionProvider"]).run(None, {"features": x, "mask": m})[0]
@@ -126,7 +127,7 @@ def test_checkpoint_round_trip(tmp_path):
     model = _tiny()
     save_checkpoint(tmp_path / "m.pt", model, {"preset": "tiny", "labels": ["a", "b", "c"]})
     loaded, meta = load_checkpoint(tmp_path / "m.pt")
-    x = torch.randn(1, 10, 469)
+    x = torch.randn(1, 10, FEATURE_DIM)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert meta["labels"] == ["a", "b", "c"] and meta["format"].startswith("signflow-zoo-checkpoint")

@@ -21,7 +21,6 @@ and explores randomly instead.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -34,8 +33,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_ZOO
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 from signflow_zoo.common.errors import SignFlowError
+from signflow_zoo.data.features import FEATURE_DIM
 
 FUZZ = int(os.environ.get("SIGNFLOW_ZOO_FUZZ", "0") or 0)
 SMALLEST_DATA = "synthetic:classes=2,signers=3,clips=1,seed=1"  # one signer each for train, val and test
@@ -98,7 +98,9 @@ def _files(root: Path) -> set[str]:
 def check_contract(argv: list[str], capsys, root: Path) -> tuple[int, str]:
     """Run ``main(argv)`` in-process; assert exit 0, or exit 2 with one stderr line, no traceback, nothing written."""
     before = _files(root)
+    zoo_file = os.environ.get("SIGNFLOW_ZOO_FILE")
     code = main(argv)
+    assert os.environ.get("SIGNFLOW_ZOO_FILE") == zoo_file, "main() left --zoo in the environment"
     out, err = capsys.readouterr()
     assert "Traceback" not in err, (argv, err)
     assert code in (0, 2), (argv, code, err)
@@ -133,7 +135,7 @@ def test_cli_options_of_every_command(command, data, capsys, tmp_path):
 @fuzz_settings(40)
 @given(value=numbers, joined=st.booleans())
 def test_ui_port_parses_or_is_one_line_error(value, joined, capsys):
-    from signflow_zoo.cli.main import build_parser
+    from signflow_zoo.cli.commands import build_parser
 
     try:
         args = build_parser().parse_args(["ui", *_option("--port", value, joined)])
@@ -315,7 +317,7 @@ def test_valid_rows_survive_the_payload_round_trip(row, hide):
 
 # -- model files --------------------------------------------------------------------------------------------
 
-kwargs_values = {"input_dim": st.one_of(st.just(469), safe_ints), "num_classes": safe_ints,
+kwargs_values = {"input_dim": st.one_of(st.just(FEATURE_DIM), safe_ints), "num_classes": safe_ints,
                  "d_model": st.one_of(st.just(48), safe_ints), "nhead": st.one_of(st.just(4), safe_ints),
                  "num_layers": st.one_of(st.just(2), safe_ints), "dim_feedforward": st.one_of(st.just(96), safe_ints),
                  "dropout": st.one_of(st.just(0.1), st.floats(allow_nan=True, allow_infinity=True))}
@@ -396,9 +398,6 @@ def test_stream_replays_with_any_valid_numbers(fps, rest, threshold, temperature
         assert summary["frames"] >= 30
 
 
-@pytest.mark.skipif(importlib.util.find_spec("signflow_zoo.serve.modelfile") is None,
-                    reason="the pipeline checks a model file's metadata (signflow_zoo.serve.modelfile) only from the "
-                           "streaming rework on; before it, malformed metadata_props end in a TypeError")
 @fuzz_settings(40)
 @given(data=st.data())
 def test_onnx_metadata_serves_or_is_one_line(data, model_files, tmp_path, capsys):

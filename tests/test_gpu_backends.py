@@ -15,7 +15,7 @@ import torch
 
 import gpu_cpu_variants
 from gpu_cpu_variants import CpuGraphFp16Runner, CpuGraphRunner
-from signflow_zoo.api import Availability, BackendError, BackendUnavailable, RunnerOptions
+from signflow_zoo.api import FEATURE_DIM, Availability, BackendError, BackendUnavailable, RunnerOptions
 from signflow_zoo.backends.builtin import fixed_shapes, onnx_cuda, provider_libraries
 from signflow_zoo.backends.builtin.fixed_shapes import fixed_shape_model, shape_ops_left
 from signflow_zoo.backends.builtin.onnx_cuda import OnnxCudaGraphRunner, capture_refusal
@@ -32,7 +32,7 @@ HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
 
 def _rand(b, t, seed=0):
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((b, t, 469)).astype(np.float32), rng.random((b, t)) > 0.1
+    return rng.standard_normal((b, t, FEATURE_DIM)).astype(np.float32), rng.random((b, t)) > 0.1
 
 
 def _reference(arts, x, m):
@@ -60,7 +60,7 @@ def test_fixed_shape_graphs_fold_every_shape_op_and_match_pytorch(exporter, tiny
         fixed = fixed_shape_model(model, b, t).SerializeToString()
         assert not shape_ops_left(fixed)  # ... a fixed one none: nothing left for the CPU in a CUDA session
         sess = ort.InferenceSession(fixed, providers=["CPUExecutionProvider"])
-        assert [i.shape for i in sess.get_inputs()] == [[b, t, 469], [b, t]]
+        assert [i.shape for i in sess.get_inputs()] == [[b, t, FEATURE_DIM], [b, t]]
         assert sess.get_outputs()[0].shape == [b, tiny_artifacts.num_classes]
         x, m = _rand(b, t)
         out = sess.run(None, {"features": x, "mask": m})[0]
@@ -280,7 +280,7 @@ def test_bf16_autocast_forward_stays_within_the_bf16_tolerance(tiny_artifacts):
     with pytest.raises(RuntimeError, match="dtype"):
         with torch.inference_mode():
             model_copy = tiny_artifacts.torch_model("cpu").eval().to(torch.bfloat16)
-            model_copy(torch.zeros(1, 8, 469, dtype=torch.bfloat16), torch.ones(1, 8, dtype=torch.bool))
+            model_copy(torch.zeros(1, 8, FEATURE_DIM, dtype=torch.bfloat16), torch.ones(1, 8, dtype=torch.bool))
     forward = model_forward(model, "cpu", "bfloat16")
     x, m = _rand(8, 64)
     with torch.inference_mode():

@@ -23,7 +23,7 @@ def test_every_preset_builds_and_runs(preset):
     entry = list_model_configs()[preset]
     model = build_model(entry, num_classes=12).eval()
     with torch.no_grad():
-        out = model(torch.randn(2, 16, 469), torch.ones(2, 16, dtype=torch.bool))
+        out = model(torch.randn(2, 16, FEATURE_DIM), torch.ones(2, 16, dtype=torch.bool))
     assert out.shape == (2, 12) and torch.isfinite(out).all()
     # layer count and width really follow the preset
     assert len(model.layers) == entry.layers and model.d_model == entry.d_model
@@ -160,15 +160,15 @@ def test_variable_frame_counts(frames):
     torch.manual_seed(0)
     model = SignTransformer(num_classes=5, d_model=48, nhead=4, num_layers=2, dim_feedforward=96).eval()
     with torch.no_grad():
-        out = model(torch.randn(3, frames, 469))
+        out = model(torch.randn(3, frames, FEATURE_DIM))
     assert out.shape == (3, 5) and torch.isfinite(out).all()
 
 
 def test_explicit_mask_makes_padding_invisible():
     torch.manual_seed(0)
     model = SignTransformer(num_classes=5, d_model=48, nhead=4, num_layers=2, dim_feedforward=96).eval()
-    x = torch.randn(2, 20, 469)
-    junk = torch.randn(2, 9, 469) * 50  # whatever sits in padded frames must not matter
+    x = torch.randn(2, 20, FEATURE_DIM)
+    junk = torch.randn(2, 9, FEATURE_DIM) * 50  # whatever sits in padded frames must not matter
     mask = torch.cat([torch.ones(2, 20, dtype=torch.bool), torch.zeros(2, 9, dtype=torch.bool)], 1)
     with torch.no_grad():
         plain = model(x)
@@ -189,7 +189,7 @@ def test_components_exist():
 def test_prototype_scale_is_clamped():
     torch.manual_seed(0)
     m = SignTransformer(num_classes=4, d_model=24, nhead=2, num_layers=1, dim_feedforward=32).eval()
-    x = torch.randn(1, 10, 469)
+    x = torch.randn(1, 10, FEATURE_DIM)
     with torch.no_grad():
         m.proto_scale.fill_(50.0)
         a = m(x)
@@ -201,7 +201,7 @@ def test_prototype_scale_is_clamped():
 def test_training_mode_is_stochastic_eval_is_not():
     torch.manual_seed(0)
     m = SignTransformer(num_classes=4, d_model=24, nhead=2, num_layers=1, dim_feedforward=32)
-    x = torch.randn(2, 10, 469)
+    x = torch.randn(2, 10, FEATURE_DIM)
     m.train()
     assert not torch.allclose(m(x), m(x))
     m.eval()
@@ -211,10 +211,10 @@ def test_training_mode_is_stochastic_eval_is_not():
 
 @pytest.mark.parametrize("features,mask,words", [
     (np.zeros((2, 64, 100), np.float32), None, "[batch, frames, 469]"),
-    (np.zeros((64, 469), np.float32), None, "[batch, frames, 469]"),
-    (np.zeros((2, 64, 469), np.float64), None, "float32"),
-    (np.zeros((2, 64, 469), np.float32), np.ones((2, 63), bool), "mask must have shape"),
-    (np.zeros((2, 64, 469), np.float32), np.ones((2, 64), np.float32), "bool"),
+    (np.zeros((64, FEATURE_DIM), np.float32), None, "[batch, frames, 469]"),
+    (np.zeros((2, 64, FEATURE_DIM), np.float64), None, "float32"),
+    (np.zeros((2, 64, FEATURE_DIM), np.float32), np.ones((2, 63), bool), "mask must have shape"),
+    (np.zeros((2, 64, FEATURE_DIM), np.float32), np.ones((2, 64), np.float32), "bool"),
 ])
 def test_check_input_names_what_was_expected(features, mask, words):
     with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from signflow_zoo.common.errors import ModelFileError
+from signflow_zoo.data.features import FEATURE_DIM
 from signflow_zoo.model.export import export_to_onnx, read_metadata, set_metadata
 from signflow_zoo.serve.modelfile import MAX_CLASSES, MAX_SEQ_LEN, read_model_metadata, serving_info
 from signflow_zoo.serve.pipeline import SignFlowInferencePipeline
@@ -119,7 +120,14 @@ def test_serving_info_defaults_and_bounds():
                         ).class_thresholds is None
     with pytest.raises(ModelFileError, match="seq_len"):
         serving_info("x", {"labels": ["a"], "seq_len": MAX_SEQ_LEN + 1})
-    assert read_model_metadata is not None
+
+
+def test_read_model_metadata_of_an_exported_file(base_onnx, tmp_path):
+    meta = read_model_metadata(base_onnx)
+    assert meta["labels"] == ["a", "b", "c"] and meta["num_classes"] == 3
+    assert meta["preset"] == "tiny" and meta["seq_len"] == 64 and "default_labels" not in meta
+    with pytest.raises(ModelFileError, match="missing.onnx"):
+        read_model_metadata(tmp_path / "missing.onnx")
 
 
 # -- graphs that do not fit ------------------------------------------------------------------------------
@@ -128,10 +136,10 @@ def _graph(path, out_classes: int, declared_out, meta_labels, reshape_to=None):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    feats = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "frames", 469])
+    feats = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "frames", FEATURE_DIM])
     mask = helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "frames"])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, declared_out)
-    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.1, (469, out_classes)).astype(np.float32), "w")
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.1, (FEATURE_DIM, out_classes)).astype(np.float32), "w")
     axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
     nodes = [helper.make_node("ReduceMean", ["features", "axes"], ["m"], keepdims=0)]
     inits = [w, axes]

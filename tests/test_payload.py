@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signflow_zoo.common.errors import PayloadError
-from signflow_zoo.data.features import RAW_DIM
+from signflow_zoo.data.features import FEATURE_DIM, RAW_DIM
 from signflow_zoo.serve.payload import FrameInfo, parse_payload, payload_from_raw
 from signflow_zoo.serve.pipeline import PipelineConfig, SignFlowInferencePipeline
 from signflow_zoo.serve.replay import stream_from_clips
@@ -217,7 +217,7 @@ class MeanRunner(Runner):
 
     def __init__(self, num_classes: int = 5):
         super().__init__()
-        self.weights = np.random.default_rng(1).normal(0, 0.5, (469, num_classes)).astype(np.float32)
+        self.weights = np.random.default_rng(1).normal(0, 0.5, (FEATURE_DIM, num_classes)).astype(np.float32)
         self.prepared = True
 
     def infer(self, features, mask):

@@ -859,7 +859,7 @@ def test_measure_stream_latency_on_a_prepared_runner(trained):
 
 # -- CLI --------------------------------------------------------------------------------------------
 def cli(*argv):
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     return main([str(a) for a in argv])
 
@@ -949,7 +949,14 @@ def test_measure_stream_latency_needs_no_model_file():
     assert res["nonmodel_ms"]["count"] == res["frames"]
     rows, spans = stream_from_clips(clips)
     assert res["frames"] == 2 * len(rows) and len(spans) == 3
-    assert isinstance(Prediction(), Prediction) and not Prediction().ended
+    blank = Prediction()
+    assert not blank.ended and blank.label is None and blank.state == "idle"
+    wire = blank.to_dict()
+    assert {k: wire[k] for k in ("prediction", "confidence", "alternatives", "sentence_buffer", "is_sentence_complete",
+                                 "decision_diagnostics", "latency_ms")} == {
+        "prediction": "NONE", "confidence": 0.0, "alternatives": [], "sentence_buffer": "",
+        "is_sentence_complete": False, "decision_diagnostics": None, "latency_ms": None}
+    assert wire["ended"] is False and wire["accepted"] is False and wire["top_k"] == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         json.dumps(res)

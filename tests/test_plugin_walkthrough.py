@@ -1,4 +1,4 @@
-"""README "Write a backend plugin": its files, written to an empty folder, make a working plugin."""
+"""docs/plugins.md "Write a backend plugin": its files, written to an empty folder, make a working plugin."""
 
 import importlib
 import json
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 pytestmark = pytest.mark.slow
 
 
 def readme_files() -> dict[str, str]:
-    """The files the README shows as "`my-backend/<path>`:" followed by a fenced block."""
+    """The files the page shows as "`my-backend/<path>`:" followed by a fenced block."""
     text = README.read_text()
     return dict(re.findall(r"^`(my-backend/[\w./-]+)`:\n\n```\w*\n(.*?)```", text, flags=re.S | re.M))
 
@@ -46,7 +46,7 @@ def test_the_readme_plugin_loads_by_module_name_and_passes_its_conformance_test(
     row = next(r for r in out["backends"] if r["name"] == "my-backend")
     assert row["available"] and row["artifact"] == "onnx-ort-basic" and row["package"] == "SIGNFLOW_ZOO_PLUGINS"
     assert not [b for b in out["broken_plugins"] if b["plugin"] == "my_backend"]
-    # the README's own test file, run by pytest as the plugin's author would
+    # the page's own test file, run by pytest as the plugin's author would
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_backend.py"],
                           capture_output=True, text=True, timeout=300, env=env, cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr

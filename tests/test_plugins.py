@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from signflow_zoo import hookspecs
-from signflow_zoo.api import ArtifactKind, Availability, OrtRunner, Runner, Tolerance, hookimpl
-from signflow_zoo.cli.main import main
+from signflow_zoo.api import FEATURE_DIM, ArtifactKind, Availability, OrtRunner, Runner, Tolerance, hookimpl
+from signflow_zoo.cli.commands import main
 from signflow_zoo.common.errors import BackendError, InputError
 from signflow_zoo.backends.parity import compare
 from signflow_zoo.plugins import PluginRegistry, get_registry
@@ -198,6 +198,61 @@ def test_availability_that_raises_is_a_broken_reason():
     assert reg.availability("onnx-cpu").ok and not reg.availability("onnx-cpu").broken
 
 
+# -- required modules ----------------------------------------------------------------------------------
+def test_a_missing_required_module_makes_the_backend_unavailable_with_its_name():
+    calls = []
+
+    class NeedsMissing(Runner):
+        name = "needs-missing"
+        requires = ("json", "module_that_does_not_exist_xyz")
+
+        @classmethod
+        def availability(cls):
+            calls.append(cls.name)  # never reached: the requirement is checked first
+            return Availability.yes("here")
+
+    plain = _named(Runner, "plain-needs-missing", requires=("module_that_does_not_exist_xyz",))  # base availability()
+    fine = _named(Runner, "needs-json", requires=("json",))
+    reg = registry(_Plugin(NeedsMissing, plain, fine))
+    assert {"needs-missing", "plain-needs-missing", "needs-json"} <= set(reg.names()) and not reg.broken
+    for name in ("needs-missing", "plain-needs-missing"):
+        av = reg.availability(name)
+        assert not av.ok and not av.broken, av
+        assert av.reason.startswith("module_that_does_not_exist_xyz is not importable: ")
+        assert "No module named 'module_that_does_not_exist_xyz'" in av.reason
+        assert "install the package that provides the module 'module_that_does_not_exist_xyz'" in av.reason
+    assert NeedsMissing.availability() == reg.availability("needs-missing") and calls == []
+    assert reg.availability("needs-json").ok and NeedsMissing.requires == ("json", "module_that_does_not_exist_xyz")
+    report = check_runner(NeedsMissing, None)  # the kit: unavailable, with the reason, is conforming
+    assert report.ok and not report.available and "module_that_does_not_exist_xyz" in report.reason
+
+
+def test_a_missing_builtin_requirement_says_how_to_install_it(monkeypatch):
+    """The built-ins declare torch / onnxruntime; a missing one is named with its pip package."""
+    import sys
+
+    reg = registry()
+    assert reg.get("torch-eager").cls.requires == ("torch",) and reg.get("torch-compile-bf16").cls.requires == ("torch",)
+    assert all(reg.get(n).cls.requires == ("onnxruntime",) for n in BUILTIN if n.startswith("onnx-"))
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    for name in ("torch-eager", "torch-compile"):
+        av = reg.availability(name)
+        assert not av.ok and not av.broken and av.reason.startswith("PyTorch (torch) is not importable: ")
+        assert "pip install torch" in av.reason
+    for name in ("onnx-cpu", "onnx-cuda", "onnx-tensorrt"):
+        av = reg.availability(name)
+        assert not av.ok and not av.broken and av.reason.startswith("ONNX Runtime (onnxruntime) is not importable: ")
+        assert "pip install onnxruntime, or onnxruntime-gpu" in av.reason
+
+
+def test_requires_must_be_module_names():
+    bad = [_named(Runner, "req-str", requires="torch"), _named(Runner, "req-int", requires=(1,)),
+           _named(Runner, "req-empty", requires=("",))]
+    reg = registry(*(_Plugin(c) for c in bad))
+    assert len(reg.broken) == 3 and all("requires must be a tuple of module names" in b.error for b in reg.broken)
+
+
 # -- precision -------------------------------------------------------------------------------------
 def test_a_new_precision_needs_its_own_tolerance_and_builtin_ones_keep_theirs():
     int4 = _named(Runner, "int4-no-tol", precision="int4")
@@ -233,7 +288,7 @@ def test_the_base_class_marks_a_runner_prepared(tiny_artifacts):
             super().prepare(artifacts)
             raise BackendError("after the session was made")
 
-    x = np.zeros((1, 8, 469), np.float32)
+    x = np.zeros((1, 8, FEATURE_DIM), np.float32)
     for cls in (New, Old):
         runner = cls()
         assert not runner.prepared
@@ -373,13 +428,13 @@ def test_unknown_backend_is_a_clear_error():
 def test_runner_refuses_bad_input_with_expected_shape(tiny_artifacts):
     runner = registry().get("onnx-cpu").cls()
     with pytest.raises(BackendError, match="prepare"):
-        runner.run(np.zeros((1, 64, 469), np.float32))
+        runner.run(np.zeros((1, 64, FEATURE_DIM), np.float32))
     runner.prepare(tiny_artifacts)
     with pytest.raises(InputError, match=r"\[batch, frames, 469\], got \[1, 64, 12\]"):
         runner.run(np.zeros((1, 64, 12), np.float32))
     with pytest.raises(InputError, match="numpy array"):
         runner.run([[0.0]])
-    out = runner.run(np.zeros((2, 30, 469), np.float32))
+    out = runner.run(np.zeros((2, 30, FEATURE_DIM), np.float32))
     assert out.shape == (2, tiny_artifacts.num_classes)
     assert runner.describe()["provider"] == "CPUExecutionProvider"
 
@@ -440,9 +495,9 @@ def test_bad_kinds_break_their_plugin_only():
 def test_every_hook_has_a_one_line_docstring_a_readme_entry_and_a_test(hook):
     doc = (getattr(hookspecs, hook).__doc__ or "").strip()
     assert doc and "\n" not in doc, f"{hook}: give it a one-line docstring"
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Write a backend plugin"):]
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    section = guide[guide.index("## Write a backend plugin"):]
     section = section[:section.index("\n## ", 1)]
-    assert re.search(rf"`{hook}\(register\)`", section), f"document {hook} in README 'Write a backend plugin'"
+    assert re.search(rf"`{hook}\(register\)`", section), f"document {hook} in docs/plugins.md 'Write a backend plugin'"
     tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
     assert f"def {hook}(" in tests, f"no test implements {hook}"

@@ -133,7 +133,7 @@ def test_pose_labels_csv_entries_are_checked(tmp_path, entry, words):
 
 @pytest.mark.slow
 def test_cli_predict_a_pose_file(tmp_path, clips_and_names, tiny_artifacts, capsys):
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     clips, names = clips_and_names
     path = write_pose_file(tmp_path / "hello.pose", clips[0].raw)

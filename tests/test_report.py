@@ -211,7 +211,7 @@ def test_missing_sqlite_file_and_unreachable_server(tmp_path, monkeypatch):
 
 
 def test_terminal_table_speedups_noise_and_status(records):
-    text = report.comparison_table(records)
+    text = report.comparison_table(records, wide=True)
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("baseline") and "onnx-cpu" in line and "cpu-box" in line)
     assert "2.00x" in row and "12.8M" not in row and "2.55M" in row  # eager 4.0 ms / onnx-cpu 2.0 ms
@@ -400,8 +400,15 @@ def test_cli_report_end_to_end(tracking, cli, capsys, tmp_path):
 
     assert cli("--plots", str(tmp_path / "plots"), "--since", "7d") == 0
     out = capsys.readouterr().out
-    assert "vs eager b1" in out and "pareto_b1.png" in out
+    assert "vs eager" in out and "vs eager b1" not in out and "pareto_b1.png" in out
+    assert max(len(line) for line in out.splitlines()) <= report.TERMINAL_WIDTH
     _check_png(tmp_path / "plots" / "pareto_b1.png")
+
+    assert cli("--wide") == 0  # the full table: the previous columns, one row per preset and backend
+    out = capsys.readouterr().out
+    header = {h.strip() for h in out.splitlines()[0].split("  ")}
+    assert {"p50 ms b1", "p99 ms b1", "seq/s b1", "vs eager b1", "p50 ms b32", "params", "mem MB"} <= header
+    assert "unavailable: CUDAExecutionProvider is not" in out
 
 
 def test_cli_report_user_errors(tracking, cli):
@@ -480,7 +487,7 @@ def test_a_p99_is_shown_only_where_the_call_count_supports_it():
     short = flat_record("baseline", "onnx-cpu", "cpu-box")  # 100 calls: too few for a p99
     long = flat_record("baseline", "torch-eager", "cpu-box")
     long.update({"iterations_b1": 600.0, "latency_p99_upper_ms_b1": 9.5})
-    text = report.comparison_table([long, short], batch_sizes=[1])
+    text = report.comparison_table([long, short], batch_sizes=[1], wide=True)
     rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("baseline")}
     assert "<100 calls" in rows["onnx-cpu"] and "<" not in rows["torch-eager"]
     assert "too few calls to claim a p99" in text and "459" in text
@@ -496,9 +503,224 @@ def test_results_of_several_host_classes_are_grouped_and_labelled():
         r["host_class"] = "amd-f25m1-avx2-2cpu"
     for r in zen5:
         r["host_class"] = "amd-f26m2-avx512bf16-2cpu"
-    text = report.comparison_table(zen5 + zen3)
+    text = report.comparison_table(zen5 + zen3, wide=True)
     lines = [line for line in text.splitlines() if line.startswith("baseline")]
     assert "host class" in text.splitlines()[0]
     assert [("avx2" in line) for line in lines] == [True, True, False, False]  # grouped by class
     assert "2 host classes" in text and "milliseconds compare only within one class" in text
-    assert "host class" not in report.comparison_table(zen3).splitlines()[0]
+    assert "host class" not in report.comparison_table(zen3, wide=True).splitlines()[0]
+    # the default table: one section per host, titled with its class, in class order; in a section rows go by
+    # batch size, so that a column compares backends at one batch size
+    measured = [dict(r, **flat_record("baseline", r["backend"], r["host"], p50_override=2.0),
+                     host_class=r["host_class"]) for r in zen5 + zen3]
+    text = report.comparison_table(measured)
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("host ")] == ["host box-a (amd-f25m1-avx2-2cpu)",
+                                                                    "host box-b (amd-f26m2-avx512bf16-2cpu)"]
+    rows = [line.split()[1:3] for line in lines if line.startswith("baseline")]
+    assert rows == [["1", "torch-eager"], ["1", "onnx-cpu"], ["32", "torch-eager"], ["32", "onnx-cpu"]] * 2
+    assert "host class" not in lines[1] and "2 host classes" in text
+
+
+# -- the default (narrow) table and --wide ----------------------------------------------------------
+
+OK_BACKENDS = {"torch-eager": 1.0, "onnx-cpu": 0.38, "onnx-optimized": 0.35, "onnx-int8": 0.33,
+               "onnx-int8-dynamic": 0.36, "onnx-int8-static": 0.37, "openvino-fp32": 0.37, "openvino-bf16": 0.29,
+               "openvino-int8": 0.27}
+NO_CUDA = "this onnxruntime build (1.20.1) has no CUDAExecutionProvider; install onnxruntime-gpu instead of onnxruntime"
+GPU_REASONS = {  # what a 2-core machine without a GPU says for its 7 GPU backends (of 16)
+    "onnx-cuda": NO_CUDA, "onnx-fp16": NO_CUDA, "onnx-cuda-graph": NO_CUDA,
+    "onnx-cuda-graph-fp16": ("ORT lists CUDAExecutionProvider but bound CPUExecutionProvider (no usable device or "
+                             "driver/CUDA libraries): libcublasLt.so.12: cannot open shared object file: No such file "
+                             "or directory (searched /usr/local/cuda/lib64:/opt/venv/lib/python3.12/site-packages/"
+                             "nvidia/cublas/lib)"),
+    "onnx-tensorrt": ("this onnxruntime build (1.20.1) has no TensorrtExecutionProvider; install onnxruntime-gpu (and "
+                      "the TensorRT libraries it links)"),
+    "torch-compile": ("no CUDA device; on CPU it measured 1.0-1.1x over eager for lightweight at batch 1 and 0.3-0.6x "
+                      "at batch 8, after a 36-46 s compile (2 cores, 2026-11-26): set SIGNFLOW_ZOO_TORCH_COMPILE_CPU=1 "
+                      "to run it on CPU anyway"),
+    "torch-compile-bf16": ("no CUDA device; on CPU it measured 1.0-1.1x over eager for lightweight at batch 1 and "
+                           "0.3-0.6x at batch 8, after a 36-46 s compile (2 cores, 2026-11-26): set "
+                           "SIGNFLOW_ZOO_TORCH_COMPILE_CPU=1 to run it on CPU anyway"),
+}
+EAGER_B1 = {"lightweight": 1.56, "baseline": 4.1, "large": 16.3}
+PARITY_REASON = "max abs error 0.31 > tolerance 0.05 for int8 (top-1 agreement 97.2% < 99%)"
+
+
+def realistic_records():
+    """One bench run on a 2-core machine without a GPU: 3 presets x 16 backends (7 unavailable), batch 1 and 32,
+    intervals everywhere, a noisy cell, an invalid cell, an indistinguishable speedup and a parity failure."""
+    from signflow_zoo.model.metrics import wilson_interval
+
+    recs = []
+    for preset in ("lightweight", "baseline", "large"):
+        for backend in list(OK_BACKENDS) + list(GPU_REASONS):
+            rec = {"preset": preset, "backend": backend, "host": "ci-2core", "host_class": "amd-f25m1-avx2-2cpu",
+                   "status": "ok", "reason": "", "invocation_id": "inv-1", "created": "2026-11-26T10:00:00Z",
+                   "stability_status": "stable", "num_params": {"lightweight": 0.87e6, "baseline": 2.55e6,
+                                                                 "large": 12.5e6}[preset],
+                   "data": "synthetic:classes=20", "data_split": "signer-split(seed=0, val=0.15, test=0.15)"}
+            if backend in GPU_REASONS:
+                rec.update(status="unavailable", reason=GPU_REASONS[backend])
+                recs.append(rec)
+                continue
+            correct = {"lightweight": 300, "baseline": 305, "large": 311}[preset] - (backend == "onnx-int8")
+            lo, hi = wilson_interval(correct, 320)
+            rec.update(accuracy_top1=correct / 320, accuracy_top1_ci_lo=lo, accuracy_top1_ci_hi=hi,
+                       agreement_top1=0.997, parity_max_abs=2e-6, memory_mb=190.0)
+            for b in (1, 32):
+                factor = OK_BACKENDS[backend]
+                if (preset, backend, b) == ("large", "onnx-int8-dynamic", 32):
+                    factor = 0.99  # indistinguishable from eager
+                v = EAGER_B1[preset] * (13 if b == 32 else 1) * factor
+                noisy = (preset, backend, b) == ("baseline", "openvino-bf16", 1)
+                invalid = (preset, backend, b) == ("large", "openvino-int8", 32)
+                spread = 0.09 if noisy else 0.02
+                rec.update({f"latency_p50_ms_b{b}": v, f"latency_p50_ci_lo_ms_b{b}": v * (1 - spread),
+                            f"latency_p50_ci_hi_ms_b{b}": v * (1 + spread), f"latency_p99_ms_b{b}": v * 1.4,
+                            f"throughput_seq_s_b{b}": b * 1000 / v, f"noisy_b{b}": float(noisy),
+                            f"valid_b{b}": float(not invalid), f"iterations_b{b}": 14.0 if invalid else 500.0,
+                            f"roofline_share_b{b}": 0.3})
+                if backend != "torch-eager":
+                    ratio = 1 / factor
+                    clo, chi = ratio * (0.96 if factor == 0.99 else 0.98), ratio * (1.03 if factor == 0.99 else 1.02)
+                    rec.update({f"speedup_b{b}": ratio, f"speedup_ci_lo_b{b}": clo, f"speedup_ci_hi_b{b}": chi,
+                                f"speedup_distinguishable_b{b}": float(not clo <= 1.0 <= chi)})
+            if (preset, backend) == ("large", "onnx-int8-static"):
+                rec.update(status="parity-failed", reason=PARITY_REASON)
+            recs.append(rec)
+    return recs
+
+
+def _table_and_notes(text):
+    """(the table's lines, everything below it with its line breaks undone)."""
+    table, _, below = text.partition("\n\n")
+    return table.splitlines(), " ".join(below.split())
+
+
+def test_default_table_fits_120_columns_with_intervals_and_marks():
+    text = report.comparison_table(realistic_records())
+    assert max(len(line) for line in text.splitlines()) <= report.TERMINAL_WIDTH == 120
+    table, below = _table_and_notes(text)
+    header = [h for h in table[0].split("  ") if h.strip()]
+    assert [h.strip() for h in header] == ["preset", "batch", "backend", "p50 ms", "vs eager", "top-1", "status"]
+    assert len(table) == 2 + 3 * 9 * 2 + 7  # header, rule; per preset and batch size 9 measured; 7 folded lines
+    rows = {tuple(line.split()[:3]): line for line in table[2:]}
+    row = rows[("lightweight", "1", "onnx-cpu")]  # every number a user decides on, with its 95% interval
+    assert "0.593 [0.581-0.605]" in row and "2.63x [2.58-2.68]" in row and "93.8% [91-96]" in row
+    assert rows[("large", "32", "torch-eager")].split()[3:7] == ["212", "[208-216]", "1.00x", "97.2%"]
+    # marks: noisy, invalid, indistinguishable, a status with its reason below
+    assert "~1.19 [1.08-1.30]" in rows[("baseline", "1", "openvino-bf16")]
+    assert "~3.45x" in rows[("baseline", "1", "openvino-bf16")]
+    assert "?57.2 [56.1-58.4]" in rows[("large", "32", "openvino-int8")]
+    assert "≈1.01x [0.97-1.04]" in rows[("large", "32", "onnx-int8-dynamic")]
+    assert rows[("large", "1", "onnx-int8-static")].endswith("parity-failed [1]")
+    assert f"[1] {PARITY_REASON}" in below
+    for legend in (report.NOISY_LEGEND, report.SAME_LEGEND.format(ref="torch-eager"), "? = invalid",
+                   "[lo-hi] = 95% intervals", "signflow-zoo report --wide"):
+        assert legend in below
+    # grouped by preset, then batch size: a column compares the backends at one batch size
+    order = [(line.split()[0], line.split()[1]) for line in table[2:56]]
+    assert order == sorted(order, key=lambda pb: (["lightweight", "baseline", "large"].index(pb[0]), int(pb[1])))
+    assert table[2].split()[2] == "torch-eager" and table[11].split()[2] == "torch-eager"
+
+
+def test_default_table_folds_each_unavailable_backend_into_one_line_with_its_full_reason_below():
+    text = report.comparison_table(realistic_records())
+    table, below = _table_and_notes(text)
+    assert below.startswith("reasons (unavailable and failed rows):")
+    for backend, reason in GPU_REASONS.items():
+        lines = [line for line in table if backend in line.split()]
+        assert len(lines) == 1, (backend, lines)  # once for 3 presets
+        words = lines[0].split()
+        assert words[:2] == ["all", backend] and words[2] == "unavailable" and len(words) == 4
+        note = words[3]  # [n]
+        assert f"{note} {reason}" in below  # the full reason, never cut (long ones wrap)
+        assert reason[:30] not in "\n".join(table)
+    assert below.count(NO_CUDA) == 1  # one note for the 4 backends that give the same reason
+
+    # a failure without numbers is not folded: its own row in its preset, its reason numbered below too
+    crashed = realistic_records()
+    i = next(i for i, r in enumerate(crashed) if (r["preset"], r["backend"]) == ("baseline", "onnx-cpu"))
+    crashed[i] = {k: v for k, v in crashed[i].items() if not k.startswith("latency_")}
+    crashed[i].update(status="crashed", reason="worker exited with SIGSEGV (signal 11) during prepare")
+    table, below = _table_and_notes(report.comparison_table(crashed))
+    row = next(line for line in table if line.startswith("baseline") and "onnx-cpu" in line.split())
+    assert row.split()[:2] == ["baseline", "onnx-cpu"] and row.split()[-2] == "crashed"
+    assert f"{row.split()[-1]} worker exited with SIGSEGV (signal 11) during prepare" in below
+
+    # one preset: the folded line names it; a backend unavailable on some presets only names those
+    one = [r for r in realistic_records() if r["preset"] == "large"]
+    assert next(line for line in report.comparison_table(one).splitlines() if "onnx-tensorrt" in line).startswith(
+        "large ")
+    some = [r for r in realistic_records() if not (r["backend"] == "onnx-tensorrt" and r["preset"] == "baseline")]
+    assert next(line for line in report.comparison_table(some).splitlines() if "onnx-tensorrt" in line).startswith(
+        "lightweight,large ")
+
+
+def test_default_table_of_several_hosts_and_all_runs_still_fits():
+    here = realistic_records()
+    there = [dict(r, host="lab-gpu-07", host_class="intel-f6m143-avx512bf16-amx-8cpu", invocation_id="inv-2")
+             for r in realistic_records()]
+    older = [dict(r, created="2026-11-01T09:00:00Z", invocation_id="inv-0") for r in realistic_records()[:16]]
+    text = report.comparison_table(here + there + older)
+    assert max(len(line) for line in text.splitlines()) <= report.TERMINAL_WIDTH
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("host ")] == [
+        "host ci-2core (amd-f25m1-avx2-2cpu)", "host lab-gpu-07 (intel-f6m143-avx512bf16-amx-8cpu)"]
+    assert sum("onnx-tensorrt" in line.split() for line in lines) == 2  # one folded line per host
+    assert "not shown, to fit 120 columns: created" in " ".join(text.split())
+    wide = report.comparison_table(here + there + older, wide=True)
+    assert "created" in wide.splitlines()[0] and "host class" in wide.splitlines()[0]
+
+
+def test_wide_table_and_markdown_keep_the_previous_columns():
+    recs = realistic_records()
+    text = report.comparison_table(recs, wide=True)
+    header = [h.strip() for h in text.splitlines()[0].split("  ") if h.strip()]
+    assert header == ["preset", "backend", "status", "params", "p50 ms b1", "p99 ms b1", "seq/s b1", "vs eager b1",
+                      "roof b1", "p50 ms b32", "p99 ms b32", "seq/s b32", "vs eager b32", "roof b32", "top-1",
+                      "Δ top-1", "agree", "parity abs", "mem MB"]
+    rows = [line for line in text.splitlines()[2:] if line.split() and line.split()[0] in EAGER_B1]
+    assert len(rows) == 48  # one row per preset and backend, unavailable ones included
+    assert sum("unavailable: this onnxruntime build" in line for line in rows) == 4 * 3  # reasons cut short
+    assert "?57.2" in next(line for line in rows if line.startswith("large") and "openvino-int8" in line)
+    # the markdown the bench writes next to its result stays complete; wide=False gives the narrow one
+    md = report.comparison_table(recs, fmt="markdown")
+    assert md == report.comparison_table(recs, fmt="markdown", wide=True) and "p99 ms b1" in md
+    narrow_md = report.comparison_table(recs, fmt="markdown", wide=False)
+    assert "p99" not in narrow_md.splitlines()[0] and narrow_md.count("| unavailable [") == 7
+
+
+def test_csv_and_json_hold_every_field_whatever_the_view():
+    recs = realistic_records()
+    rows = json.loads(report.comparison_table(recs, fmt="json"))
+    assert len(rows) == 48 and report.comparison_table(recs, fmt="json", wide=False) == json.dumps(rows, indent=1)
+    assert report.comparison_table(recs, fmt="csv", wide=False) == report.comparison_table(recs, fmt="csv")
+    by = {(r["preset"], r["backend"]): r for r in rows}
+    cuda = by[("large", "onnx-cuda-graph-fp16")]
+    assert cuda["status"] == "unavailable" and cuda["reason"] == GPU_REASONS["onnx-cuda-graph-fp16"]
+    r = by[("large", "openvino-int8")]
+    assert r["valid_b32"] is False and r["valid_b1"] is True and r["n_b32"] == 14
+    assert r["p50_ci_lo_ms_b32"] == pytest.approx(57.2, rel=0.03) and r["p99_ms_b1"] > r["p50_ms_b1"]
+    assert r["speedup_ci_lo_b1"] < r["speedup_b1"] < r["speedup_ci_hi_b1"]
+    assert by[("large", "onnx-int8-dynamic")]["speedup_distinguishable_b32"] is False
+    for key in ("num_params", "throughput_seq_s_b1", "roofline_share_b32", "accuracy_top1_ci_lo", "accuracy_change",
+                "agreement_top1", "parity_max_abs", "memory_mb", "noisy_b1", "host", "host_class", "created"):
+        assert key in r
+    assert set(csv.DictReader(io.StringIO(report.comparison_table(recs, fmt="csv"))).fieldnames) == set(r)
+
+
+def test_cli_report_default_is_narrow_and_wide_on_request(monkeypatch, capsys):
+    from signflow_zoo.cli import main
+
+    recs = realistic_records()
+    monkeypatch.setattr(report, "collect_records", lambda **kw: recs)
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 120 and "vs eager b1" not in out
+    assert main(["report", "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert "vs eager b1" in out.splitlines()[0] and "p99 ms b32" in out.splitlines()[0]
+    assert main(["report", "--wide", "--format", "csv"]) == 0
+    assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 48

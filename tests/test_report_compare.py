@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from signflow_zoo import report
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 from signflow_zoo.results.records import BenchDocument, BenchRecord
 from signflow_zoo.report import ReportError
 from signflow_zoo.report.compare import verdict

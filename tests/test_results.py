@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from signflow_zoo import report
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 from signflow_zoo.results.records import SCHEMA, BenchDocument, BenchRecord
 from signflow_zoo.results.files import flat_records, read_result, write_result
 

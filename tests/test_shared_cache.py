@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA
 from signflow_zoo.common.cachefiles import exclusive, is_locked, lock_path, temp_path
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 from signflow_zoo.results.files import COMPLETE_TAG, scan_results
 
 pytestmark = pytest.mark.slow

@@ -191,7 +191,7 @@ def _stop(procs: list) -> None:
 def test_a_cpu_hog_started_mid_run_makes_the_run_unstable(tiny_zoo_file, tmp_path, warm_home, monkeypatch, capsys):
     """Busy-loop processes (more than the cores) start after the first reading between rounds and stop after
     the preset's last reading: the reference moves far past the threshold, the run says so everywhere."""
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     hogs: list[subprocess.Popen] = []
     read = StabilityMonitor.read

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import team_servers as ts
 from conftest import TINY_DATA, TINY_ZOO
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 from signflow_zoo.results.files import COMPLETE_TAG
 
 pytestmark = pytest.mark.slow

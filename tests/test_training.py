@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_DATA
 from signflow_zoo.data.augment import _MIRROR, augment_batch
+from signflow_zoo.data.features import FEATURE_DIM
 from signflow_zoo.model.calibration import nll
 from signflow_zoo.model.checkpoint import load_checkpoint, read_checkpoint
 from signflow_zoo.data.loading import load_data
@@ -112,7 +113,7 @@ def test_early_stopping(tiny_splits):
 
 
 def test_mirror_is_an_involution_and_augment_keeps_missing_points_zero(tiny_splits):
-    assert np.array_equal(_MIRROR.numpy()[_MIRROR.numpy()], np.arange(469))
+    assert np.array_equal(_MIRROR.numpy()[_MIRROR.numpy()], np.arange(FEATURE_DIM))
     x = torch.from_numpy(tiny_splits.train.features[:16].copy())
     m = torch.from_numpy(tiny_splits.train.mask[:16].copy())
     zero = (x == 0)
@@ -200,7 +201,7 @@ def test_blown_up_weights_stop_training_and_blame_the_learning_rate(tiny_splits,
 def test_cli_train_that_diverges_exits_2_and_writes_no_checkpoint(tiny_zoo_file, monkeypatch, capsys, tmp_path,
                                                                    isolated_home):
     import signflow_zoo.data.loading as data_mod
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     real = data_mod.load_data
     monkeypatch.setattr(data_mod, "load_data", lambda *a, **k: _nan_splits(real(*a, **k)))
@@ -261,7 +262,7 @@ def test_serving_metadata_without_calibration_is_neutral():
 
 
 def test_cli_train_prints_ece_before_and_after(tiny_zoo_file, capsys, tmp_path):
-    from signflow_zoo.cli.main import main
+    from signflow_zoo.cli.commands import main
 
     out = tmp_path / "m.pt"
     assert main(["--zoo", str(tiny_zoo_file), "train", "--preset", "tiny", "--data", TINY_DATA, "--no-track",

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from signflow_zoo.model import zoo as zoo_mod
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 from signflow_zoo.common.errors import ZooError
 from signflow_zoo.model.zoo import Zoo, get_model_config, list_model_configs, list_presets, parse_zoo
 

@@ -2,18 +2,21 @@
 
 The built-in ``onnx-*`` backends and plugins that run an ONNX graph (their own artifact kind, or other
 providers) subclass :class:`OrtRunner`; ``onnxruntime`` is imported only when a runner needs it.
+``open_session`` lives in :mod:`signflow_zoo.common.onnxrt` (the export uses it too) and is re-exported here.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from signflow_zoo.common.errors import ModelFileError
+from signflow_zoo.common.onnxrt import open_session
+from signflow_zoo.common.tensors import FEATURE_DIM
 from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner
+
+__all__ = ["OrtRunner", "open_session", "probe_provider"]
 
 
 @lru_cache(maxsize=None)
@@ -58,25 +61,12 @@ def probe_provider(provider: str) -> Availability:
     return Availability.yes(f"{provider} bound")
 
 
-def open_session(path: str | Path, options=None, providers=("CPUExecutionProvider",)):
-    """An ``onnxruntime.InferenceSession``; a missing or corrupt file is a :class:`ModelFileError` naming it."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: ONNX model file not found")
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-    except Exception as exc:  # ORT raises several exception types for corrupt protobufs
-        msg = str(exc).splitlines()[0][:300]
-        raise ModelFileError(f"{path}: not a loadable ONNX model ({msg}); re-export it with `signflow-zoo export`") from None
-
-
 class OrtRunner(Runner):
     """Base for ONNX Runtime runners: subclasses choose provider and artifact."""
 
     provider: ClassVar[str] = "CPUExecutionProvider"
     provider_options: ClassVar[dict[str, Any]] = {}
+    requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
 
     @classmethod
     def availability(cls) -> Availability:
@@ -109,7 +99,7 @@ class OrtRunner(Runner):
             )
         self.path = path
         inp = self.session.get_inputs()[0]
-        self.input_dim = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 469
+        self.input_dim = int(inp.shape[2]) if isinstance(inp.shape[2], int) else FEATURE_DIM
 
     def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"features": features, "mask": mask})[0]

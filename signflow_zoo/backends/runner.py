@@ -1,14 +1,15 @@
 """The Runner interface every backend implements, and the artifacts a runner consumes.
 
 The harness, not the runner, owns timing: a runner only prepares a session and runs batches.
-Lifecycle: ``cls.availability()`` (cheap, honest) -> ``runner = cls(options)`` ->
-``runner.prepare(artifacts)`` (may raise :class:`BackendUnavailable` after checking what it really got)
--> ``runner.run(features, mask)`` many times -> ``runner.close()``.
+Lifecycle: ``cls.availability()`` (cheap, honest; the modules the class ``requires`` are checked first) ->
+``runner = cls(options)`` -> ``runner.prepare(artifacts)`` (may raise :class:`BackendUnavailable` after checking
+what it really got) -> ``runner.run(features, mask)`` many times -> ``runner.close()``.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,10 +18,21 @@ import numpy as np
 
 from signflow_zoo.common.errors import BackendError, InputError
 from signflow_zoo.backends.parity import TOLERANCES, Tolerance
-from signflow_zoo.common.tensors import check_input
+from signflow_zoo.common.tensors import FEATURE_DIM, check_input
 
 # Made by signflow_zoo.backends.artifacts.build_artifacts; plugins add their own kinds (signflow_zoo.backends.kinds).
 BUILTIN_ARTIFACT_KINDS = ("torch", "onnx", "onnx-optimized")
+
+
+# How to install a module a runner ``requires`` (by its top-level name): what the module is, and the pip command.
+INSTALL_HINTS: dict[str, tuple[str, str]] = {
+    "torch": ("PyTorch", "pip install torch (the CPU or a CUDA build: see pytorch.org)"),
+    "onnxruntime": ("ONNX Runtime", "pip install onnxruntime, or onnxruntime-gpu for the CUDA and TensorRT providers"),
+    "onnx": ("", "pip install onnx"),
+    "triton": ("", "pip install triton"),
+    "openvino": ("OpenVINO", "pip install openvino"),
+    "nncf": ("", "pip install nncf"),
+}
 
 
 class BackendUnavailable(BackendError):
@@ -89,18 +101,25 @@ class Artifacts:
 
 
 class Runner:
-    """Base class of every backend. Subclasses set the class attributes and implement the methods."""
+    """Base class of every backend. Subclasses set the class attributes and implement the methods.
+
+    ``requires``: the modules that must import for the backend to run, e.g. ``("torch",)``. They are checked
+    before the class's own ``availability()`` (also when a subclass overrides it): one that does not import
+    makes the backend unavailable, with a reason naming the module, the import error and how to install it
+    (:data:`INSTALL_HINTS`), so ``availability()`` need not repeat ``try: import ...``.
+    """
 
     name: ClassVar[str] = ""  # unique backend name, e.g. "onnx-cpu"
     artifact: ClassVar[str] = "onnx"  # the artifact kind it consumes: built-in or registered by a plugin
     precision: ClassVar[str] = "fp32"  # arithmetic precision: drives the parity tolerance
     tolerance: ClassVar[Tolerance | None] = None  # required for a precision outside parity.TOLERANCES only
     device_kind: ClassVar[str] = "cpu"  # "cpu" or "gpu": what hardware it runs on
+    requires: ClassVar[tuple[str, ...]] = ()  # modules that must import for it to run, checked before availability()
     summary: ClassVar[str] = ""  # one line for `signflow-zoo backends`
     # Set by prepare() where they differ: run() may return before the device is done (the harness then
     # calls synchronize()); the feature width the model expects.
     asynchronous: bool = False
-    input_dim: int = 469
+    input_dim: int = FEATURE_DIM
 
     def __init__(self, options: RunnerOptions | None = None):
         self.options = options or RunnerOptions()
@@ -111,12 +130,17 @@ class Runner:
         super().__init_subclass__(**kwargs)
         if "prepare" in cls.__dict__:
             cls.prepare = _marks_prepared(cls.__dict__["prepare"])
+        if isinstance(cls.__dict__.get("availability"), classmethod):  # its own check runs after ``requires``
+            cls.availability = _checks_requires(cls.__dict__["availability"].__func__)  # type: ignore[method-assign]
 
     # -- to implement ------------------------------------------------------------------------
     @classmethod
     def availability(cls) -> Availability:
-        """Whether this backend can run on this machine, or the reason it cannot. Cheap; no model needed."""
-        return Availability.yes()
+        """Whether this backend can run on this machine, or the reason it cannot. Cheap; no model needed.
+
+        The modules in ``requires`` are checked first (here, and before an override's own checks)."""
+        missing = missing_requirement(cls)
+        return missing if missing is not None else Availability.yes()
 
     def prepare(self, artifacts: Artifacts) -> None:
         """Create the session (threads, device, providers) from ``artifacts.path_for(self.artifact)``."""
@@ -157,6 +181,32 @@ class Runner:
         self.close()
 
 
+def missing_requirement(cls: type[Runner]) -> Availability | None:
+    """``Availability.no`` naming the first module of ``cls.requires`` that does not import (the error, and how to
+    install it); None when they all import."""
+    modules = cls.requires
+    for module in (modules,) if isinstance(modules, str) else modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            what, install = INSTALL_HINTS.get(module.partition(".")[0], ("", ""))
+            name = f"{what} ({module})" if what else module
+            how = install or f"install the package that provides the module {module!r}"
+            return Availability.no(f"{name} is not importable: {exc}; {how}")
+    return None
+
+
+def _checks_requires(availability):
+    """A subclass's own ``availability`` (the function under its classmethod), run after the ``requires`` check."""
+
+    @functools.wraps(availability)
+    def checked(cls: type[Runner]) -> Availability:
+        missing = missing_requirement(cls)
+        return missing if missing is not None else availability(cls)
+
+    return classmethod(checked)
+
+
 def _marks_prepared(prepare):
     @functools.wraps(prepare)
     def marked(self: Runner, *args: Any, **kwargs: Any) -> None:
@@ -178,6 +228,10 @@ def validate_runner_class(cls: Any, kinds: tuple[str, ...] | list[str] = BUILTIN
         raise BackendError(f"Runner class {cls.__qualname__} has no name")
     if cls.artifact not in kinds:
         raise BackendError(f"backend {cls.name!r}: artifact must be one of {', '.join(kinds)}, got {cls.artifact!r}")
+    requires = cls.requires
+    if not isinstance(requires, (tuple, list)) or not all(isinstance(m, str) and m.strip() for m in requires):
+        raise BackendError(f"backend {cls.name!r}: requires must be a tuple of module names such as (\"torch\",), "
+                           f"got {requires!r}")
     if not isinstance(cls.precision, str) or not cls.precision:
         raise BackendError(f"backend {cls.name!r}: precision must be a name such as fp32, got {cls.precision!r}")
     if cls.precision in TOLERANCES:

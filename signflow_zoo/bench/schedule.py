@@ -10,6 +10,9 @@ spinning threads go to sleep, and drops its first ``discard`` calls when calls a
 ``--check-timing`` to show what the schedule itself does to the numbers: in stints scattered through the
 interleaved schedule (:func:`solo_stint`), or in two halves before and after a sequential one
 (:func:`run_solo`). The measurements behind these choices are in ``benchmarks/SCHEDULE.md``.
+
+Every function that waits takes ``sleep`` (default :func:`time.sleep`), and :func:`warm` also ``clock``
+(default :func:`time.perf_counter`), so that tests can run a schedule without waiting or patching ``time``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from typing import Any, Callable
 from signflow_zoo.common.errors import BackendError
 from signflow_zoo.bench.timing import TimingConfig
 from signflow_zoo.bench.worker import BackendWorker
+
+Sleep = Callable[[float], None]  # waits that many seconds (time.sleep; a recorder in tests)
+Clock = Callable[[], float]  # seconds from an arbitrary origin (time.perf_counter)
 
 
 @dataclass
@@ -48,19 +54,20 @@ def _done(o: Outcome, cfg: TimingConfig) -> bool:
     return (o.calls >= cfg.min_iters and o.spent_s >= cfg.min_time) or o.spent_s >= cfg.max_time
 
 
-def warm(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig) -> dict[str, Outcome]:
+def warm(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig, sleep: Sleep = time.sleep,
+         clock: Clock = time.perf_counter) -> dict[str, Outcome]:
     """Untimed warm-up of every worker on the loaded batch; estimates each backend's seconds per call."""
     out: dict[str, Outcome] = {}
     for name, w in workers.items():
         o = out[name] = Outcome()
         try:
-            t0 = time.perf_counter()
+            t0 = clock()
             calls = list(w.call("warmup", key, cfg.warmup, cfg.warmup_time, budget=cfg.warmup_time))
             o.warmup_calls = len(calls)
-            o.call_s = statistics.median(calls) / 1e9 if calls else time.perf_counter() - t0
+            o.call_s = statistics.median(calls) / 1e9 if calls else clock() - t0
         except BackendError as exc:
             o.error = exc
-        time.sleep(cfg.settle_time)
+        sleep(cfg.settle_time)
     return out
 
 
@@ -80,7 +87,7 @@ def _block(w: BackendWorker, key: Any, o: Outcome, cfg: TimingConfig, discard: i
 
 def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
                  outcomes: dict[str, Outcome], on_block: Callable[[str, int], None] | None = None,
-                 after_round: Callable[[list[str]], None] | None = None) -> None:
+                 after_round: Callable[[list[str]], None] | None = None, sleep: Sleep = time.sleep) -> None:
     """Time every worker that warmed up without error, per ``cfg.schedule``, until each has
     ``min_iters`` calls and ``min_time`` seconds (or ``max_time``). Errors end only that backend.
     ``after_round`` (interleaved only) is called with the backends that ran a block in each round."""
@@ -96,7 +103,7 @@ def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
                 first = False
                 if on_block:
                     on_block(name, len(o.blocks))
-            time.sleep(cfg.settle_time)
+            sleep(cfg.settle_time)
         return
     rnd = 0
     several = len(names) > 1
@@ -118,14 +125,14 @@ def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
             if on_block:
                 on_block(name, len(o.blocks))
             if several:
-                time.sleep(cfg.settle_time)
+                sleep(cfg.settle_time)
         if after_round and ran:
             after_round(ran)
         rnd += 1
 
 
 def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, calls: int,
-             continuous: bool = False) -> None:
+             continuous: bool = False, sleep: Sleep = time.sleep) -> None:
     """One half of a solo measurement: ``calls`` calls of this backend alone.
 
     By default in the schedule's own duty cycle (blocks of ``block_time``, each followed by the settling gap
@@ -139,10 +146,11 @@ def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, cal
     target = o.calls + max(1, calls)
     while o.calls < target:
         _block(worker, key, o, cfg, _discard(o, cfg))
-        time.sleep(cfg.settle_time)
+        sleep(cfg.settle_time)
 
 
-def solo_stint(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, blocks: int = 2) -> None:
+def solo_stint(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, blocks: int = 2,
+               sleep: Sleep = time.sleep) -> None:
     """A backend alone for ``blocks`` blocks in a row, each followed by the settling gap, in the middle of a
     schedule. The first block follows another backend, as a scheduled block does, and is not kept; the
     later ones follow only this backend and go into ``o``. ``--check-timing`` scatters such stints through
@@ -151,14 +159,15 @@ def solo_stint(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, b
     machine changed state in between: benchmarks/SCHEDULE.md)."""
     lead = Outcome(call_s=o.call_s)
     _block(worker, key, lead, cfg, _discard(o, cfg))
-    time.sleep(cfg.settle_time)
+    sleep(cfg.settle_time)
     for _ in range(max(1, blocks - 1)):
         _block(worker, key, o, cfg, _discard(o, cfg))
-        time.sleep(cfg.settle_time)
+        sleep(cfg.settle_time)
 
 
 def stints_between_rounds(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
-                          outcomes: dict[str, Outcome], solo: dict[str, Outcome]) -> Callable[[list[str]], None]:
+                          outcomes: dict[str, Outcome], solo: dict[str, Outcome],
+                          sleep: Sleep = time.sleep) -> Callable[[list[str]], None]:
     """``run_schedule``'s ``after_round`` for ``--check-timing``: after a round, a :func:`solo_stint` for each
     backend that ran in it and whose solo calls are below half its scheduled calls."""
 
@@ -167,7 +176,7 @@ def stints_between_rounds(workers: dict[str, BackendWorker], key: Any, cfg: Timi
             o = outcomes[name]
             if o.error is None and 2 * solo[name].calls < o.calls:
                 try:
-                    solo_stint(workers[name], key, cfg, solo[name])
+                    solo_stint(workers[name], key, cfg, solo[name], sleep=sleep)
                 except BackendError as exc:
                     o.error = exc
 

@@ -1,5 +1,5 @@
 """The ``signflow-zoo`` command line: one call on the user API (:mod:`signflow_zoo`) per command."""
 
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 
 __all__ = ["main"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from signflow_zoo.cli.main import main
+from signflow_zoo.cli.commands import main
 
 sys.exit(main())

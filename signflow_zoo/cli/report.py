@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--all-runs", action="store_true",
                    help="show every matching run, not only the newest per (preset, backend, host)")
     p.add_argument("--format", choices=report.FORMATS, default="terminal", help="table format (default: %(default)s)")
+    p.add_argument("--wide", action="store_true",
+                   help="the full table in the terminal: one row per preset and backend with p99, seq/s, params, "
+                   "roofline share, accuracy change, agreement, parity and memory for each batch size (the default "
+                   f"fits {report.TERMINAL_WIDTH} columns: p50, speedup and top-1 with their 95%% intervals, one "
+                   "folded line per unavailable backend; markdown, csv and json are always complete)")
     p.add_argument("--compare", nargs="+", metavar="SIDE",
                    help="--compare A B: two sets of bench runs compared as distributions, per preset, backend and "
                    "batch: B/A of the median latency with a 95%% interval (bootstrap over blocks) and a verdict "
@@ -55,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def handler(args: argparse.Namespace) -> int:
-    """Python: ``report.collect_records(..., required=True)``, then ``report.comparison_table(records, fmt)``
+    """Python: ``report.collect_records(..., required=True)``, then ``report.comparison_table(records, fmt, wide)``
     (or ``compare_presets_table``) and ``report.plot_pareto``; ``--compare A B``: ``report.compare_runs(A, B, fmt)``."""
     sides, compare = _compare_args(args)
     if sides:
@@ -73,7 +78,7 @@ def handler(args: argparse.Namespace) -> int:
     if compare:
         print(report.compare_presets_table(records, a=compare[0], b=compare[1], fmt=args.format))
     else:
-        print(report.comparison_table(records, fmt=args.format))
+        print(report.comparison_table(records, fmt=args.format, wide=True if args.wide else None))
     if args.plots:
         path = report.plot_pareto(records, plot, batch_size=args.batch_size)
         # csv/json on stdout stay machine-readable: the path goes to stderr then.

@@ -2,7 +2,7 @@
 
 Read by the CLI's argument types (a number outside its range is a one-line usage error, exit 2), by the
 library's ``validate()`` methods (the same numbers from Python fail the same way), and checked against the
-README's "User errors" paragraph by a test. The bounds keep a typo from turning into an allocation failure,
+"User errors" paragraph of docs/commands.md by a test. The bounds keep a typo from turning into an allocation failure,
 an hour-long hang or a checkpoint of NaN weights; they are far above any sensible run.
 """
 
@@ -69,7 +69,7 @@ FPS = Range(float, 0.1, 1000.0)  # stream replay: a frame every 10 s .. 1000 fra
 REST_FRAMES = Range(int, 0, 10_000)  # still frames around each replayed clip (over 5 minutes at 30 fps)
 REPORT_SINCE_DAYS = 36_500  # report --since reaches back 100 years at most
 
-# Every ranged CLI option, for the README check and the fuzz suite: option -> range.
+# Every ranged CLI option, for the docs check and the fuzz suite: option -> range.
 CLI_OPTIONS: dict[str, Range] = {
     "--seed": SEED, "--epochs": EPOCHS, "--lr": LEARNING_RATE, "--batch-size": BATCH_SIZE,
     "--batch-sizes": BATCH_SIZE, "--num-classes": NUM_CLASSES, "--threads": THREADS, "--warmup": WARMUP,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from signflow_zoo.common.errors import InputError
 
+# Features per frame the model reads (the enriched layout of signflow_zoo.data.features, which re-exports it):
+# defined here, the lowest layer, so that the input check and everything above share one number.
+FEATURE_DIM = 469
 
-def check_input(features, mask=None, input_dim: int = 469) -> None:
+
+def check_input(features, mask=None, input_dim: int = FEATURE_DIM) -> None:
     """Raise :class:`InputError` naming what was expected when a batch has the wrong shape or values."""
     shape = tuple(getattr(features, "shape", ()))
     if len(shape) != 3 or shape[2] != input_dim:

@@ -29,10 +29,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from signflow_zoo.common.errors import InputError
+from signflow_zoo.common.tensors import FEATURE_DIM  # defined with the input check, below this layer
 
 # Sizes --------------------------------------------------------------------------------------------
 RAW_DIM = 225
-FEATURE_DIM = 469
 SEQ_LEN = 64
 FEATURE_VERSION = "signflow-469-v1"
 

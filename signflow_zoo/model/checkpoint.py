@@ -20,6 +20,7 @@ import torch
 from signflow_zoo.common.cachefiles import stable_hash, temp_path, zoo_home
 from signflow_zoo.common.errors import CheckpointError
 from signflow_zoo.data.features import FEATURE_VERSION
+from signflow_zoo.model import network
 from signflow_zoo.model.network import MODEL_VERSION, SignTransformer, model_kwargs_problem
 
 FORMAT = "signflow-zoo-checkpoint/1"
@@ -165,5 +166,5 @@ def checkpoint_path(entry, num_classes: int, data_fingerprint: str, training_key
                     home: Path | None = None) -> Path:
     cfg = {k: v for k, v in entry.to_dict().items() if k not in ("source", "use_case")}
     key = stable_hash({"entry": cfg, "classes": num_classes, "data": data_fingerprint, "train": training_key,
-                       "features": FEATURE_VERSION, "model": MODEL_VERSION})
+                       "features": FEATURE_VERSION, "model": network.MODEL_VERSION})
     return (home or zoo_home()) / "checkpoints" / f"{entry.name}-{key}.pt"

@@ -27,12 +27,13 @@ import torch
 
 from signflow_zoo.common.cachefiles import temp_path
 from signflow_zoo.common.errors import ModelFileError
-from signflow_zoo.data.features import FEATURE_VERSION, SEQ_LEN
+from signflow_zoo.common.onnxrt import open_session
+from signflow_zoo.data.features import FEATURE_DIM, FEATURE_VERSION, SEQ_LEN
 
 OPSET = 18
 INPUT_NAMES = ["features", "mask"]
 OUTPUT_NAMES = ["logits"]
-INPUT_LAYOUT = "features: float32 [batch, frames, 469]; mask: bool [batch, frames] (True = valid frame)"
+INPUT_LAYOUT = f"features: float32 [batch, frames, {FEATURE_DIM}]; mask: bool [batch, frames] (True = valid frame)"
 VERIFY_BATCHES = (1, 3, 8)
 VERIFY_FRAMES = (16, 64, 128)
 EXPORTERS = ("dynamo", "legacy")
@@ -78,7 +79,7 @@ def quiet_logs():
 def export_to_onnx(
     model: torch.nn.Module,
     save_path: str | Path,
-    input_shape: tuple[int, int, int] = (1, 64, 469),
+    input_shape: tuple[int, int, int] = (1, 64, FEATURE_DIM),
     verify: bool = True,
     metadata: dict[str, Any] | None = None,
     exporter: str = "dynamo",
@@ -149,7 +150,7 @@ def _num_classes(model: torch.nn.Module) -> int:
     if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
         return n
     with torch.no_grad():  # a model without the attribute: ask it
-        out = model(torch.zeros(1, 8, getattr(model, "input_dim", 469)), torch.ones(1, 8, dtype=torch.bool))
+        out = model(torch.zeros(1, 8, getattr(model, "input_dim", FEATURE_DIM)), torch.ones(1, 8, dtype=torch.bool))
     return int(out.shape[-1])
 
 
@@ -192,9 +193,7 @@ def set_metadata(proto, meta: dict[str, str]) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The model file's metadata_props, JSON values decoded (labels come back as a list)."""
-    import onnxruntime as ort
-
-    sess = _session(path, ort)
+    sess = open_session(path)
     return decode_metadata(sess.get_modelmeta().custom_metadata_map)
 
 
@@ -209,19 +208,6 @@ def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _session(path, ort, options=None, providers=("CPUExecutionProvider",)):
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: ONNX model file not found")
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-    except Exception as exc:  # ORT raises several exception types for corrupt protobufs
-        msg = str(exc).splitlines()[0][:300]
-        raise ModelFileError(
-            f"{path}: not a loadable ONNX model ({msg}); re-export it with `signflow-zoo export`"
-        ) from None
-
-
 def verify_onnx(
     model: torch.nn.Module,
     path: str | Path,
@@ -231,9 +217,7 @@ def verify_onnx(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Run the artifact in ONNX Runtime (CPU) at every batch x frames and compare with PyTorch."""
-    import onnxruntime as ort
-
-    sess = _session(path, ort)
+    sess = open_session(path)
     gen = torch.Generator().manual_seed(seed)
     results = []
     model = model.eval()
@@ -325,7 +309,7 @@ def optimize_onnx_model(
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(final)
     try:
-        _session(stage, ort, so)
+        open_session(stage, so)
         steps.append("ORT offline graph optimization (extended) saved")
         after = onnx.load(str(final))
     finally:

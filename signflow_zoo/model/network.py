@@ -65,7 +65,7 @@ class EncoderBlock(nn.Module):
 
 
 class SignTransformer(nn.Module):
-    """SignFlow's sign classifier (see SEED_SYSTEM.md for the component list)."""
+    """SignFlow's sign classifier: the original system's components layer for layer (docs/presets.md counts them)."""
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from signflow_zoo.common.errors import ZooError
+from signflow_zoo.common.tensors import FEATURE_DIM  # = signflow_zoo.data.features.FEATURE_DIM, without numpy
 
 ZOO_ENV_VAR = "SIGNFLOW_ZOO_FILE"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -48,8 +49,6 @@ class ZooEntry:
 
     def to_model_kwargs(self, num_classes: int = 100, input_dim: int | None = None) -> dict[str, Any]:
         """Keyword arguments for :class:`signflow_zoo.model.network.SignTransformer`."""
-        from signflow_zoo.data.features import FEATURE_DIM
-
         return {
             "input_dim": input_dim or FEATURE_DIM,
             "num_classes": int(num_classes),
@@ -97,7 +96,7 @@ MAX_EPOCHS = 10_000
 
 
 def parameter_count(d_model: int, nhead: int, num_layers: int, dim_feedforward: int, num_classes: int = 100,
-                    input_dim: int = 469, max_rel_distance: int = 64) -> int:
+                    input_dim: int = FEATURE_DIM, max_rel_distance: int = 64) -> int:
     """SignTransformer's exact parameter count, computed without building it (tests pin it to the model)."""
     d, ff, c1 = d_model, dim_feedforward, d_model // 3
     c3 = d - 2 * c1

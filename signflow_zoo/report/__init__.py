@@ -20,12 +20,14 @@ from signflow_zoo.report.plots import (pareto_front, plot_confusion, plot_latenc
                            write_report)
 from signflow_zoo.report.records import (REFERENCE_BACKEND, ReportError, batch_sizes_of, collect_records, flatten_run,
                              parse_since)
-from signflow_zoo.report.tables import (FORMATS, NOISY_LEGEND, NOISY_MARK, SAME_LEGEND, SAME_MARK, compare_presets_table,
-                            comparison_table, drift_lines, fmt_count, fmt_ms, timing_check_table)
+from signflow_zoo.report.tables import (FORMATS, INVALID_MARK, NOISY_LEGEND, NOISY_MARK, SAME_LEGEND, SAME_MARK,
+                            TERMINAL_WIDTH, compare_presets_table, comparison_table, drift_lines, fmt_count, fmt_ms,
+                            timing_check_table)
 
 __all__ = [
     "EXPERIMENT", "KIND_RECORD", "KIND_TAG", "REFERENCE_BACKEND", "FORMATS", "NOISY_LEGEND", "NOISY_MARK",
-    "SAME_LEGEND", "SAME_MARK", "ReportError", "batch_sizes_of", "collect_records", "flatten_run", "parse_since",
+    "SAME_LEGEND", "SAME_MARK", "INVALID_MARK", "TERMINAL_WIDTH", "ReportError", "batch_sizes_of", "collect_records",
+    "flatten_run", "parse_since",
     "compare_presets_table", "comparison_table", "drift_lines", "fmt_count", "fmt_ms", "timing_check_table",
     "pareto_front", "plot_confusion", "plot_latency_distributions", "plot_pareto", "write_report",
     "DEFAULT_THRESHOLD", "VERDICTS", "RunComparison", "Side", "compare_runs", "compare_sides", "render_comparison",

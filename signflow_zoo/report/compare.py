@@ -22,7 +22,7 @@ the unit a machine state acts on). The verdict (:func:`verdict`) is ``slower`` w
 ``indistinguishable``.
 
 The threshold: with one run on a side, its interval holds that run's own noise only, while two back-to-back
-runs of one host without any change differed by 5-16% here (README, "Comparing runs"): the default is then
+runs of one host without any change differed by 5-16% here (docs/commands.md, "Two sets of runs compared"): the default is then
 :data:`SINGLE_RUN_THRESHOLD` (10%, asv's default factor); with several runs on both sides the run-to-run
 spread is in the interval and the default is :data:`DEFAULT_THRESHOLD` (2%). ``--threshold`` overrides both.
 

@@ -1,8 +1,9 @@
 """Comparison tables from flat bench records (see :mod:`signflow_zoo.report.records`).
 
-terminal/markdown show formatted cells (``~`` marks a noisy latency, ``≈`` a speedup indistinguishable
-from 1.0x, ``!`` the status of a row whose run was unstable); csv/json hold the raw numbers under stable keys,
-so scripts can read them.
+terminal/markdown show formatted cells (``~`` marks a noisy latency, ``?`` an invalid one (cut short), ``≈`` a
+speedup indistinguishable from 1.0x, ``!`` the status of a row whose run was unstable); csv/json hold the raw
+numbers under stable keys, so scripts can read them. The default terminal table is the narrow view that fits
+:data:`TERMINAL_WIDTH` columns; ``wide=True`` (``report --wide``), markdown, csv and json are complete.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
@@ -27,6 +29,18 @@ TAIL_LEGEND = (f"{TAIL_MARK}N calls = too few calls to claim a p99 (an upper bou
                f"needs {min_calls_for_tail()}: MLPerf LoadGen's early-stopping rule); raise --tail-iters or --min-iters")
 SAME_LEGEND = (f"{SAME_MARK} = indistinguishable from {{ref}} in this run: the 95% bootstrap interval of the speedup "
                "contains 1.0x")
+INVALID_MARK = "?"  # before a p50 whose timing was cut short (MLPerf LoadGen's INVALID: results/latency.py)
+INVALID_LEGEND = (f"{INVALID_MARK} = invalid: the timing hit its time limit before --min-iters calls (MLPerf LoadGen's "
+                  "INVALID); the number is shown, not to be trusted: rerun with fewer backends or a larger --min-time")
+TERMINAL_WIDTH = 120  # the default terminal table (report, the end of bench) fits in this many columns
+# the narrow table's columns in the order they give way when it would not fit TERMINAL_WIDTH (--wide keeps them)
+NARROW_DROP_ORDER = ("created",)
+REASONS_TITLE = "reasons (unavailable and failed rows):"
+WIDE_HINT = ("more columns (p99, seq/s, params, roofline share, Δ top-1, agreement, parity, memory) and one row per "
+             "preset for every backend: `signflow-zoo report --wide`, or --format markdown|csv|json")
+INTERVALS_NOTE = ("[lo-hi] = 95% intervals: p50 from a bootstrap over the timed blocks; vs eager = "
+                  f"{REFERENCE_BACKEND}'s p50 over this row's on the same preset, host and batch, its bootstrap "
+                  "interval when both ran in one bench run; top-1 a Wilson interval over the held-out clips")
 
 
 # -- formatting ------------------------------------------------------------------------------------
@@ -125,11 +139,16 @@ def _check_fmt(fmt: str) -> None:
 
 
 def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
-                     batch_sizes: Iterable[int] | str | None = None) -> str:
-    """One row per (preset, backend[, host]): status, size, latency, throughput, speedup, accuracy, parity.
+                     batch_sizes: Iterable[int] | str | None = None, wide: bool | None = None) -> str:
+    """The comparison table of flat bench records.
 
-    terminal/markdown show formatted cells (``~`` marks a noisy latency, speedup is torch-eager's p50
-    over this backend's p50 on the same preset and host); csv/json hold the raw numbers under stable keys.
+    The default terminal table is the *narrow* view (:func:`_narrow_table`): one row per (preset, batch size,
+    backend[, host]) with the p50, the speedup over torch-eager and top-1, each with its 95% interval, and
+    the status; an unavailable backend is one folded line whatever the number of presets, its full reason below
+    the table; every line fits :data:`TERMINAL_WIDTH` columns. ``wide=True`` (``report --wide``) is the full
+    table: one row per (preset, backend[, host]) with status, size, latency, throughput, speedup, roofline
+    share, accuracy, parity and memory. markdown (a file the bench writes next to its result), csv and json are
+    complete unless ``wide=False`` is asked for (csv/json always are: the raw numbers under stable keys).
     """
     _check_fmt(fmt)
     records = list(records)
@@ -137,6 +156,19 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         batch_sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     sizes = sorted(set(int(b) for b in batch_sizes)) if batch_sizes else batch_sizes_of(records)
     records.sort(key=sort_key(preset_order()))
+    if wide is None:
+        wide = fmt != "terminal"
+    if wide or fmt in ("csv", "json"):
+        return _wide_table(records, fmt, sizes)
+    return _narrow_table(records, fmt, sizes)
+
+
+def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> str:
+    """One row per (preset, backend[, host]): status, size, latency, throughput, speedup, accuracy, parity.
+
+    terminal/markdown show formatted cells (``~`` marks a noisy latency, speedup is torch-eager's p50
+    over this backend's p50 on the same preset and host); csv/json hold the raw numbers under stable keys.
+    """
     several_hosts = len({r.get("host", "") for r in records}) > 1
     classes = sorted({str(r.get("host_class") or "") for r in records} - {""})
     keys = [(r.get("preset"), r.get("backend"), r.get("host", "")) for r in records]
@@ -158,7 +190,7 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
         columns += [(f"p50_ms_b{b}", f"p50 ms b{b}"), (f"p99_ms_b{b}", f"p99 ms b{b}"),
                     (f"throughput_seq_s_b{b}", f"seq/s b{b}")]
         if raw:
-            columns.append((f"noisy_b{b}", f"noisy b{b}"))
+            columns += [(f"noisy_b{b}", f"noisy b{b}"), (f"valid_b{b}", f"valid b{b}")]
         columns += [(f"speedup_b{b}", f"vs eager b{b}"), (f"roofline_share_b{b}", f"roof b{b}")]
     columns += [("accuracy_top1", "top-1"), ("accuracy_change", "Δ top-1"), ("agreement_top1", "agree"),
                 ("parity_max_abs", "parity abs"), ("memory_mb", "mem MB")]
@@ -171,10 +203,12 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
             k = columns.index((f"p99_ms_b{b}", f"p99 ms b{b}"))
             columns[k + 1:k + 1] = [(f"p99_upper_ms_b{b}", f"p99 upper b{b}"), (f"n_b{b}", f"n b{b}")]
             j = columns.index((f"speedup_b{b}", f"vs eager b{b}"))
-            columns.insert(j + 1, (f"speedup_distinguishable_b{b}", f"distinguishable b{b}"))
+            columns[j + 1:j + 1] = [(f"speedup_ci_lo_b{b}", f"vs eager CI lo b{b}"),
+                                    (f"speedup_ci_hi_b{b}", f"vs eager CI hi b{b}"),
+                                    (f"speedup_distinguishable_b{b}", f"distinguishable b{b}")]
 
     rows: list[dict[str, Any]] = []
-    any_noisy = any_same = any_short_tail = False
+    any_noisy = any_same = any_short_tail = any_invalid = False
     refs = references(records)
     for r in records:
         ref = reference_of(r, refs)
@@ -199,10 +233,15 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
                             f"n_b{b}": _int(number(r, f"iterations_b{b}")),
                             f"throughput_seq_s_b{b}": thr, f"noisy_b{b}": noisy if p50 is not None else None,
                             f"speedup_b{b}": None if speedup is None else round(speedup, 4),
-                            f"speedup_distinguishable_b{b}": None if speedup is None else not same})
+                            f"speedup_distinguishable_b{b}": None if speedup is None else not same,
+                            f"valid_b{b}": None if p50 is None else _valid(r, b)})
+                ci = _speedup_interval(r, ref, b)
+                row[f"speedup_ci_lo_b{b}"], row[f"speedup_ci_hi_b{b}"] = ci if ci else (None, None)
             else:
-                mark = NOISY_MARK if noisy else ""
+                invalid = p50 is not None and _valid(r, b) is False
+                mark = (INVALID_MARK if invalid else "") + (NOISY_MARK if noisy else "")
                 any_noisy = any_noisy or (noisy and p50 is not None)
+                any_invalid = any_invalid or invalid
                 any_same = any_same or (speedup is not None and same)
                 speed_mark = SAME_MARK if same else (NOISY_MARK if noisy or (ref is not None and is_noisy(ref, b)) else "")
                 tail_ok = p99_valid(r, b)
@@ -234,7 +273,7 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
     text = _render(columns, rows, fmt, right)
     if not raw:
         notes = ([NOISY_LEGEND] if any_noisy else []) + ([SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if any_same else [])
-        notes += [TAIL_LEGEND] if any_short_tail else []
+        notes += ([INVALID_LEGEND] if any_invalid else []) + ([TAIL_LEGEND] if any_short_tail else [])
         if len(classes) > 1:
             notes.append(f"{len(classes)} host classes ({', '.join(classes)}): milliseconds compare only within one "
                          "class; across classes compare speedups (within one host) or `report --compare` on "
@@ -272,6 +311,166 @@ def _speedup(rec: dict[str, Any], ref: dict[str, Any] | None, b: int) -> tuple[f
     rlo, rhi = number(ref, f"latency_p50_ci_lo_ms_b{b}"), number(ref, f"latency_p50_ci_hi_ms_b{b}")
     same = None not in (lo, hi, rlo, rhi) and lo <= rhi and rlo <= hi
     return ref_p50 / p50, same
+
+
+def _valid(rec: dict[str, Any], b: int) -> bool | None:
+    """Whether a batch size's timing reached its minimum calls (None: a result from before this was recorded)."""
+    v = number(rec, f"valid_b{b}")
+    return None if v is None else v != 0.0
+
+
+def _speedup_interval(rec: dict[str, Any], ref: dict[str, Any] | None, b: int) -> tuple[float, float] | None:
+    """The speedup's bootstrap interval the bench stored, when its reference is the same invocation's."""
+    if rec.get("backend") == REFERENCE_BACKEND or ref is None or ref.get("invocation_id") != rec.get("invocation_id"):
+        return None
+    lo, hi = number(rec, f"speedup_ci_lo_b{b}"), number(rec, f"speedup_ci_hi_b{b}")
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _fmt_ratio(v: float) -> str:
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def _reason(rec: dict[str, Any]) -> str:
+    return " ".join(str(rec.get("reason", "") or "").split())
+
+
+def _short_time(rec: dict[str, Any]) -> str:
+    ms = started_ms(rec)
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M") if ms else ""
+
+
+def _wrap(line: str, indent: int = 4) -> list[str]:
+    """A note as lines of at most TERMINAL_WIDTH characters; words (paths, provider names) are never split."""
+    return textwrap.wrap(line, TERMINAL_WIDTH, subsequent_indent=" " * indent, break_long_words=False,
+                         break_on_hyphens=False) or [""]
+
+
+def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> str:
+    """The default terminal table: what a user decides on, in at most TERMINAL_WIDTH columns.
+
+    One row per (preset, batch size, backend), grouped by preset and batch size so that a column compares
+    backends: p50 ms, the speedup over torch-eager and top-1, each with its 95% interval, and the status
+    (``!`` = unstable run). Marks: ``?`` invalid timing, ``~`` noisy, ``≈`` a speedup indistinguishable from 1.0x.
+    A backend that is unavailable (no numbers) is one folded line per (backend, reason) whatever the number of
+    presets, at the end; its full reason, like that of any failed row, is a numbered note under the table.
+    Results of several hosts are one section per host (titled with its host class), not a host column. Columns
+    that would not fit give way in :data:`NARROW_DROP_ORDER` (``--wide`` has them all).
+    """
+    refs = references(records)
+    hosts = sorted({(str(r.get("host_class") or ""), str(r.get("host", ""))) for r in records})
+    classes = sorted({cls for cls, _ in hosts} - {""})
+    reasons: dict[str, int] = {}  # full reason -> its number under the table, shared by every section
+    flags: set[str] = set()
+    sections, dropped = [], []
+    for cls, host in hosts:
+        recs = [r for r in records if (str(r.get("host_class") or ""), str(r.get("host", ""))) == (cls, host)]
+        columns, rows = _narrow_rows(recs, sizes, refs, reasons, flags)
+        right = {"batch", "p50", "speedup", "accuracy_top1"}
+        text = _render(columns, rows, fmt, right)
+        for key in NARROW_DROP_ORDER if fmt == "terminal" else ():
+            if max(map(len, text.splitlines()), default=0) <= TERMINAL_WIDTH:
+                break
+            if any(k == key for k, _ in columns):
+                dropped += [h for k, h in columns if k == key and h not in dropped]
+                columns = [(k, h) for k, h in columns if k != key]
+                text = _render(columns, rows, fmt, right)
+        if len(hosts) > 1:
+            text = f"host {host or '?'}" + (f" ({cls})" if cls else "") + ("\n\n" if fmt == "markdown" else "\n") + text
+        sections.append(text)
+
+    notes = [f"[{n}] {reason}" for reason, n in reasons.items()]
+    legend = ([INVALID_LEGEND] if "invalid" in flags else []) + ([NOISY_LEGEND] if "noisy" in flags else [])
+    legend += [SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if "same" in flags else []
+    legend += stability_lines(records)
+    if len(classes) > 1:
+        legend.append(f"{len(classes)} host classes ({', '.join(classes)}): milliseconds compare only within one "
+                      "class; across classes compare speedups (within one host) or `report --compare` on "
+                      "normalized values")
+    legend += data_lines(records) + drift_lines(records)
+    legend += [INTERVALS_NOTE] if "interval" in flags else []
+    if dropped:
+        legend.append(f"not shown, to fit {TERMINAL_WIDTH} columns: {', '.join(dropped)} (rows of one backend: "
+                      "newest first)")
+    legend.append(WIDE_HINT)
+    if fmt == "terminal":
+        notes = [w for line in notes for w in _wrap(line, indent=line.index(" ") + 1)]
+        legend = [w for line in legend for w in _wrap(line)]
+    text = "\n\n".join(sections)
+    if notes:
+        text += "\n\n" + REASONS_TITLE + "\n" + "\n".join(notes)
+    return text + "\n\n" + "\n".join(legend)
+
+
+def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tuple, list[dict[str, Any]]],
+                 reasons: dict[str, int], flags: set[str]) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """The narrow table's (columns, rows) for the records of one host; numbers the reasons it shows into
+    ``reasons`` and adds the marks it used to ``flags``."""
+    keys = [(r.get("preset"), r.get("backend")) for r in records]
+    repeated = len(set(keys)) < len(keys)
+    presets = list(dict.fromkeys(str(r.get("preset", "")) for r in records))
+    base_key = sort_key(preset_order())
+
+    folded: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    measured: list[tuple[tuple, dict[str, Any], int | None]] = []
+    for r in records:
+        have: list[int | None] = [b for b in sizes if number(r, f"latency_p50_ms_b{b}") is not None]
+        if not have and r.get("status") == "unavailable":
+            folded.setdefault((str(r.get("backend", "")), _reason(r)), []).append(r)
+            continue
+        k = base_key(r)  # (preset order, preset, host class, not reference, backend, host, newest first)
+        for b in have or [None]:  # a row without numbers (failed before timing) is one row, after its preset's
+            measured.append((k[:3] + (b is None, b or 0) + k[3:], r, b))
+    measured.sort(key=lambda t: t[0])
+
+    def status_cell(r: dict[str, Any]) -> str:
+        status = str(r.get("status", "") or "?")
+        cell = (UNSTABLE_MARK if r.get("stability_status") == "unstable" else "") + status
+        reason = _reason(r)
+        if status != "ok" and reason:
+            cell += f" [{reasons.setdefault(reason, len(reasons) + 1)}]"
+        return cell
+
+    rows: list[dict[str, Any]] = []
+    for _, r, b in measured:
+        ref = reference_of(r, refs)
+        row: dict[str, Any] = {"preset": r.get("preset", ""), "backend": r.get("backend", ""),
+                               "created": _short_time(r), "batch": "" if b is None else str(b),
+                               "status": status_cell(r)}
+        if b is not None:
+            p50 = number(r, f"latency_p50_ms_b{b}")
+            lo, hi = number(r, f"latency_p50_ci_lo_ms_b{b}"), number(r, f"latency_p50_ci_hi_ms_b{b}")
+            noisy, invalid = is_noisy(r, b), _valid(r, b) is False
+            flags.update(name for name, on in (("noisy", noisy), ("invalid", invalid), ("interval", lo is not None))
+                         if on)
+            row["p50"] = ((INVALID_MARK if invalid else "") + (NOISY_MARK if noisy else "") + fmt_ms(p50)
+                          + (f" [{fmt_ms(lo)}-{fmt_ms(hi)}]" if lo is not None and hi is not None else ""))
+            speedup, same = _speedup(r, ref, b)
+            if speedup is not None:
+                ci = _speedup_interval(r, ref, b)
+                flags.update(name for name, on in (("same", same), ("interval", ci is not None)) if on)
+                mark = SAME_MARK if same else (NOISY_MARK if noisy or (ref is not None and is_noisy(ref, b)) else "")
+                row["speedup"] = (f"{mark}{_fmt_ratio(speedup)}x"
+                                  + (f" [{_fmt_ratio(ci[0])}-{_fmt_ratio(ci[1])}]" if ci else ""))
+        acc = number(r, "accuracy_top1")
+        alo, ahi = number(r, "accuracy_top1_ci_lo"), number(r, "accuracy_top1_ci_hi")
+        if acc is not None:
+            row["accuracy_top1"] = _fmt_pct(acc)
+            if alo is not None and ahi is not None:
+                row["accuracy_top1"] += f" [{100 * alo:.0f}-{100 * ahi:.0f}]"
+                flags.add("interval")
+        rows.append(row)
+    for (backend, _), group in folded.items():
+        names = list(dict.fromkeys(str(r.get("preset", "")) for r in group))
+        scope = names[0] if len(presets) == 1 else "all" if set(names) == set(presets) else ",".join(names)
+        rows.append({"preset": scope, "backend": backend, "created": "", "batch": "", "status": status_cell(group[0])})
+
+    columns: list[tuple[str, str]] = [("preset", "preset")] + ([("created", "created")] if repeated else [])
+    # short headers: tabulate pads a header by 2, and "[lo-hi] = 95% intervals" is said under the table
+    columns += [("batch", "batch"), ("backend", "backend"), ("p50", "p50 ms"), ("speedup", "vs eager"),
+                ("accuracy_top1", "top-1"), ("status", "status")]
+    fixed = {"preset", "created", "backend", "status"}
+    return [(k, h) for k, h in columns if k in fixed or any(row.get(k) for row in rows)], rows
 
 
 def drift_lines(records: Iterable[dict[str, Any]]) -> list[str]:

@@ -110,7 +110,7 @@ class PipelineConfig:
     max_sign_frames: int = 180  # a window this long (pre-roll included) ends the sign anyway
     trailing_rest_kept: int = 0  # rest frames kept at the end of a window that ended on rest
     ignore_tracking_jumps: bool = True  # differs (original: False): a hand appearing or vanishing is not
-    #                                     motion; the README's "Streaming" section measures why
+    #                                     motion; docs/streaming.md measures why
     seq_len: int | None = None  # frames fed to the model; None: the model file's (64)
     temperature: float | None = None  # softmax temperature; None: the model file's calibration, else 1
     top_k: int = 4  # classes reported, best first (the original: its top-1 and 3 alternatives)

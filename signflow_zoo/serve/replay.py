@@ -25,6 +25,7 @@ from signflow_zoo.serve.motion import pair_motion
 from signflow_zoo.serve.payload import payload_from_raw
 from signflow_zoo.serve.pipeline import PipelineConfig, Prediction, SignFlowInferencePipeline
 from signflow_zoo.backends.runner import Runner
+from signflow_zoo.results.latency import percentile
 
 MIN_SIGNS_FOR_P99 = 20
 
@@ -151,7 +152,8 @@ def stats_ms(values: Sequence[float]) -> dict[str, Any]:
     if not len(values):
         return {"count": 0}
     a = np.asarray(values, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    ordered = sorted(a.tolist())
+    p50, p90, p99 = (percentile(ordered, q) for q in (50, 90, 99))  # linear interpolation, as np.percentile
     return {"count": int(a.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
             "mean_ms": float(a.mean()), "max_ms": float(a.max())}
 

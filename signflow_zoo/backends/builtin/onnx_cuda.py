@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from signflow_zoo.api import (Artifacts, ArtifactKind, Availability, BackendError, BackendUnavailable, BuildContext,
-                              ModelFileError, OrtRunner, hookimpl, probe_provider)
+from signflow_zoo.api import (FEATURE_DIM, Artifacts, ArtifactKind, Availability, BackendError, BackendUnavailable,
+                              BuildContext, ModelFileError, OrtRunner, hookimpl, probe_provider)
 
 from signflow_zoo.backends.builtin.fixed_shapes import BoundSession, fixed_shape_model, replay_error, shape_ops_left
 from signflow_zoo.backends.builtin.provider_libraries import provider_library_problem
@@ -120,7 +120,7 @@ class OnnxCudaGraphRunner(OrtRunner):
         self.general = None
         self.general_calls = 0
         feat = self.model.graph.input[0].type.tensor_type.shape.dim[2]
-        self.input_dim = int(feat.dim_value) if feat.HasField("dim_value") else 469
+        self.input_dim = int(feat.dim_value) if feat.HasField("dim_value") else FEATURE_DIM
         rng = np.random.default_rng(0)
         for b, t in [tuple(s) for s in extra.get("graph_shapes", [PROBE_SHAPE])]:
             x = rng.standard_normal((b, t, self.input_dim)).astype(np.float32)

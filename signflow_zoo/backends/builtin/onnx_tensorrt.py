@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from signflow_zoo.api import Artifacts, Availability, BackendUnavailable, OrtRunner, hookimpl, open_session
+from signflow_zoo.api import FEATURE_DIM, Artifacts, Availability, BackendUnavailable, OrtRunner, hookimpl, open_session
 
 from signflow_zoo.backends.builtin.onnx_cuda import cuda_availability
 
@@ -64,7 +64,7 @@ class OnnxTensorrtRunner(OrtRunner):
         cache.mkdir(parents=True, exist_ok=True)
         dev = self.options.device or ""
         shapes = {"min": (1, 2), "opt": (1, 64), "max": (max_batch, MAX_FRAMES)}
-        profile = {f"trt_profile_{k}_shapes": f"features:{b}x{t}x469,mask:{b}x{t}" for k, (b, t) in shapes.items()}
+        profile = {f"trt_profile_{k}_shapes": f"features:{b}x{t}x{FEATURE_DIM},mask:{b}x{t}" for k, (b, t) in shapes.items()}
         self.provider_options = {
             "device_id": int(dev.split(":", 1)[1]) if ":" in dev else 0,
             "trt_fp16_enable": "True", "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
@@ -83,7 +83,7 @@ class OnnxTensorrtRunner(OrtRunner):
             raise BackendUnavailable(f"ONNX Runtime bound {bound[0]} instead of {self.provider}; "
                                      f"refusing to report that run as {self.name}")
         feat = self.session.get_inputs()[0].shape[2]
-        self.input_dim = feat if isinstance(feat, int) else 469
+        self.input_dim = feat if isinstance(feat, int) else FEATURE_DIM
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

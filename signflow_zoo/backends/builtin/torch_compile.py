@@ -19,7 +19,7 @@ on an H100, cuDNN's kernels for its 469 input channels took ~100 ms (fp32) / 6.3
 (benchmarks/RESULTS.md), against a model whose other layers take well under a millisecond.
 
 On the CPU inductor does not pay for itself (CPU_FINDING below, measured with
-``benchmarks/compile_cpu.py``); there the backend is unavailable unless ``SIGNFLOW_ZOO_TORCH_COMPILE_CPU=1``.
+``benchmarks/studies/compile_cpu.py``); there the backend is unavailable unless ``SIGNFLOW_ZOO_TORCH_COMPILE_CPU=1``.
 """
 
 from __future__ import annotations
@@ -104,13 +104,12 @@ class TorchCompileRunner(Runner):
     device_kind = "gpu"
     summary = "PyTorch compiled by TorchInductor, CUDA graphs (reduce-overhead), TF32; CUDA only unless opted in"
     autocast: ClassVar[str | None] = None  # "bfloat16": run under torch.autocast with that dtype
+    requires = ("torch",)  # and triton on CUDA (checked below: the CPU path does not need it)
 
     @classmethod
     def availability(cls) -> Availability:
-        try:
-            import torch
-        except ImportError as exc:
-            return Availability.no(f"PyTorch is not importable: {exc}")
+        import torch  # importable: ``requires`` is checked first
+
         if torch.cuda.is_available():
             if importlib.util.find_spec("triton") is None:
                 return Availability.no("inductor on CUDA needs triton, which is not installed")

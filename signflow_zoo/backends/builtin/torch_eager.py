@@ -16,13 +16,12 @@ class TorchEagerRunner(Runner):
     artifact = "torch"
     precision = "fp32"
     summary = "PyTorch eager mode, fp32 (the parity reference); CUDA if available"
+    requires = ("torch",)
 
     @classmethod
     def availability(cls) -> Availability:
-        try:
-            import torch
-        except ImportError as exc:
-            return Availability.no(f"PyTorch is not importable: {exc}")
+        import torch  # importable: ``requires`` is checked first
+
         return Availability.yes("cuda" if torch.cuda.is_available() else "cpu")
 
     def prepare(self, artifacts: Artifacts) -> None:

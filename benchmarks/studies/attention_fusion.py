@@ -5,7 +5,7 @@ Transpose, MatMul q k^T, scale, + bias [B,1,N,N], Softmax, MatMul p v, Transpose
 contrib op ``com.microsoft.MultiHeadAttention`` with the relative-position + key-padding bias as its
 additive ``attention_bias``. Same inputs, same threads, alternating blocks, best-of and median.
 
-    python benchmarks/attention_fusion.py [--d-model 384 --heads 8 --tokens 65 --batches 1,32 --threads 2]
+    python benchmarks/studies/attention_fusion.py [--d-model 384 --heads 8 --tokens 65 --batches 1,32 --threads 2]
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ third. If the slow readings are per session, p50s within a process agree while p
 if they are a machine state, consecutive processes share it and it changes over minutes. The observations
 quoted in ``benchmarks/SCHEDULE.md`` ("Machine states") came from this script.
 
-    python benchmarks/machine_states.py --threads 2 --processes 10
-    python benchmarks/machine_states.py --threads 2 --no-spin
-    python benchmarks/machine_states.py --threads 1
+    python benchmarks/studies/machine_states.py --threads 2 --processes 10
+    python benchmarks/studies/machine_states.py --threads 2 --no-spin
+    python benchmarks/studies/machine_states.py --threads 1
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ move the number. One variant times each backend alone in the schedule's blocks a
 ``bench --check-timing`` uses as its solo reference): it separates the effect of the duty cycle from the
 effect of the other backend.
 
-    python benchmarks/schedule_study.py --preset lightweight --batch 1
-    python benchmarks/schedule_study.py --preset large --batch 1 --min-time 2
+    python benchmarks/studies/schedule_study.py --preset lightweight --batch 1
+    python benchmarks/studies/schedule_study.py --preset large --batch 1 --min-time 2
 
 Prints a Markdown table; the results quoted in ``benchmarks/SCHEDULE.md`` came from this script.
 """

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ranged(s, "--lr", "peak learning rate (default 1e-3)")
     _ranged(s, "--batch-size", "training batch size (default 32)")
     s.add_argument("--data", default="synthetic",
-                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (docs/data.md)")
     _ranged(s, "--seed", "seed of the data split, initialisation and augmentation (default 0)", default=0)
     s.add_argument("--output", "-o", help="checkpoint path (default: the zoo cache, where bench finds it)")
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ranged(s, "--timeout", "seconds a backend may take beyond plan for one request before its worker is stopped "
             "and its row marked timeout (default 300)", metavar="SECONDS")
     s.add_argument("--data", default="synthetic",
-                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (README: Data)")
+                   help="synthetic[:opts] | signflow:PATH | lsfb:PATH[?labels=N] | pose:PATH (docs/data.md)")
     _ranged(s, "--seed", "seed of the data split, training and parity inputs (default 0)", default=0)
     _ranged(s, "--epochs", "override the preset's training epochs")
     s.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint is cached")
@@ -302,7 +302,8 @@ def _run(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2), --help and --version (0): a code, not an exception, for callers
         return exc.code if isinstance(exc.code, int) else 2
-    if args.zoo:
+    previous_zoo = os.environ.get("SIGNFLOW_ZOO_FILE")
+    if args.zoo:  # for this command only: main() called in a process must leave its environment as it was
         os.environ["SIGNFLOW_ZOO_FILE"] = args.zoo
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -316,6 +317,12 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if args.zoo:
+            if previous_zoo is None:
+                os.environ.pop("SIGNFLOW_ZOO_FILE", None)
+            else:
+                os.environ["SIGNFLOW_ZOO_FILE"] = previous_zoo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ the same runners the harness uses, an untrained model of the preset's shape (spe
 training), prepare timed (that is the compile), then blocks of calls alternating between the two backends
 so that drift on a shared machine hits both alike. Run under ``flock /tmp/sfz-measure.lock`` on a shared box.
 
-    python benchmarks/compile_cpu.py --preset lightweight --batch-sizes 1,8
+    python benchmarks/studies/compile_cpu.py --preset lightweight --batch-sizes 1,8
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Where the time goes in one model: per op type and node group (ONNX Runtime's profiler), or per layer
 type and kernel (OpenVINO's performance counters).
 
-    python benchmarks/profile_layers.py MODEL.onnx [--batch 1] [--threads 2] [--iters 50]
-    python benchmarks/profile_layers.py MODEL.xml --precision bf16    # OpenVINO IR, PERF_COUNT on
+    python benchmarks/studies/profile_layers.py MODEL.onnx [--batch 1] [--threads 2] [--iters 50]
+    python benchmarks/studies/profile_layers.py MODEL.xml --precision bf16    # OpenVINO IR, PERF_COUNT on
 
 Groups, over the graph ORT really runs (its optimized form, saved and read back): weight GEMMs (an operand
 is a weight, incl. quantized ones), attention GEMMs (q k^T and p v), softmax, layout ops, the conv stem,

@@ -6,7 +6,7 @@ PyTorch copy from pageable memory (what torch-eager and torch-compile do), a cop
 pinned buffer, and ``OrtValue.update_inplace`` into a CUDA buffer (what onnx-cuda-graph does), when
 onnxruntime-gpu is importable. Medians of synchronized calls. Run on the GPU machine:
 
-    python benchmarks/gpu_transfer.py --batch-sizes 1,256
+    python benchmarks/studies/gpu_transfer.py --batch-sizes 1,256
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ halves slow) or drift (a half differs from the schedule next to it). In the same
 reference ``--check-timing`` uses now: solo stints scattered through the schedule. Each variant runs in
 fresh worker processes.
 
-    python benchmarks/solo_halves.py --preset large --batch 32
-    python benchmarks/solo_halves.py --preset large --batch 32 --backends onnx-int8,openvino-int8 --repeat 2
+    python benchmarks/studies/solo_halves.py --preset large --batch 32
+    python benchmarks/studies/solo_halves.py --preset large --batch 32 --backends onnx-int8,openvino-int8 --repeat 2
 
 Prints a Markdown table (p50 in ms per call, and each half's ratio to the scheduled p50).
 """
