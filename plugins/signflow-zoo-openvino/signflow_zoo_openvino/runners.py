@@ -14,14 +14,13 @@ class OpenVinoRunner(Runner):
     """Compiles an IR kind with PERFORMANCE_HINT=LATENCY, one stream, the harness's thread count, pinned."""
 
     artifact = OpenVinoIR.name
+    requires = ("openvino",)  # checked before availability(), with the pip command in the reason
     inference_precision: ClassVar[str] = "f32"
 
     @classmethod
     def availability(cls) -> Availability:
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            return Availability.no(f"openvino is not importable ({exc}); pip install openvino nncf")
+        import openvino as ov  # importable: ``requires`` is checked first
+
         try:
             caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         except Exception as exc:  # noqa: BLE001 - no CPU plugin is a reason, not a crash
@@ -82,19 +81,12 @@ class OpenVinoInt8Runner(OpenVinoRunner):
     name = "openvino-int8"
     precision = "int8"
     artifact = OpenVinoInt8IR.name
+    requires = ("openvino", "nncf")  # nncf quantizes the int8 IR
     # The layers NNCF leaves in float run in fp32, not bf16: with bf16, OpenVINO's per-layer counters showed
     # 47% of large's batch-1 time in Reorder (bf16 <-> int8 conversions) around the int8 GEMMs; with f32
     # those reorders disappeared and the int8 GEMMs took 60% of the time (benchmarks/RESULTS.md).
     inference_precision = "f32"
     summary = "OpenVINO CPU, NNCF int8 post-training quantization calibrated on training data (rest fp32)"
-
-    @classmethod
-    def availability(cls) -> Availability:
-        try:
-            import nncf  # noqa: F401
-        except ImportError as exc:
-            return Availability.no(f"nncf is not importable ({exc}); pip install nncf")
-        return super().availability()
 
 
 RUNNERS = (OpenVinoFp32Runner, OpenVinoBf16Runner, OpenVinoInt8Runner)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from signflow_zoo.api import ArtifactKind, Availability, BuildContext, OrtRunner, cpu_flags, hookimpl
+from signflow_zoo.api import ArtifactKind, BuildContext, OrtRunner, cpu_flags, hookimpl
 
 OP_TYPES = ["MatMul", "Gemm"]
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -43,16 +43,10 @@ class OnnxInt8Dynamic(ArtifactKind):
 class OnnxInt8Runner(OrtRunner):
     name = "onnx-int8"
     artifact = OnnxInt8Dynamic.name
+    requires = ("onnxruntime", "onnxruntime.quantization")  # the quantizer builds the artifact
     precision = "int8"
     summary = "ONNX Runtime CPU, dynamic int8 quantization (MatMul weights), VNNI where the CPU has it"
 
-    @classmethod
-    def availability(cls) -> Availability:
-        try:
-            from onnxruntime.quantization import quantize_dynamic  # noqa: F401 - builds the artifact
-        except ImportError as exc:
-            return Availability.no(f"onnxruntime.quantization is not importable: {exc}")
-        return super().availability()
 
 
 @hookimpl

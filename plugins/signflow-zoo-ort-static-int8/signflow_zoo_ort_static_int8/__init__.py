@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from signflow_zoo.api import ArtifactKind, Availability, BuildContext, OrtRunner, cpu_flags, hookimpl
+from signflow_zoo.api import ArtifactKind, BuildContext, OrtRunner, cpu_flags, hookimpl
 
 CALIBRATION_CLIPS = 512
 OP_TYPES = ["MatMul", "Gemm"]
@@ -83,16 +83,10 @@ class OnnxInt8Static(ArtifactKind):
 class OnnxInt8StaticRunner(OrtRunner):
     name = "onnx-int8-static"
     artifact = OnnxInt8Static.name
+    requires = ("onnxruntime", "onnxruntime.quantization")  # the quantizer builds the artifact
     precision = "int8"
     summary = "ONNX Runtime CPU, static int8 (QDQ, u8 activations x s8 per-channel weights) calibrated on training data"
 
-    @classmethod
-    def availability(cls) -> Availability:
-        try:
-            from onnxruntime.quantization import quantize_static  # noqa: F401 - builds the artifact
-        except ImportError as exc:
-            return Availability.no(f"onnxruntime.quantization is not importable: {exc}")
-        return super().availability()
 
 
 @hookimpl
