@@ -112,18 +112,20 @@ class VersionWorker:
         if self.failed is not None:
             raise self.failed
         wait = budget + self.timeout + (0.0 if self._started else START_GRACE)
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # both pipes (Popen in __init__)
         try:
-            pickle.dump((cmd, args), self.proc.stdin)
-            self.proc.stdin.flush()
+            pickle.dump((cmd, args), stdin)
+            stdin.flush()
         except (BrokenPipeError, OSError):
             pass
-        ready, _, _ = select.select([self.proc.stdout], [], [], wait)
+        ready, _, _ = select.select([stdout], [], [], wait)
         if not ready:
             self.kill()
             self.failed = error(f"{self.name}: no answer to {cmd!r} within {wait:.0f} s; the worker was stopped")
             raise self.failed
         try:
-            reply = pickle.load(self.proc.stdout)
+            reply = pickle.load(stdout)
         except (EOFError, OSError, pickle.UnpicklingError):
             self.proc.wait(5)
             self.failed = error(f"{self.name}: worker died during {cmd!r} (exit code {self.proc.returncode})")
@@ -147,6 +149,7 @@ class VersionWorker:
         self.kill()
         for f in (self.proc.stdin, self.proc.stdout):
             try:
+                assert f is not None  # both pipes (Popen in __init__)
                 f.close()
             except OSError:
                 pass

@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 
 def _attr(*candidates: str):
@@ -77,9 +78,10 @@ def build_artifacts(preset: str, folder: str, kinds: list[str], num_classes: int
 
 class GateWorker:
     def __init__(self) -> None:
-        self.runner = None
+        # the version under test's Runner and pipeline (whichever signflow_zoo is first on PYTHONPATH)
+        self.runner: Any = None
         self.batches: dict = {}
-        self.pipe = None
+        self.pipe: Any = None
         self.payloads: list = []
 
     def build(self, preset: str, folder: str, kinds: list[str]):
@@ -95,8 +97,9 @@ class GateWorker:
         runner.prepare(arts)
         runner.prepared = True
         self.runner = runner
-        return {"class": f"{cls.__module__}.{cls.__qualname__}", "signflow_zoo": str(Path(
-            importlib.import_module("signflow_zoo").__file__).parent)}
+        init = importlib.import_module("signflow_zoo").__file__
+        assert init is not None  # a regular package, with an __init__.py
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", "signflow_zoo": str(Path(init).parent)}
 
     def load(self, key, features, mask) -> None:
         self.batches[key] = (features, mask)
@@ -114,7 +117,8 @@ class GateWorker:
 
     def warmup(self, key, max_calls: int, max_seconds: float) -> list[int]:
         fn, clock = self._fn(key), time.perf_counter_ns
-        start, out = clock(), []
+        out: list[int] = []
+        start = clock()
         while len(out) < max_calls:
             t0 = clock()
             fn()
@@ -127,7 +131,8 @@ class GateWorker:
         fn, clock = self._fn(key), time.perf_counter_ns
         for _ in range(discard):
             fn()
-        out, spent, min_ns = [], 0, int(min_seconds * 1e9)
+        out: list[int] = []
+        spent, min_ns = 0, int(min_seconds * 1e9)
         while len(out) < min_calls or spent < min_ns:
             t0 = clock()
             fn()
@@ -149,7 +154,7 @@ class GateWorker:
         SyntheticSpec = _attr("signflow_zoo.data.synthetic:SyntheticSpec", "signflow_zoo.synthetic:SyntheticSpec")
         generate = _attr("signflow_zoo.data.synthetic:generate", "signflow_zoo.synthetic:generate")
 
-        class NullRunner(Runner):
+        class NullRunner(Runner):  # type: ignore[misc,valid-type]  # the version under test's Runner
             name = "gate-null"
 
             def __init__(self, n):
@@ -190,6 +195,7 @@ def serve() -> None:
             cmd, args = pickle.load(proto_in)
         except (EOFError, OSError):
             break
+        reply: tuple[Any, ...]
         try:
             reply = ("ok", getattr(worker, cmd)(*args))
         except BaseException as exc:  # noqa: BLE001 - every failure is the gate's to report

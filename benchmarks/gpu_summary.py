@@ -68,22 +68,27 @@ def main(paths: list[str]) -> int:
         print(f"\n{TARGET_PRESET}: no successful GPU row, targets not checked")
         return 0
     print()
-    best1 = min((r for r in target if p50(r, 1)), key=lambda r: p50(r, 1), default=None)
-    best256 = min((r for r in target if p50(r, 256)), key=lambda r: p50(r, 256), default=None)
+    # only rows with a p50 at that batch take part (the `or` never applies)
+    best1 = min((r for r in target if p50(r, 1)), key=lambda r: p50(r, 1) or 0.0, default=None)
+    best256 = min((r for r in target if p50(r, 256)), key=lambda r: p50(r, 256) or 0.0, default=None)
     peers = {r["backend"]: r for r in target if r["backend"] in PEERS}
     if best1:
         v = p50(best1, 1)
+        assert v is not None
         print(f"{TARGET_PRESET} batch 1: best {best1['backend']} {v:.3f} ms; target <= {TARGET_B1_MS} ms "
               + ("met" if v <= TARGET_B1_MS else f"MISSED by {v - TARGET_B1_MS:.3f} ms ({v / TARGET_B1_MS:.2f}x)"))
     if best256:
-        s = 256e3 / p50(best256, 256)
+        ms = p50(best256, 256)
+        assert ms is not None
+        s = 256e3 / ms
         print(f"{TARGET_PRESET} batch 256: best {best256['backend']} {s:,.0f} seq/s; target >= {TARGET_B256_SEQ_S:,} "
               + ("met" if s >= TARGET_B256_SEQ_S else f"MISSED ({s / TARGET_B256_SEQ_S:.2f}x of target)"))
     for name, peer in peers.items():
         for b, best in ((1, best1), (256, best256)):
-            if best and p50(peer, b) and best["backend"] not in PEERS:
-                print(f"  vs {name} at batch {b}: {best['backend']} is {p50(peer, b) / p50(best, b):.2f}x "
-                      f"({p50(best, b):.3f} vs {p50(peer, b):.3f} ms)")
+            peer_ms, best_ms = p50(peer, b), (p50(best, b) if best else None)
+            if best and peer_ms and best_ms and best["backend"] not in PEERS:
+                print(f"  vs {name} at batch {b}: {best['backend']} is {peer_ms / best_ms:.2f}x "
+                      f"({best_ms:.3f} vs {peer_ms:.3f} ms)")
     return 0
 
 

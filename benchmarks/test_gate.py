@@ -150,7 +150,7 @@ def test_pipeline_per_frame_against_base(versions, gate):
                    for label, v in versions.items()}
         try:
             frames = {label: w.call("pipeline_prepare") for label, w in workers.items()}
-            times = {label: [] for label in workers}
+            times: dict[str, list[float]] = {label: [] for label in workers}
             for label, w in workers.items():
                 w.call("pipeline")  # warm: first calls build caches
             for _ in range(PIPELINE_ALTERNATIONS):

@@ -80,7 +80,7 @@ class PluginRegistry:
         if entry_points:
             sources += [(ep.name, _package(ep), ep.load) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
         sources += [(m, PLUGINS_ENV_VAR, partial(importlib.import_module, m)) for m in _names(env.get(PLUGINS_ENV_VAR))]
-        sources += [(getattr(p, "__name__", None) or f"inline-{i}", "inline", (lambda p=p: p))
+        sources += [(getattr(p, "__name__", None) or f"inline-{i}", "inline", (lambda p=p: p))  # type: ignore[misc]
                     for i, p in enumerate(plugins)]
         loaded = [self._add(*s) for s in sources if s[0] not in blocked]
         self._call("register_artifact_kinds", loaded, self._register_kind)

@@ -192,6 +192,7 @@ def test_a_bench_log_written_to_a_file_has_no_redraws(tiny_zoo_file, tmp_path):
 # -- each command is a library call ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_train_writes_where_bench_looks(tiny_zoo_file, capsys, isolated_home):
     from signflow_zoo.bench.harness import Bench, BenchConfig
 
@@ -217,6 +218,7 @@ def test_train_refuses_an_output_it_cannot_write_before_training(tiny_zoo_file, 
     assert not (isolated_home / "checkpoints").exists()
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_export_command_is_export_checkpoint(tiny_artifacts, tmp_path, capsys):
     from signflow_zoo.model.export import read_metadata
 

@@ -61,6 +61,7 @@ def _loader_loop(ds, batch_size: int, epochs: int, seed: int, workers: int):
 
 
 @pytest.mark.parametrize("where, workers", [("memory", 0), ("disk", 0), ("disk", 2)])
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_loader_gives_the_batches_of_the_slicing_loop(recordings, where, workers):
     expected = _slicing_loop(recordings["memory"].train, 5, epochs=2, seed=3)
     got = _loader_loop(recordings[where].train, 5, epochs=2, seed=3, workers=workers)
@@ -96,6 +97,7 @@ def _fit(train, val, **kw):
     return trainer
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_fit_from_disk_with_workers_is_the_fit_in_memory(recordings):
     memory, disk = recordings["memory"], recordings["disk"]
     reference = _fit(memory.train, memory.val)
@@ -109,6 +111,7 @@ def test_fit_from_disk_with_workers_is_the_fit_in_memory(recordings):
 
 
 @pytest.mark.parametrize("fmt", ["lsfb", "signflow-slugs", "pose"])
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_short_fit_on_every_format(tmp_path, fmt):
     if fmt == "pose":
         pytest.importorskip("pose_format", reason="pose-format is an optional extra: pip install '.[pose]'")

@@ -52,6 +52,7 @@ def test_usable_cpus_and_gpu_enter_the_class():
     assert 0 < usable_cpus() <= (os.cpu_count() or 1)
 
 
+@pytest.mark.slow  # runs a bench: out of the fast loop, still in CI
 def test_every_result_records_its_host_class_and_flags():
     env = environment()
     assert env["host_class"] == host_class()

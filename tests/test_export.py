@@ -25,6 +25,7 @@ def lightweight_export(tmp_path_factory):
     return model, path, info
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_dynamic_batch_and_frames_verified_against_pytorch(lightweight_export):
     _, _, info = lightweight_export
     shapes = {(v["batch"], v["frames"]) for v in info.verified}

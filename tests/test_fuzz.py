@@ -425,6 +425,7 @@ def test_onnx_metadata_serves_or_is_one_line(data, model_files, tmp_path, capsys
 
 @fuzz_settings(15)
 @given(data=st.data())
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_checkpoint_metadata_through_predict(data, model_files, tmp_path, capsys):
     import torch
 

@@ -52,6 +52,7 @@ def dynamo_onnx(tmp_path_factory, tiny_artifacts):
 
 # -- fixed shapes --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_fixed_shape_graphs_fold_every_shape_op_and_match_pytorch(exporter, tiny_artifacts, dynamo_onnx):
     path = tiny_artifacts.onnx if exporter == "legacy" else dynamo_onnx
     model = onnx.load(str(path))

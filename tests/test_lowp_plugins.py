@@ -64,6 +64,7 @@ OV_RUNNERS = ["openvino-fp32", "openvino-bf16", "openvino-int8"]
 
 
 @pytest.mark.parametrize("name", OV_RUNNERS)
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_openvino_runners_conform(name, tiny_artifacts, tmp_path):
     mod = plugin("signflow_zoo_openvino", "openvino")
     from signflow_zoo.testing import check_runner
@@ -93,6 +94,7 @@ def test_openvino_runner_keeps_the_harness_thread_count_and_latency_settings(tin
     runner.close()
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_openvino_int8_is_built_from_training_data_and_keeps_top1(tiny_artifacts, tmp_path, train_batches):
     mod = plugin("signflow_zoo_openvino", "nncf")
     import openvino as ov
@@ -108,6 +110,7 @@ def test_openvino_int8_is_built_from_training_data_and_keeps_top1(tiny_artifacts
     assert (out.argmax(1) == reference(tiny_artifacts, x, m).argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_openvino_int8_keeps_the_bias_table_and_the_head_in_float(tiny_artifacts, tmp_path, train_batches):
     """The relative-position table's gather and the head (gate MLP, classifier, metric projection, cosine)
     get no int8: a quantized table crashed OpenVINO 2026.4's compiler; the head is a negligible share."""

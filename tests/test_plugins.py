@@ -38,7 +38,9 @@ def test_builtins_are_registered_as_plugins_in_order():
     assert PluginRegistry(builtins=False, entry_points=False, environment=False).names() == []
 
 
-@pytest.mark.parametrize("backend", REGISTERED)
+# OpenVINO compiles per check (2-7 s each): in CI, not in the fast loop (tests/test_lowp_plugins.py covers them too)
+@pytest.mark.parametrize("backend", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("openvino") else n
+                                     for n in REGISTERED])
 def test_every_registered_backend_conforms(backend, tmp_path, tiny_artifacts):
     """Shapes, dtypes, parity within the declared precision, InputError on bad input, an honest reason."""
     cls = get_registry().get(backend).cls
@@ -389,6 +391,7 @@ BAD_PLUGINS = {
 }
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_backends_command_lists_every_kind_of_broken_plugin_and_runs_the_rest(tmp_path):
     """In a fresh process, as the harness's workers will: everything reaches it through the environment."""
     for name, src in BAD_PLUGINS.items():

@@ -127,6 +127,7 @@ def _can_reset_peak() -> bool:
 
 
 @pytest.mark.skipif(not _can_reset_peak(), reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_streaming_memory_does_not_grow_with_the_stream(clips):
     """Peak resident memory added by replaying a 2,000- vs a 20,000-frame clip through the pipeline: the
     replay holds one frame at a time, so both add about the same."""

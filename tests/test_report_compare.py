@@ -246,6 +246,7 @@ def test_cli_errors_are_one_line_exit_2(argv, match, capsys, isolated_home):
 # -- through a real MLflow store --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_sides_from_mlflow_run_ids_and_filters(tmp_path, monkeypatch, capsys):
     """A result uploaded the way bench uploads it, then compared by its parent run id, a child run id and a
     filter, with the local file gone: the result JSON comes back as the parent run's artifact."""

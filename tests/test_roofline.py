@@ -32,6 +32,7 @@ def test_ceilings_measure_each_precision_the_cpu_has(tiny_shapes):
     assert len(rec["measurements"]) == len(engines) * len(TINY_SHAPES)
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_cached_per_machine_and_threads_and_refreshed_on_request(tiny_shapes, isolated_home):
     path1, path2 = rl.cache_path(1), rl.cache_path(2)
     assert path1 != path2 and path1.parent == isolated_home / "machine" and path1.name.startswith("roofline-")

@@ -31,6 +31,7 @@ def installed_plugin():
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", DIST], capture_output=True, timeout=300)
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_backends_lists_the_installed_plugin(installed_plugin):
     proc = subprocess.run([sys.executable, "-m", "signflow_zoo.cli", "backends", "--json"], capture_output=True,
                           text=True, timeout=120)
@@ -71,6 +72,7 @@ def test_the_quantized_graph_is_an_artifact_kind_built_once(installed_plugin, tm
     assert arts.info["onnx-int8-dynamic"]["host_choices"] == {"reduce_range": not vnni}
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (-m 'not slow'), still in CI
 def test_plugin_runs_through_bench_parity(installed_plugin, tiny_zoo_file, tmp_path):
     # a model trained enough to be decisive, and 16 held-out clips beside the 5 random parity inputs: with 2 epochs
     # and 8 clips, int8 flipped 2 of 13 near-tied argmaxes in 2 of 9 runs (agreement 0.85 < the 0.90 policy)

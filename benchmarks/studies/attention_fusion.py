@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         feeds["bias"] = bias
         outs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
         err = float(np.abs(outs["unfused"] - outs["MultiHeadAttention"]).max())
-        times = {k: [] for k in sessions}
+        times: dict[str, list[float]] = {k: [] for k in sessions}
         for _ in range(args.rounds):
             for k, s in sessions.items():
                 s.run(None, feeds)

@@ -44,7 +44,8 @@ def profile(path: str, batch: int, threads: int, iters: int, frames: int = 64) -
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
     total_us = sum(e["dur"] for e in runs[-iters:])
     skip = len(nodes) - len(nodes) * iters // (iters + 5)
-    by_op, by_group = defaultdict(float), defaultdict(float)
+    by_op: defaultdict[str, float] = defaultdict(float)
+    by_group: defaultdict[str, float] = defaultdict(float)
     for e in nodes[skip:]:
         op = e["args"].get("op_name", "?")
         name = e["name"][: -len("_kernel_time")]
@@ -100,7 +101,8 @@ def openvino_profile(path: str, batch: int, threads: int, iters: int, precision:
     rng = np.random.default_rng(0)
     feeds = {"features": rng.standard_normal((batch, frames, 469)).astype(np.float32),
              "mask": np.ones((batch, frames), bool)}
-    by_type, by_kernel = defaultdict(float), defaultdict(float)
+    by_type: defaultdict[str, float] = defaultdict(float)
+    by_kernel: defaultdict[str, float] = defaultdict(float)
     for i in range(iters + 5):
         req.infer(feeds)
         if i < 5:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     base = TimingConfig(min_iters=20, min_time=args.min_time, warmup=20, warmup_time=1.0)
-    variants = [
+    # (label, TimingConfig fields, what the study does differently)
+    variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         ("10-call rounds, no settle, no discard (the first version)", dict(block_time=1e-6, settle_time=0.0, discard=0),
          {"calls_per_block": 10}),
         ("50 ms blocks, no settle, no discard", dict(block_time=0.05, settle_time=0.0, discard=0), {}),

@@ -118,7 +118,7 @@ def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: PluginRegist
         raise BackendUnavailable(f"artifact kind {kind_name!r} needs calibration data from the training split, "
                                  "and none was given")
     calibration = calibration if kind.needs_calibration else None
-    key_parts = {"source_sha256": source_sha, "kind": kind_name, "version": kind.version,
+    key_parts: dict[str, Any] = {"source_sha256": source_sha, "kind": kind_name, "version": kind.version,
                  "calibration": _fingerprint(calibration)}
     choices = dict(type(kind).host_choices() or {})
     if choices:  # absent otherwise: the keys of host-independent kinds stay what they were

@@ -129,7 +129,7 @@ class Runner:
         """A subclass's prepare() marks the runner prepared when it returns, so a plugin need not."""
         super().__init_subclass__(**kwargs)
         if "prepare" in cls.__dict__:
-            cls.prepare = _marks_prepared(cls.__dict__["prepare"])
+            cls.prepare = _marks_prepared(cls.__dict__["prepare"])  # type: ignore[method-assign]
         if isinstance(cls.__dict__.get("availability"), classmethod):  # its own check runs after ``requires``
             cls.availability = _checks_requires(cls.__dict__["availability"].__func__)  # type: ignore[method-assign]
 

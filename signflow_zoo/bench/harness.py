@@ -150,7 +150,7 @@ def load_splits_cached(spec: str, seed: int, home: Path):
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # a derived cache file (truncated, corrupt): rebuild it below
     splits = load_data(spec, seed=seed)
-    arrays = {"class_names": np.array(splits.class_names), "spec": np.array(splits.spec),
+    arrays: dict[str, Any] = {"class_names": np.array(splits.class_names), "spec": np.array(splits.spec),
               "fingerprint": np.array(splits.fingerprint), "split": np.array(splits.split)}
     for p in SPLIT_PARTS:
         ds = getattr(splits, p)
@@ -298,7 +298,7 @@ class Bench:
                 j = min(n, i + 32)
                 yield np.ascontiguousarray(train.features[i:j]), np.ascontiguousarray(train.mask[i:j])
 
-        batches.fingerprint = f"{self.splits().fingerprint}:train"
+        batches.fingerprint = f"{self.splits().fingerprint}:train"  # type: ignore[attr-defined]
         return batches
 
     def run_preset(self, entry: ZooEntry) -> list[BenchRecord]:
@@ -514,10 +514,11 @@ class Bench:
 
     def _report_stability(self) -> None:
         st = self.doc.stability
-        if st.status == "unstable":
+        spread = st.spread
+        if st.status == "unstable" and spread is not None:  # "unstable" is a verdict on a spread
             ms = [r["ms"] for r in st.readings]
-            self.log(f"warning: results of this run are unstable: reference workload moved {100 * (st.spread - 1):.0f}% "
-                     f"during the run (spread {st.spread:.2f}x over {len(ms)} readings, {min(ms):.3f}-{max(ms):.3f} ms; "
+            self.log(f"warning: results of this run are unstable: reference workload moved {100 * (spread - 1):.0f}% "
+                     f"during the run (spread {spread:.2f}x over {len(ms)} readings, {min(ms):.3f}-{max(ms):.3f} ms; "
                      f"threshold {st.threshold:.2f}x); rerun on a quieter machine")
 
     def outputs(self, doc: dict[str, Any]) -> list[Path]:
@@ -533,7 +534,7 @@ class Bench:
         md.write_text(report.comparison_table(flat, fmt="markdown"))
         out.append(md)
         if self.cfg.plots:
-            plots = [("pareto", lambda p: report.plot_pareto(flat, p, batch_size=self.cfg.batch_sizes[0]))]
+            plots: list[tuple[str, Callable[..., Any]]] = [("pareto", lambda p: report.plot_pareto(flat, p, batch_size=self.cfg.batch_sizes[0]))]
             for entry in self.entries:  # one latency figure per preset keeps each readable
                 recs = [r for r in self.doc.records if r.preset == entry.name]  # batch by batch, as timed
                 samples = {f"{r.preset} / {r.backend} / b{b}": [v for block in r.samples[b] for v in block]

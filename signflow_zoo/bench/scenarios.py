@@ -39,6 +39,12 @@ class Lane:
     def live(self) -> bool:
         return self.worker is not None and self.record.status in ("ok", "parity-failed")
 
+    @property
+    def live_worker(self) -> BackendWorker:
+        """The worker of a live lane (the scenarios below are run on live lanes only)."""
+        assert self.worker is not None, f"{self.record.backend}: no worker"
+        return self.worker
+
     def fail(self, exc: BaseException, during: str) -> None:
         """Record why this backend stopped, and stop its worker."""
         if isinstance(exc, WorkerFailed):
@@ -55,7 +61,7 @@ class Lane:
 
 def prepare(lane: Lane, log: Callable[[str], None]) -> None:
     try:
-        lane.record.describe = dict(lane.worker.call("prepare"))
+        lane.record.describe = dict(lane.live_worker.call("prepare"))
         lane.record.params["provider"] = lane.record.describe.get("provider", "")
     except BackendError as exc:
         lane.fail(exc, "prepare")
@@ -66,7 +72,7 @@ def parity(lane: Lane, inputs: list[tuple[np.ndarray, np.ndarray]], refs: list[n
            log: Callable[[str], None]) -> None:
     """Logits on the same inputs as the PyTorch fp32 reference, judged by the backend's precision."""
     try:
-        outs = lane.worker.call("run_many", inputs, budget=0.0)
+        outs = lane.live_worker.call("run_many", inputs, budget=0.0)
     except BackendError as exc:
         lane.fail(exc, "parity")
         return
@@ -85,7 +91,7 @@ def accuracy(lane: Lane, test, num_classes: int, ref_pred: np.ndarray) -> None:
     pairs = [(test.features[i:i + ACCURACY_BATCH], test.mask[i:i + ACCURACY_BATCH])
              for i in range(0, len(test), ACCURACY_BATCH)]
     try:
-        logits = np.concatenate(lane.worker.call("run_many", pairs))
+        logits = np.concatenate(lane.live_worker.call("run_many", pairs))
     except BackendError as exc:
         lane.fail(exc, "accuracy")
         return
@@ -114,14 +120,14 @@ def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarra
     cfg = replace(cfg, min_iters=cfg.calls_for(batch))  # batch 1: enough calls for a valid p99
     for ln in list(live):
         try:
-            ln.worker.call("load", key, features, mask)
+            ln.live_worker.call("load", key, features, mask)
         except WorkerError as exc:  # e.g. MemoryError at this batch size: only this batch is lost
             ln.record.latency_errors[batch] = str(exc)
             live.remove(ln)
         except WorkerFailed as exc:
             ln.fail(exc, f"batch {batch}")
             live.remove(ln)
-    workers = {ln.record.backend: ln.worker for ln in live}
+    workers = {ln.record.backend: ln.live_worker for ln in live}
     outcomes = warm(workers, key, cfg)
     solo = {name: Outcome(call_s=o.call_s) for name, o in outcomes.items()}
     # the solo reference: with several backends interleaved, stints alone scattered through the schedule
@@ -174,7 +180,7 @@ def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarra
                 solo_p50_ms=alone.p50_ms, scheduled_p50_ms=stats.p50_ms, p50_ratio=stats.p50_ms / alone.p50_ms,
                 solo_p99_ms=alone.p99_ms, scheduled_p99_ms=stats.p99_ms, p99_ratio=stats.p99_ms / alone.p99_ms)
         try:
-            ln.worker.call("unload", key)
+            ln.live_worker.call("unload", key)
         except BackendError:
             pass
     return {name: o for name, o in outcomes.items() if o.error is None}
@@ -198,7 +204,7 @@ def speedups(records: list[BenchRecord], outcomes: dict[int, dict[str, Outcome]]
 def streaming(lane: Lane, labels: list[str], clips: list[Any]) -> None:
     """Sign end -> prediction through the real streaming pipeline, in the backend's worker."""
     try:
-        lane.record.stream = dict(lane.worker.call("stream", labels, clips, budget=60.0))
+        lane.record.stream = dict(lane.live_worker.call("stream", labels, clips, budget=60.0))
     except WorkerFailed as exc:
         lane.fail(exc, "streaming")
     except WorkerError as exc:
@@ -207,7 +213,7 @@ def streaming(lane: Lane, labels: list[str], clips: list[Any]) -> None:
 
 def memory(lane: Lane) -> None:
     try:
-        lane.record.memory = Memory(**lane.worker.call("memory"))
+        lane.record.memory = Memory(**lane.live_worker.call("memory"))
     except WorkerFailed as exc:
         lane.fail(exc, "memory")
     except WorkerError:

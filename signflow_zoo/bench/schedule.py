@@ -21,14 +21,20 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
 from signflow_zoo.common.errors import BackendError
 from signflow_zoo.bench.timing import TimingConfig
-from signflow_zoo.bench.worker import BackendWorker
 
 Sleep = Callable[[float], None]  # waits that many seconds (time.sleep; a recorder in tests)
 Clock = Callable[[], float]  # seconds from an arbitrary origin (time.perf_counter)
+
+
+class Worker(Protocol):
+    """What a schedule needs of a backend's worker: :class:`~signflow_zoo.bench.worker.BackendWorker`, or the
+    regression gate's worker of one version (benchmarks/gate_versions.py)."""
+
+    def call(self, cmd: str, *args: Any, budget: float = 0.0) -> Any: ...
 
 
 @dataclass
@@ -54,7 +60,7 @@ def _done(o: Outcome, cfg: TimingConfig) -> bool:
     return (o.calls >= cfg.min_iters and o.spent_s >= cfg.min_time) or o.spent_s >= cfg.max_time
 
 
-def warm(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig, sleep: Sleep = time.sleep,
+def warm(workers: Mapping[str, Worker], key: Any, cfg: TimingConfig, sleep: Sleep = time.sleep,
          clock: Clock = time.perf_counter) -> dict[str, Outcome]:
     """Untimed warm-up of every worker on the loaded batch; estimates each backend's seconds per call."""
     out: dict[str, Outcome] = {}
@@ -76,7 +82,7 @@ def _discard(o: Outcome, cfg: TimingConfig) -> int:
     return cfg.discard if o.call_s < cfg.block_time / 2 else 0
 
 
-def _block(w: BackendWorker, key: Any, o: Outcome, cfg: TimingConfig, discard: int, min_calls: int = 1,
+def _block(w: Worker, key: Any, o: Outcome, cfg: TimingConfig, discard: int, min_calls: int = 1,
            min_seconds: float | None = None) -> None:
     seconds = cfg.block_time if min_seconds is None else min_seconds
     budget = seconds + o.call_s * (discard + min_calls)
@@ -85,7 +91,7 @@ def _block(w: BackendWorker, key: Any, o: Outcome, cfg: TimingConfig, discard: i
     o.discarded += int(dropped)
 
 
-def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
+def run_schedule(workers: Mapping[str, Worker], key: Any, cfg: TimingConfig,
                  outcomes: dict[str, Outcome], on_block: Callable[[str, int], None] | None = None,
                  after_round: Callable[[list[str]], None] | None = None, sleep: Sleep = time.sleep) -> None:
     """Time every worker that warmed up without error, per ``cfg.schedule``, until each has
@@ -131,7 +137,7 @@ def run_schedule(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
         rnd += 1
 
 
-def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, calls: int,
+def run_solo(worker: Worker, key: Any, cfg: TimingConfig, o: Outcome, calls: int,
              continuous: bool = False, sleep: Sleep = time.sleep) -> None:
     """One half of a solo measurement: ``calls`` calls of this backend alone.
 
@@ -149,7 +155,7 @@ def run_solo(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, cal
         sleep(cfg.settle_time)
 
 
-def solo_stint(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, blocks: int = 2,
+def solo_stint(worker: Worker, key: Any, cfg: TimingConfig, o: Outcome, blocks: int = 2,
                sleep: Sleep = time.sleep) -> None:
     """A backend alone for ``blocks`` blocks in a row, each followed by the settling gap, in the middle of a
     schedule. The first block follows another backend, as a scheduled block does, and is not kept; the
@@ -165,7 +171,7 @@ def solo_stint(worker: BackendWorker, key: Any, cfg: TimingConfig, o: Outcome, b
         sleep(cfg.settle_time)
 
 
-def stints_between_rounds(workers: dict[str, BackendWorker], key: Any, cfg: TimingConfig,
+def stints_between_rounds(workers: Mapping[str, Worker], key: Any, cfg: TimingConfig,
                           outcomes: dict[str, Outcome], solo: dict[str, Outcome],
                           sleep: Sleep = time.sleep) -> Callable[[list[str]], None]:
     """``run_schedule``'s ``after_round`` for ``--check-timing``: after a round, a :func:`solo_stint` for each

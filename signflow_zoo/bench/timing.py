@@ -99,7 +99,8 @@ def warm_up(fn: Callable[[], object], sync: Callable[[], None] | None, max_calls
     least 2 calls when ``max_calls`` >= 2). Returns each call's ns (their median estimates a call's cost:
     the first calls may include one-off work such as graph capture)."""
     clock = time.perf_counter_ns
-    start, out = clock(), []
+    out: list[int] = []
+    start = clock()
     while len(out) < max_calls:
         t0 = clock()
         fn()

@@ -25,9 +25,12 @@ import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signflow_zoo.common.errors import BackendError
+
+if TYPE_CHECKING:
+    from signflow_zoo.backends.runner import Runner
 
 PRELOAD = ["numpy", "torch", "onnxruntime", "signflow_zoo.backends.runner", "signflow_zoo.bench.timing"]
 START_GRACE = 120.0  # seconds a fresh worker may take to import and answer, on top of the timeout
@@ -173,7 +176,7 @@ def _reset_peak_rss() -> bool:
 class _Worker:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
-        self.runner = None
+        self.runner: Runner | None = None  # set by prepare(), the first request
         self.batches: dict[Any, tuple[Any, Any]] = {}
         self.baseline_kb = float("nan")
         self.peak_reset = False
@@ -194,9 +197,11 @@ class _Worker:
         return runner.describe()
 
     def run(self, features, mask):
+        assert self.runner is not None
         return self.runner.run(features, mask)
 
     def run_many(self, pairs):
+        assert self.runner is not None
         out = [self.runner.run(x, m) for x, m in pairs]
         self.runner.synchronize()
         self._device_sample()
@@ -207,6 +212,7 @@ class _Worker:
 
     def _call(self, key):
         x, m = self.batches[key]
+        assert self.runner is not None
         run = self.runner.run
         sync = self.runner.synchronize if getattr(self.runner, "asynchronous", False) else None
         return (lambda: run(x, m)), sync
@@ -231,11 +237,12 @@ class _Worker:
     def stream(self, labels, clips, config=None):
         from signflow_zoo.serve.replay import measure_stream_latency
 
+        assert self.runner is not None
         return measure_stream_latency(self.runner, labels, clips, config)
 
     def memory(self) -> dict[str, Any]:
         peak, now = _status_kb("VmHWM"), _status_kb("VmRSS")
-        out = {"baseline_mb": round(self.baseline_kb / 1024, 1), "peak_mb": round(peak / 1024, 1),
+        out: dict[str, Any] = {"baseline_mb": round(self.baseline_kb / 1024, 1), "peak_mb": round(peak / 1024, 1),
                "rss_mb": round(now / 1024, 1),
                "added_mb": round(max(0.0, peak - self.baseline_kb) / 1024, 1),
                "what": "peak resident memory of this backend's worker above its resident memory just before "
@@ -259,6 +266,7 @@ class _Worker:
         if first:
             self.device_free0 = self.device_min_free = free
         else:
+            assert self.device_min_free is not None  # set with device_free0
             self.device_min_free = min(self.device_min_free, free)
 
     def close(self) -> None:

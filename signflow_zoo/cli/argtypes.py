@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Callable, cast
 
 from signflow_zoo.common.limits import Range
 
@@ -41,7 +41,7 @@ def in_range(r: Range) -> Callable[[str], int | float]:
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
     """Integers from ``lo`` to ``hi``, both included."""
-    return in_range(Range(int, lo, hi))
+    return cast("Callable[[str], int]", in_range(Range(int, lo, hi)))
 
 
 def float_in(lo: float, hi: float, lo_open: bool = False) -> Callable[[str], float]:

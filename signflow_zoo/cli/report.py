@@ -79,7 +79,7 @@ def handler(args: argparse.Namespace) -> int:
         print(report.compare_presets_table(records, a=compare[0], b=compare[1], fmt=args.format))
     else:
         print(report.comparison_table(records, fmt=args.format, wide=True if args.wide else None))
-    if args.plots:
+    if plot is not None:
         path = report.plot_pareto(records, plot, batch_size=args.batch_size)
         # csv/json on stdout stay machine-readable: the path goes to stderr then.
         out = sys.stderr if args.format in ("csv", "json") else sys.stdout

@@ -86,7 +86,7 @@ class HeldLock:
     """A lock held across calls (acquire now, release later), e.g. for the whole life of a bench."""
 
     def __init__(self, target: str | Path):
-        self._cm = exclusive(target)
+        self._cm: contextlib.AbstractContextManager[bool] | None = exclusive(target)
         self._cm.__enter__()
 
     def release(self) -> None:

@@ -102,8 +102,8 @@ def isa_tier(flags: str) -> str:
 def _cgroup_cpu_quota() -> float | None:
     """CPUs the cgroup quota allows (v2 ``cpu.max``, v1 ``cfs_quota_us / cfs_period_us``), None if unlimited."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        max_quota, max_period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if max_quota == "max" else int(max_quota) / int(max_period)
     except (OSError, ValueError):
         pass
     try:

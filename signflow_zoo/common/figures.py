@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from signflow_zoo.common.errors import ReportError
 
 
-def new_figure(width: float, height: float, layout: str = "constrained"):
+def new_figure(width: float, height: float, layout: Literal["constrained", "compressed", "tight"] = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

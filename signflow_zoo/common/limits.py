@@ -28,7 +28,8 @@ class Range:
             return False
         if not isinstance(value, numbers.Integral) and not math.isfinite(value):
             return False
-        return (value > self.lo if self.lo_open else value >= self.lo) and value <= self.hi
+        # numbers.Real declares only < and <= (typeshed follows it); every concrete Real has > and >=
+        return (value > self.lo if self.lo_open else value >= self.lo) and value <= self.hi  # type: ignore[operator]
 
     @property
     def text(self) -> str:

@@ -48,7 +48,9 @@ def augment_batch(x: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator,
     x = x.clone()
     mask = mask.clone()
     b, t, _ = x.shape
-    g = lambda *shape: torch.from_numpy(rng.random(shape).astype(np.float32))  # noqa: E731
+
+    def g(*shape: int) -> torch.Tensor:
+        return torch.from_numpy(rng.random(shape).astype(np.float32))
 
     flip = g(b) < p_mirror
     if flip.any():
@@ -94,22 +96,22 @@ def augment_batch(x: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator,
     # time shift (roll, the wrapped frames become padding)
     if max_shift:
         shifts = rng.integers(-max_shift, max_shift + 1, size=b)
-        for i, sh in enumerate(shifts):
+        for k, sh in enumerate(shifts):
             if sh:
-                x[i] = torch.roll(x[i], int(sh), 0)
-                mask[i] = torch.roll(mask[i], int(sh), 0)
+                x[k] = torch.roll(x[k], int(sh), 0)
+                mask[k] = torch.roll(mask[k], int(sh), 0)
                 if sh > 0:
-                    mask[i, :sh] = False
+                    mask[k, :sh] = False
                 else:
-                    mask[i, sh:] = False
+                    mask[k, sh:] = False
 
     # frame dropout and temporal cutout (masked frames)
     if frame_drop:
         mask &= g(b, t) >= frame_drop
     for i in np.nonzero(rng.random(b) < p_cutout)[0]:
-        w = int(rng.integers(1, cutout_max + 1))
-        start = int(rng.integers(0, max(1, t - w)))
-        mask[i, start:start + w] = False
+        width = int(rng.integers(1, cutout_max + 1))
+        start = int(rng.integers(0, max(1, t - width)))
+        mask[i, start:start + width] = False
     # never leave a sequence with no valid frame
     empty = ~mask.any(1)
     if empty.any():

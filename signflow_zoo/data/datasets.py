@@ -151,7 +151,7 @@ class ClipFileDataset:
         """sha256 of the clips as read, their labels, signers and the class names (reads every file)."""
         hasher = ClipHasher(self.class_names, "", self.seq_len)
         for ref, label in zip(self.refs, self.labels):
-            hasher.add(read_ref(ref), label, ref.signer)
+            hasher.add(read_ref(ref), int(label), ref.signer)
         return hasher.hexdigest()
 
     def materialize(self) -> SignDataset:
@@ -283,4 +283,5 @@ def split_by_signer(
 ) -> tuple[list, list, list]:
     """Split clips (anything with a ``signer``) into (train, val, test) with no signer in two of them."""
     parts = signer_split_indices([c.signer for c in clips], val_fraction, test_fraction, seed)
-    return tuple([clips[i] for i in idx] for idx in parts)
+    train, val, test = ([clips[i] for i in idx] for idx in parts)
+    return train, val, test

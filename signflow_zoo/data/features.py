@@ -179,7 +179,7 @@ def _fill_gaps(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     vp = np.take_along_axis(values, p[..., None], axis=1)
     vq = np.take_along_axis(values, q[..., None], axis=1)
     filled = vp * (1.0 - w[..., None]) + vq * w[..., None]
-    return np.where(ok.any(axis=1)[:, None, None], filled, 0.0)
+    return np.where(ok.any(axis=1)[:, None, None], filled, 0.0)  # type: ignore[index]  # an array with axis=
 
 
 def _body_frame(pose: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

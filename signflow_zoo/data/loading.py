@@ -105,8 +105,8 @@ class _Catalogue:
 
 
 def _labels_of(refs: list[ClipRef], names: list[str] | None = None) -> tuple[list[int], list[str]]:
-    names = names if names is not None else sorted({r.label for r in refs})
-    index = {n: i for i, n in enumerate(names)}
+    names = names if names is not None else sorted({r.label for r in refs if r.label is not None})
+    index: dict[str | None, int] = {n: i for i, n in enumerate(names)}
     return [index[r.label] for r in refs], names
 
 
@@ -138,7 +138,7 @@ def _catalogue(spec: str, seed: int) -> _Catalogue:
         return _Catalogue(index.refs, labels, names, canonical, index.official, index.split)
     if query:
         raise _bad_spec(spec, f"{scheme}: takes no options, got {query!r}")
-    refs = index_recordings(path) if scheme == "signflow" else index_labelled_folder(Path(path), (".pose",),
+    refs = index_recordings(Path(path)) if scheme == "signflow" else index_labelled_folder(Path(path), (".pose",),
                                                                                       ".pose clips")
     labels, names = _labels_of(refs)
     return _Catalogue(refs, labels, names, canonical)
@@ -215,7 +215,9 @@ def load_data(
             out[part] = clips_to_dataset(clips, cat.class_names)
         else:
             out[part] = ClipFileDataset([cat.items[i] for i in idx], [cat.labels[i] for i in idx], cat.class_names)
-    return DataSplits(train=out["train"], val=out["val"], test=out["test"], class_names=list(cat.class_names),
+    val, test = out["val"], out["test"]
+    assert isinstance(val, SignDataset) and isinstance(test, SignDataset)  # only train may stay on disk
+    return DataSplits(train=out["train"], val=val, test=test, class_names=list(cat.class_names),
                       spec=cat.canonical, fingerprint=hasher.hexdigest(), split=split)
 
 

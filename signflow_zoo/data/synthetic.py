@@ -159,7 +159,7 @@ def _catalogue() -> list[SignClass]:
                 amplitude=float(rng.uniform(0.8, 1.25)),
                 roll=float(rng.choice([0.0, 0.5, -0.35, 1.2])),
                 yaw=float(rng.uniform(0.0, 1.0)),
-                place=tuple(float(v) for v in rng.normal(0.0, 0.06, 3)),
+                place=tuple(float(v) for v in rng.normal(0.0, 0.06, 3)),  # type: ignore[arg-type]  # 3 values
             )
         )
     return _CATALOGUE
@@ -374,8 +374,8 @@ def _make_clip(sign: SignClass, signer: _Signer, rng: np.random.Generator, diffi
         nondominant = np.broadcast_to(rest_nd, (frames, 3)).copy()
 
     # Handshape: relaxed at rest, the class shape while signing.
-    curls, abduction, spread = HANDSHAPES[sign.handshape]
-    curls = 0.5 + contrast * (np.asarray(curls) - 0.5)
+    shape_curls, abduction, spread = HANDSHAPES[sign.handshape]
+    curls = 0.5 + contrast * (np.asarray(shape_curls) - 0.5)
     curls = np.clip(curls + signer.curl_bias + rng.normal(0.0, 0.04 * d, 5), 0.0, 1.0)
     relaxed = _RELAXED[0]
     curl_t = relaxed + (curls - relaxed) * weight[:, None]

@@ -223,7 +223,7 @@ def verify_onnx(
     model = model.eval()
     for b in batches:
         for t in frames:
-            x = torch.randn(b, t, model.input_dim, generator=gen)
+            x = torch.randn(b, t, model.input_dim, generator=gen)  # type: ignore[call-overload]  # SignTransformer attr
             mask = torch.rand(b, t, generator=gen) > 0.1
             with torch.no_grad():
                 ref = model(x, mask).numpy()

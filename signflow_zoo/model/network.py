@@ -67,6 +67,8 @@ class EncoderBlock(nn.Module):
 class SignTransformer(nn.Module):
     """SignFlow's sign classifier: the original system's components layer for layer (docs/presets.md counts them)."""
 
+    pe_freq: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(
         self,
         input_dim: int = FEATURE_DIM,
@@ -123,14 +125,14 @@ class SignTransformer(nn.Module):
         self.register_buffer("pe_freq", freq, persistent=False)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def _positional(self, t: torch.Tensor) -> torch.Tensor:
+    def _positional(self, t: int) -> torch.Tensor:
         """Sinusoidal encoding [1, T, d] for positions 0..T-1, built from the runtime length."""
         pos = torch.arange(t, device=self.pe_freq.device, dtype=torch.float32).unsqueeze(1)
         ang = pos * self.pe_freq.unsqueeze(0)
         pe = torch.stack((torch.sin(ang), torch.cos(ang)), dim=-1).flatten(1)
         return pe[:, : self.d_model].unsqueeze(0)
 
-    def _attention_bias(self, n: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    def _attention_bias(self, n: int, key_valid: torch.Tensor) -> torch.Tensor:
         """[B,1,N,N]: learned relative-distance scalar + a large negative bias on padded keys.
 
         Token 0 is the CLS token: it has no temporal position, so its row and column get no relative bias.

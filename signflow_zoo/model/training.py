@@ -76,6 +76,8 @@ class TrainingConfig:
             return TrainingConfigError(f"training setting {name}={getattr(self, name)!r} is out of range: "
                                        f"expected {want}")
 
+        lo: float  # integer bounds first, then real ones
+        hi: float
         for name, lo, hi in (("num_epochs", 1, 10_000), ("batch_size", 1, 4096), ("early_stopping_patience", 1, 10_000),
                              ("seed", 0, 2**32 - 1)):
             v = getattr(self, name)

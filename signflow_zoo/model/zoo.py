@@ -171,7 +171,7 @@ def _validate_entry(raw: Any, index: int, path: Path | str) -> ZooEntry:
     too_big = parameters_problem(parameter_count(raw["d_model"], raw["heads"], raw["layers"], raw["dim_ff"]))
     if too_big:
         raise _err(path, label, "d_model", f"d_model/layers/dim_ff {too_big}")
-    values = {k: (float(v) if k.endswith("dropout") else v) for k, v in raw.items()}
+    values: dict[str, Any] = {k: (float(v) if k.endswith("dropout") else v) for k, v in raw.items()}
     return ZooEntry(**values, source=str(path))
 
 

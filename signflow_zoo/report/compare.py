@@ -282,7 +282,8 @@ def _download_doc(client: Any, run_id: str, invocation: str | None, tmp: Path) -
         except Exception:  # noqa: BLE001 - unreadable or not downloadable: not a result
             continue
     same = [d for d in docs if invocation and d.invocation_id == invocation]
-    return (same or docs or [None])[0]
+    found = same or docs
+    return found[0] if found else None
 
 
 @contextmanager
@@ -307,6 +308,7 @@ def _run_side(spec: str, run_id: str, client: Any, label: str) -> Side:
                           "bench run ids are in the MLflow UI (`signflow-zoo ui`) and in each result file's "
                           "tracking.parent_run_id; or give a result file, commit:SHA, host:NAME or since:7d") from None
     tags = dict(run.data.tags)
+    parent: str | None
     kind, result_id, parent = tags.get(KIND_TAG), None, run_id
     if kind == KIND_RECORD:
         parent, result_id = tags.get(PARENT_TAG), tags.get(RESULT_ID_TAG)
@@ -524,7 +526,8 @@ def compare_sides(a: Side, b: Side, threshold: float | None = None, normalize: b
         elif pa.p50s and pb.p50s:
             row.a, row.b = float(statistics.median(pa.p50s)), float(statistics.median(pb.p50s))
             row.ratio = row.b / row.a if row.a > 0 else None
-        row.verdict = verdict(row.ratio, *(row.ci or (None, None)), threshold=threshold)
+        ci_lo, ci_hi = row.ci or (None, None)
+        row.verdict = verdict(row.ratio, ci_lo, ci_hi, threshold=threshold)
         out.rows.append(row)
 
     out.notes_below += _notes_below(out, ca, cb, common)

@@ -68,6 +68,13 @@ def _plain_log_ticks(axis, lo: float, hi: float) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _point(rec: dict[str, Any], b: int) -> tuple[float, float]:
+    """(p50 ms at batch ``b``, top-1 %) of a record that has both (plot_pareto keeps only those)."""
+    x, y = number(rec, f"latency_p50_ms_b{b}"), number(rec, "accuracy_top1")
+    assert x is not None and y is not None
+    return x, 100 * y
+
+
 def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batch_size: int = 1) -> Path:
     """Accuracy vs latency, one point per (preset, backend), the Pareto front stepped and ringed.
 
@@ -103,7 +110,7 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
     any_noisy = any_failed = any_ci = False
     for ax, host in zip(axes, hosts):
         keys = [k for k in newest if k[0] == host]
-        pts = [(number(newest[k], f"latency_p50_ms_b{b}"), 100 * number(newest[k], "accuracy_top1")) for k in keys]
+        pts = [_point(newest[k], b) for k in keys]
         cis = [accuracy_interval(newest[k]) for k in keys]
         ok = [i for i, k in enumerate(keys) if newest[k].get("status", "ok") == "ok"]
         for k, (x, y), ci in zip(keys, pts, cis):
@@ -122,8 +129,9 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
             label = (k[1] if len(presets) > 1 else "") + (" ~" if noisy else "") + (f" ({status})" if hollow else "")
             if label.strip():
                 ax.annotate(label.strip(), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="0.25")
-        use_ci = all(cis[i] is not None for i in ok)
-        front = [pts[ok[i]] for i in pareto_front([pts[i] for i in ok], [cis[i] for i in ok] if use_ci else None)]
+        ok_cis = [ci for i in ok if (ci := cis[i]) is not None]
+        use_ci = len(ok_cis) == len(ok)
+        front = [pts[ok[i]] for i in pareto_front([pts[i] for i in ok], ok_cis if use_ci else None)]
         fx, fy = [p[0] for p in front], [p[1] for p in front]
         ax.step(fx, fy, where="post", color="0.35", linestyle="--", linewidth=1.2, zorder=2)
         ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)

@@ -103,9 +103,9 @@ def collect_records(
         seen: set[tuple] = set()
         newest = []
         for r in records:
-            key = (r.get("preset"), r.get("backend"), r.get("host"))
-            if key not in seen:
-                seen.add(key)
+            group = (r.get("preset"), r.get("backend"), r.get("host"))
+            if group not in seen:
+                seen.add(group)
                 newest.append(r)
         records = newest
     if required and not records:

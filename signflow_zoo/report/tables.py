@@ -309,7 +309,7 @@ def _speedup(rec: dict[str, Any], ref: dict[str, Any] | None, b: int) -> tuple[f
         return None, False
     lo, hi = number(rec, f"latency_p50_ci_lo_ms_b{b}"), number(rec, f"latency_p50_ci_hi_ms_b{b}")
     rlo, rhi = number(ref, f"latency_p50_ci_lo_ms_b{b}"), number(ref, f"latency_p50_ci_hi_ms_b{b}")
-    same = None not in (lo, hi, rlo, rhi) and lo <= rhi and rlo <= hi
+    same = lo is not None and hi is not None and rlo is not None and rhi is not None and lo <= rhi and rlo <= hi
     return ref_p50 / p50, same
 
 
@@ -475,7 +475,7 @@ def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tup
 
 def drift_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     """One line per invocation that measured machine drift (reference workload, end vs start)."""
-    seen: dict[str, tuple[str, float, float | None]] = {}
+    seen: dict[str | None, tuple[str, float, float | None]] = {}
     for r in records:
         ratio = number(r, "drift_ratio")
         if ratio is not None and r.get("invocation_id") not in seen:
@@ -490,7 +490,7 @@ def drift_lines(records: Iterable[dict[str, Any]]) -> list[str]:
 
 def stability_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     """One legend line per unstable run (its rows carry ``!``): the run and how far its reference moved."""
-    seen: dict[str, tuple[str, float | None]] = {}
+    seen: dict[str | None, tuple[str, float | None]] = {}
     for r in records:
         if r.get("stability_status") == "unstable" and r.get("invocation_id") not in seen:
             seen[r.get("invocation_id")] = (str(r.get("host", "")), number(r, "stability_spread"))

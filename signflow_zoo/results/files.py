@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from signflow_zoo.common.cachefiles import atomic_write_text, exclusive, is_locked, lock_path
 from signflow_zoo.common.errors import TrackingError
@@ -164,7 +164,7 @@ def split_flat(flat: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
     return params, metrics
 
 
-def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: list[Path] = ()) -> bool:
+def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: Sequence[Path] = ()) -> bool:
     """Log one invocation: a parent run and one child run per record. Idempotent by result_id.
 
     A run counts as uploaded only once its ``signflow_zoo.complete`` tag is set, which is the last

@@ -79,18 +79,18 @@ def bootstrap_median_ci(blocks: Sequence[Sequence[float]], n_boot: int = BOOTSTR
 
     With a single block, single values are resampled instead (no block structure to keep).
     """
-    blocks = [np.asarray(b, dtype=np.float64) for b in blocks if len(b)]
-    if not blocks:
+    arrays = [np.asarray(b, dtype=np.float64) for b in blocks if len(b)]
+    if not arrays:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    if len(blocks) == 1:
-        vals = blocks[0]
+    if len(arrays) == 1:
+        vals = arrays[0]
         meds = np.median(vals[rng.integers(0, len(vals), size=(n_boot, len(vals)))], axis=1)
     else:
         meds = np.empty(n_boot)
-        picks = rng.integers(0, len(blocks), size=(n_boot, len(blocks)))
+        picks = rng.integers(0, len(arrays), size=(n_boot, len(arrays)))
         for i, row in enumerate(picks):
-            meds[i] = np.median(np.concatenate([blocks[j] for j in row]))
+            meds[i] = np.median(np.concatenate([arrays[j] for j in row]))
     alpha = (1.0 - level) / 2
     lo, hi = np.quantile(meds, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
@@ -99,11 +99,11 @@ def bootstrap_median_ci(blocks: Sequence[Sequence[float]], n_boot: int = BOOTSTR
 def bootstrap_ratio_ci(num: Sequence[Sequence[float]], den: Sequence[Sequence[float]], n_boot: int = BOOTSTRAP_SAMPLES,
                        seed: int = 1, level: float = 0.95) -> tuple[float, float, float]:
     """median(num) / median(den) and its 95% interval, resampling the blocks of each side independently."""
-    num = [np.asarray(b, dtype=np.float64) for b in num if len(b)]
-    den = [np.asarray(b, dtype=np.float64) for b in den if len(b)]
-    if not num or not den:
+    num_arrays = [np.asarray(b, dtype=np.float64) for b in num if len(b)]
+    den_arrays = [np.asarray(b, dtype=np.float64) for b in den if len(b)]
+    if not num_arrays or not den_arrays:
         return math.nan, math.nan, math.nan
-    point = float(np.median(np.concatenate(num)) / np.median(np.concatenate(den)))
+    point = float(np.median(np.concatenate(num_arrays)) / np.median(np.concatenate(den_arrays)))
     rng = np.random.default_rng(seed)
 
     def medians(blocks):
@@ -113,7 +113,7 @@ def bootstrap_ratio_ci(num: Sequence[Sequence[float]], den: Sequence[Sequence[fl
         picks = rng.integers(0, len(blocks), size=(n_boot, len(blocks)))
         return np.array([np.median(np.concatenate([blocks[j] for j in row])) for row in picks])
 
-    ratios = medians(num) / medians(den)
+    ratios = medians(num_arrays) / medians(den_arrays)
     alpha = (1.0 - level) / 2
     lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
     return point, float(lo), float(hi)

@@ -102,7 +102,7 @@ class BenchRecord:
     # after it, rounds included: comparable across runs on a drifting machine. Until 2026-12 it was p50 / the
     # mean of the two matmul ``drift`` readings around the preset, which a slow machine state does not move.
     normalized_p50: dict[int, float] = field(default_factory=dict)
-    roofline: dict[int, dict[str, float]] = field(default_factory=dict)
+    roofline: dict[int, dict[str, float | None]] = field(default_factory=dict)
     # per-call ms of every timed block, per batch size: what `report --compare` resamples across runs
     samples: dict[int, list[list[float]]] = field(default_factory=dict)
     accuracy: Accuracy | None = None

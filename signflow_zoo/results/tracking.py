@@ -38,7 +38,8 @@ class Tracker:
         self.active = False
         self.reason = "tracking disabled"
         self.quiet = quiet
-        self.client = None
+        # an MlflowClient once connected (mlflow ships no types); None while not, and then ``active`` is False
+        self.client: Any = None
         self.experiment_id: str | None = None
         self.uri = ""  # redacted: safe to print and to store
         self._db: Path | None = None

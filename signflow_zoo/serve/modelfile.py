@@ -82,7 +82,7 @@ def serving_info(source: str | Path, meta: Mapping[str, Any]) -> ServingInfo:
         raise bad(f"metadata lists {len(labels)} labels; at most {MAX_CLASSES} classes are supported")
     if len(set(labels)) != len(labels):
         seen: set[str] = set()
-        twice = next(x for x in labels if x in seen or seen.add(x))
+        twice = next(x for x in labels if x in seen or seen.add(x))  # type: ignore[func-returns-value]
         raise bad(f"metadata labels repeat {twice!r}; each class needs its own label")
 
     n = meta.get("num_classes")
@@ -292,7 +292,8 @@ def plan_backend(model_path: str | Path, backend: str | None = None, registry=No
     kind = cls.artifact
     wants = _root_kind(kind, registry)  # a plugin's kind is built from a model file of this kind
     if wants == "torch" and file_kind != "torch":
-        hint = f" ({_sibling_checkpoint(path).name} lies next to it)" if _sibling_checkpoint(path) else ""
+        sibling = _sibling_checkpoint(path)
+        hint = f" ({sibling.name} lies next to it)" if sibling else ""
         raise BackendError(f"backend {backend!r} runs a PyTorch checkpoint: pass a .pt model file, not "
                            f"{path.name}{hint}")
     if wants in ("onnx", "onnx-optimized") and file_kind == "torch":

@@ -207,6 +207,7 @@ def replay_stream(pipe: SignFlowInferencePipeline, clips: Sequence, rest_frames:
         nonlocal predictions, accepted
         predictions += 1
         accepted += pred.accepted
+        assert pred.latency_ms is not None  # process_frame and flush time every prediction
         latencies.append(pred.latency_ms)
         if on_prediction is not None:
             on_prediction(pred, clip_of(pred.frame_index, spans, rest_frames))
@@ -223,9 +224,9 @@ def replay_stream(pipe: SignFlowInferencePipeline, clips: Sequence, rest_frames:
         frames += 1
         if pred.ended:
             ended(pred)
-    pred = pipe.flush()
-    if pred is not None:
-        ended(pred)
+    last = pipe.flush()
+    if last is not None:
+        ended(last)
     wall = time.perf_counter() - start
     return {"frames": frames, "signs": len(spans), "predictions": predictions, "accepted": accepted,
             "sentence": pipe.sentence, "latency_ms": stats_ms(latencies), "wall_s": wall,
@@ -251,7 +252,11 @@ def measure_stream_latency(runner: Runner, labels: Sequence[str], clips: Iterabl
     raws = [_raw_of(c) for c in clips]
     spans, _ = stream_spans(raws, rest_frames, config.motion_threshold)
     pipe = SignFlowInferencePipeline.from_runner(runner, labels, config)  # warms the runner up
-    latency, model, feats, idle, nonmodel = [], [], [], [], []
+    latency: list[float] = []
+    model: list[float] = []
+    feats: list[float] = []
+    idle: list[float] = []
+    nonmodel: list[float] = []
     clock = time.perf_counter_ns
     timed_ns = 0
     n_frames = 0
@@ -265,6 +270,7 @@ def measure_stream_latency(runner: Runner, labels: Sequence[str], clips: Iterabl
             n_frames += 1
             dt = dt_ns / 1e6
             if p.ended:
+                assert p.inference_ms is not None and p.features_ms is not None  # set on every ended sign
                 latency.append(dt)
                 model.append(p.inference_ms)
                 feats.append(p.features_ms)
@@ -273,12 +279,13 @@ def measure_stream_latency(runner: Runner, labels: Sequence[str], clips: Iterabl
                 idle.append(dt)
                 nonmodel.append(dt)
         t0 = clock()
-        p = pipe.flush()
+        last = pipe.flush()
         timed_ns += clock() - t0
-        if p is not None:
-            latency.append(p.latency_ms)
-            model.append(p.inference_ms)
-            feats.append(p.features_ms)
+        if last is not None:
+            assert last.latency_ms is not None and last.inference_ms is not None and last.features_ms is not None
+            latency.append(last.latency_ms)
+            model.append(last.inference_ms)
+            feats.append(last.features_ms)
     wall = timed_ns / 1e9
     out = {
         "backend": runner.name, "signs": len(spans) * max(1, repeats), "predictions": len(latency),

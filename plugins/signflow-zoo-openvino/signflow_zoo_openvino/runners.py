@@ -14,7 +14,7 @@ class OpenVinoRunner(Runner):
     """Compiles an IR kind with PERFORMANCE_HINT=LATENCY, one stream, the harness's thread count, pinned."""
 
     artifact = OpenVinoIR.name
-    requires = ("openvino",)  # checked before availability(), with the pip command in the reason
+    requires: ClassVar[tuple[str, ...]] = ("openvino",)  # checked before availability(), with the pip command in the reason
     inference_precision: ClassVar[str] = "f32"
 
     @classmethod

@@ -184,6 +184,7 @@ class OnnxCudaGraphRunner(OrtRunner):
 
     def describe(self) -> dict[str, Any]:
         sess = next(iter(self.graphs.values())).session if self.graphs else self.general
+        assert sess is not None  # prepare() opened a session, with a graph or without
         so = sess.get_session_options()
         opts = sess.get_provider_options().get(self.provider, {})
         return {

@@ -65,7 +65,8 @@ class OnnxTensorrtRunner(OrtRunner):
         dev = self.options.device or ""
         shapes = {"min": (1, 2), "opt": (1, 64), "max": (max_batch, MAX_FRAMES)}
         profile = {f"trt_profile_{k}_shapes": f"features:{b}x{t}x{FEATURE_DIM},mask:{b}x{t}" for k, (b, t) in shapes.items()}
-        self.provider_options = {
+        # this runner's own options (its device and engine cache), over the class default
+        self.provider_options = {  # type: ignore[misc]
             "device_id": int(dev.split(":", 1)[1]) if ":" in dev else 0,
             "trt_fp16_enable": "True", "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache), **profile,

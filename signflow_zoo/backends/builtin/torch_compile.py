@@ -140,7 +140,7 @@ class TorchCompileRunner(Runner):
         self.model = model.to(self.device)
         self.input_dim = self.model.input_dim
         self.cudagraphs = self.device.type == "cuda"
-        self.inductor = {"triton.cudagraphs": self.cudagraphs, "freezing": True}
+        self.inductor: dict[str, Any] = {"triton.cudagraphs": self.cudagraphs, "freezing": True}
         forward = model_forward(self.model, self.device.type, self.autocast)
         self.compiled = torch.compile(forward, dynamic=True, fullgraph=True, options=self.inductor)
         self.compile_s: dict[str, float] = {}
@@ -178,7 +178,7 @@ class TorchCompileRunner(Runner):
         return d
 
     def close(self) -> None:
-        self.model = self.compiled = None
+        self.model = self.compiled = None  # type: ignore[assignment]  # released; the runner is done
 
 
 class TorchCompileBf16Runner(TorchCompileRunner):

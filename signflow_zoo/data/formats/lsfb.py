@@ -146,7 +146,7 @@ def index_lsfb(path, labels: int | None = None, poses: str | None = None) -> Lsf
         refs.append(ClipRef("lsfb", files, ident, sign, signer, where))
     if not refs:
         raise DataError(f"{csv_path}: no instance of the {labels} classes kept")
-    names = table if table is not None else sorted({r.label for r in refs})
+    names = table if table is not None else sorted({r.label for r in refs if r.label is not None})
     official, split = _official_split(root, refs)
     return LsfbIndex(refs, names, official, split)
 
