@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from signflow_zoo.common.errors import InputError
+from signflow_zoo.common.tensors import FEATURE_DIM
 
 # (M, K, N): large's FFN and qkv GEMMs at batch 1 and 32 (65 tokens per sequence), and a big square
 SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -50,24 +51,13 @@ FORMAT_VERSION = 1
 
 # -- the machine ----------------------------------------------------------------------------------
 def cpu_identity() -> dict[str, Any]:
-    """Model name, family/model/stepping and the matmul-relevant flags from /proc/cpuinfo."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" not in line:
-                if info:
-                    break  # first processor block is enough
-                continue
-            key, value = (s.strip() for s in line.split(":", 1))
-            info.setdefault(key, value)
-    except OSError:
-        pass
-    import platform
+    """Model name, family/model/stepping and the matmul-relevant flags (from :func:`environment.cpu_info`)."""
+    from signflow_zoo.common.environment import cpu_info
 
-    flags = set(info.get("flags", "").split())
+    info = cpu_info()
+    flags = set(info["flags"].split())  # cpu_info keeps the ISA flags, which include every flag named here
     return {
-        "model": info.get("model name") or platform.processor() or platform.machine(),
-        "family": info.get("cpu family", ""), "model_id": info.get("model", ""), "stepping": info.get("stepping", ""),
+        "model": info["model_name"], "family": info["family"], "model_id": info["model"], "stepping": info["stepping"],
         "flags": sorted(flags & set(BF16_FLAGS + INT8_FLAGS + ("avx512f", "avx2", "fma"))),
     }
 
@@ -292,7 +282,7 @@ def graph_gflops(onnx_path: str | Path, batch: int = 1, frames: int = 64) -> dic
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value or 469
+    dim = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value or FEATURE_DIM
     feeds = {"features": rng.standard_normal((batch, frames, dim)).astype(np.float32),
              "mask": np.ones((batch, frames), bool)}
     names = [o.name for o in sess.get_outputs()]
@@ -324,7 +314,7 @@ def profiler_gflops(model, batch: int = 1, frames: int = 64) -> dict[str, float]
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    x = torch.randn(batch, frames, getattr(model, "input_dim", 469))
+    x = torch.randn(batch, frames, getattr(model, "input_dim", FEATURE_DIM))
     m = torch.ones(batch, frames, dtype=torch.bool)
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         model.eval()(x, m)
