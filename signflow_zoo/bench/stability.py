@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from signflow_zoo.results.stability import (BATCH, FRAMES, LAYERS, MIN_INTERVAL_S, OPSET, TIMED_CALLS, WARMUP_CALLS,
-                                             WIDTH, Stability, _now)
+                                             WIDTH, Stability, now_utc)
 
 
 def build_reference_model(width: int = WIDTH, layers: int = LAYERS, batch: int = BATCH, frames: int = FRAMES,
@@ -137,7 +137,7 @@ class StabilityMonitor:
         """Measure now and keep the reading ``{"at", "ms", "time"}``."""
         ms = self.measure()
         self._last = time.monotonic()
-        self.readings.append({"at": at, "ms": ms, "time": _now()})
+        self.readings.append({"at": at, "ms": ms, "time": now_utc()})
         return ms
 
     def due(self, min_interval: float = MIN_INTERVAL_S) -> bool:

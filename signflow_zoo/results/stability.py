@@ -59,7 +59,7 @@ def status_of(spread: float | None, threshold: float = THRESHOLD) -> str:
     return "unstable" if spread > threshold else "stable"
 
 
-def _now() -> str:
+def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
