@@ -34,15 +34,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from signflow_zoo.common.errors import BackendError, ModelFileError
 from signflow_zoo.backends.runner import BUILTIN_ARTIFACT_KINDS, Artifacts, BackendUnavailable
 
-if TYPE_CHECKING:
-    from signflow_zoo.plugins import PluginRegistry
+
+class KindRegistry(Protocol):
+    """What :func:`ensure_artifact` needs of a registry (:class:`signflow_zoo.plugins.PluginRegistry` is one)."""
+
+    def artifact_kind(self, name: str) -> type[ArtifactKind]: ...
 
 RECORD = "signflow-artifact.json"  # written next to the kind's files; not part of them
 CALIBRATION_PROBE = 16  # clips hashed to fingerprint calibration data that carries no ``fingerprint``
@@ -100,7 +103,7 @@ def validate_kind_class(cls: Any) -> None:
         raise BackendError(f"artifact kind {cls.name!r} is built in; choose another name")
 
 
-def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: PluginRegistry, home: Path | None = None,
+def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: KindRegistry, home: Path | None = None,
                     calibration: Calibration | None = None, log: Callable[[str], None] = print) -> Path:
     """The main file of ``kind_name`` for ``artifacts``, built from its source (ensured first) once and cached.
 

@@ -32,8 +32,7 @@ from signflow_zoo.common import limits
 
 from signflow_zoo.backends.artifacts import build_artifacts
 from signflow_zoo.model.checkpoint import checkpoint_path
-from signflow_zoo.common.cachefiles import zoo_home
-from signflow_zoo.common.cachefiles import HeldLock, lock_path
+from signflow_zoo.common.cachefiles import HeldLock, lock_path, zoo_home
 from signflow_zoo.common.environment import environment
 from signflow_zoo.common.errors import BackendError, CheckpointError, SignFlowError
 from signflow_zoo.data.features import FEATURE_DIM
@@ -48,6 +47,7 @@ from signflow_zoo.backends.runner import RunnerOptions
 from signflow_zoo.bench.stability import StabilityMonitor
 from signflow_zoo.bench.timing import TimingConfig, reference_workload
 from signflow_zoo.bench.weights import Weights
+from signflow_zoo import report
 from signflow_zoo.results.tracking import Tracker
 from signflow_zoo.model.zoo import Zoo, ZooEntry
 
@@ -524,10 +524,6 @@ class Bench:
     def outputs(self, doc: dict[str, Any]) -> list[Path]:
         """Table and plots next to the JSON, logged with the parent run."""
         out: list[Path] = []
-        try:
-            from signflow_zoo import report
-        except ImportError:
-            return out
         flat = flat_records(doc)
         stem = self.json_path.with_suffix("")
         md = stem.with_name(stem.name + "-table.md")

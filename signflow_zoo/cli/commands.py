@@ -80,7 +80,8 @@ def cmd_train(args) -> int:
 
     summary = train_preset(args.preset, args.data, output=args.output, epochs=args.epochs, seed=args.seed,
                            learning_rate=args.lr, batch_size=args.batch_size, track=not args.no_track,
-                           progress=not args.no_progress, from_registry=args.from_registry, log=_log)
+                           progress=not args.no_progress, from_registry=args.from_registry, zoo_file=args.zoo,
+                           log=_log)
     print(json.dumps(summary, indent=1))
     return 0
 
