@@ -8,7 +8,10 @@ config, feature and model version), its parts, and the sha256 of every file. A b
 checkpoint in its own cache asks the registry for a version with the same cache key and pulls it into
 its cache, at the path :func:`signflow_zoo.backends.artifacts.checkpoint_path` expects (and the ONNX export
 next to it when it came from the same exporter), instead of training again. Every pulled file is
-checked against its registered sha256; a mismatch is an error naming the file.
+checked against its registered sha256; a mismatch is an error naming the file. The ``checkpoint_file`` tag
+of a version must be a plain file name of its run's files (no folder, not absolute, no ``..``), and a pulled
+file must not be a symbolic link: anything else is an error naming the tag (or file) and the version, raised
+before anything is moved, so a tag can never move a file from elsewhere into the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Callable
 
 from signflow_zoo.backends.artifacts import artifact_folder
 from signflow_zoo.common.cachefiles import atomic_write_text, exclusive
+from signflow_zoo.common.documents import DocumentError, loads_json
 from signflow_zoo.common.errors import ModelFileError
 from signflow_zoo.model.export import OPSET, file_sha256
 from signflow_zoo.results.tracking import Tracker
@@ -135,11 +139,12 @@ def pull(tracker: Tracker, preset: str, checkpoint: Path, exporter: str, home: P
         return None
     label = f"{model_name(preset)} version {version.version}"
     tags = version.tags or {}
+    name = plain_file_name(tags.get("checkpoint_file", checkpoint.name), "checkpoint_file", label)  # before any download
     staging = home / f".registry-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir(parents=True)
         got = Path(tracker.call(tracker.client.download_artifacts, version.run_id, WEIGHTS, str(staging)))
-        ckpt = _checked(got / tags.get("checkpoint_file", checkpoint.name), tags.get("checkpoint_sha256"), label)
+        ckpt = _checked(_inside(got, name, label), tags.get("checkpoint_sha256"), label)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         os.replace(ckpt, checkpoint)
         if tags.get("exporter") == exporter and tags.get("opset") == str(OPSET):
@@ -149,6 +154,29 @@ def pull(tracker: Tracker, preset: str, checkpoint: Path, exporter: str, home: P
     log(f"{preset}: pulled {label} from the MLflow Model Registry (sha256 {tags.get('checkpoint_sha256', '')[:12]}, "
         f"trained on {tags.get('trained_on', '?')}) -> {checkpoint}")
     return label
+
+
+def plain_file_name(name: object, tag: str, label: str) -> str:
+    """``name`` when it is a plain file name (no folder, not absolute, not ``.``/``..``): a registry tag names a
+    file of the registered run's artifact folder, never a path elsewhere. :class:`ModelFileError` naming the tag
+    and the version otherwise (raised before anything is downloaded or moved)."""
+    text = name if isinstance(name, str) else ""
+    if (not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+            or os.path.isabs(text) or os.path.basename(text) != text):
+        raise ModelFileError(f"{label}: tag {tag}={name!r} is not a plain file name (it must name a file of the "
+                             "registered run, without folders); nothing was pulled: register the weights again or "
+                             f"fix the tag")
+    return text
+
+
+def _inside(folder: Path, name: str, label: str) -> Path:
+    """``folder / name``, refused when it is a symbolic link (which could lead out of the downloaded files)."""
+    path = folder / name
+    real_folder, real = os.path.realpath(folder), os.path.realpath(path)
+    if path.is_symlink() or os.path.commonpath([real_folder, real]) != real_folder:
+        raise ModelFileError(f"{label}: the registered file {name} is a symbolic link or lies outside the run's "
+                             "files; nothing was pulled: register the weights again")
+    return path
 
 
 def _checked(path: Path, want: str | None, label: str) -> Path:
@@ -165,8 +193,14 @@ def _checked(path: Path, want: str | None, label: str) -> Path:
 
 def _place_onnx(folder: Path, tags: dict[str, str], ckpt_sha: str, exporter: str, home: Path, label: str) -> None:
     """Put the registered export where build_artifacts finds and reuses it (same hash, its own record)."""
-    onnx = _checked(folder / "model.onnx", tags.get("onnx_sha256"), label)
-    info = json.loads((folder / "info.json").read_text())
+    onnx = _checked(_inside(folder, "model.onnx", label), tags.get("onnx_sha256"), label)
+    try:
+        info = loads_json(_inside(folder, "info.json", label).read_bytes(), f"info.json from {label}")
+    except DocumentError as exc:
+        raise ModelFileError(str(exc)) from None
+    if not isinstance(info, dict) or not isinstance(info.get("export"), dict):
+        raise ModelFileError(f"info.json from {label}: not an export record; register the weights again "
+                             "(bench --retrain)")
     target = artifact_folder(ckpt_sha, exporter, home)
     with exclusive(target):
         if (target / "model.onnx").is_file():

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from signflow_zoo.common.documents import loads_json
 from signflow_zoo.common.errors import InputError
 from signflow_zoo.common.tensors import FEATURE_DIM
 
@@ -212,16 +213,15 @@ def load_or_measure(threads: int, refresh: bool = False, home: Path | None = Non
     path = cache_path(threads, home)
     if not refresh and path.is_file():
         try:
-            rec = json.loads(path.read_text())
-            if rec.get("format") == FORMAT_VERSION and rec.get("ceilings"):
+            rec = loads_json(path.read_text(), str(path))  # nesting bounded: DocumentError is a ValueError
+            if isinstance(rec, dict) and rec.get("format") == FORMAT_VERSION and rec.get("ceilings"):
                 return rec
         except (OSError, ValueError):
             pass  # unreadable cache: measure again and overwrite it
     rec = measure(threads, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    tmp.replace(path)
+    from signflow_zoo.common.cachefiles import atomic_write_text
+
+    atomic_write_text(path, json.dumps(rec, indent=1))  # a temp name unique per host, process and call, then a rename
     return rec
 
 

@@ -7,17 +7,22 @@ One path for ``bench`` (per preset, :meth:`Weights.obtain`) and for ``signflow-z
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from signflow_zoo.backends import mlflow_models
-from signflow_zoo.common.cachefiles import exclusive, zoo_home
+from signflow_zoo.common.cachefiles import exclusive, temp_path, zoo_home
 from signflow_zoo.common.errors import CheckpointError, SignFlowError
 from signflow_zoo.model.presets import TrainedPreset, default_checkpoint, training_config
 from signflow_zoo.model.presets import train_preset as fit_preset
 from signflow_zoo.model.zoo import ZooEntry
 from signflow_zoo.results.tracking import Tracker, redact
+
+
+# the zoo home's folders of cached and recorded files (a home may be a folder that holds other files too)
+ZOO_HOME_FOLDERS = ("checkpoints", "artifacts", "data", "machine", "results")
 
 
 class Weights:
@@ -67,7 +72,7 @@ class Weights:
         others wait on its lock, then reuse what it made instead of training it again."""
         from signflow_zoo.model.checkpoint import read_checkpoint
 
-        with exclusive(path):
+        with exclusive(path, use="training", what=f"checkpoint of {entry.name}", log=self.log):
             if path.exists() and not retrain:
                 _, meta = read_checkpoint(path)  # a corrupt cache file is an error naming it, never a silent retrain
                 self.log(f"{entry.name}: cached checkpoint {path}")
@@ -89,6 +94,32 @@ class Weights:
             return trained.checkpoint, trained.metadata
 
 
+def command_inputs(data: str, zoo_file: str | os.PathLike | None, home: Path | None = None) -> list[tuple[str, Path]]:
+    """What ``train`` and ``bench`` read, that an output of theirs must never replace: the zoo file, the data
+    set's folder (its existing files) and the zoo home's caches and result files (the existing files of its
+    folders in :data:`ZOO_HOME_FOLDERS`), as ``check_output_file`` takes them."""
+    from signflow_zoo.model.zoo import ZOO_ENV_VAR
+
+    inputs: list[tuple[str, Path]] = []
+    zf = zoo_file or os.environ.get(ZOO_ENV_VAR)
+    if zf:
+        inputs.append(("the zoo file this command reads", Path(zf)))
+    scheme, sep, rest = (data or "").strip().partition(":")
+    folder = rest.partition("?")[0].strip()
+    if sep and scheme in ("signflow", "lsfb", "pose") and folder:
+        inputs.append((f"the data set {scheme}:{folder}", Path(folder)))
+    home = home or zoo_home()
+    inputs += [(f"the zoo home's {sub} folder", home / sub) for sub in ZOO_HOME_FOLDERS]
+    return inputs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def train_preset(preset: str, data: str = "synthetic", *, output: str | Path | None = None, epochs: int | None = None,
                  seed: int = 0, learning_rate: float | None = None, batch_size: int | None = None, track: bool = True,
                  progress: bool = True, from_registry: bool = False, zoo_file: str | None = None,
@@ -105,8 +136,9 @@ def train_preset(preset: str, data: str = "synthetic", *, output: str | Path | N
     from signflow_zoo.model.zoo import Zoo
 
     entry = Zoo.load(zoo_file).get(preset)
-    if output is not None:
-        check_output_file(output, "--output")  # before the data is read and the model trained
+    out = None
+    if output is not None:  # before the data is read and the model trained; a symlink is written through
+        out = check_output_file(output, "--output", command_inputs(data, zoo_file))
     config = training_config(entry, epochs=epochs, seed=seed, learning_rate=learning_rate, batch_size=batch_size,
                              track=track, progress=progress)
     splits = load_data(data, seed=seed)
@@ -117,9 +149,14 @@ def train_preset(preset: str, data: str = "synthetic", *, output: str | Path | N
             raise CheckpointError(f"--from-registry: no registered version of {mlflow_models.model_name(entry.name)} "
                                   "matches this data and training config; train it without --from-registry on one "
                                   "machine")
-        if output:
-            shutil.copyfile(cached, output)
-        return {"preset": entry.name, "checkpoint": str(output or cached), "from_registry": True}
-    trained = weights.train(entry, splits, config, Path(output) if output is not None else None,
-                            register=track and output is None)
+        if out is not None and not _same_file(cached, out):
+            tmp = temp_path(out)  # a copy, then a rename: the output is the old file or the new one, never half
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cached, tmp)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return {"preset": entry.name, "checkpoint": str(out or cached), "from_registry": True}
+    trained = weights.train(entry, splits, config, out, register=track and out is None)
     return trained.summary()
