@@ -8,26 +8,35 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _check(results: list[dict], name: str, core: bool, fn) -> None:
+    """Run one check; its detail (a plugin's text, a store's error) with any password redacted."""
+    from signflow_zoo.results.store import redact
+
     t0 = time.perf_counter()
     try:
-        detail = fn()
+        detail = redact(str(fn()))
         status = "ok"
     except Exception as exc:  # noqa: BLE001 - the doctor reports, it does not crash
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        text = redact(str(exc))
+        first = text.splitlines()[0][:300] if text else ""
         detail = first if type(exc) is RuntimeError else f"{type(exc).__name__}: {first}"
         status = "FAIL" if core else "warn"
     results.append({"check": name, "status": status, "core": core, "detail": detail,
                     "seconds": round(time.perf_counter() - t0, 2)})
 
 
-def run_doctor(json_out: bool = False) -> int:
+def run_doctor(json_out: bool = False, out: Any = None) -> int:
+    """Run every check and print the verdicts to ``out`` (default stdout); 1 when a core check failed."""
+    out = out or sys.stdout
     from signflow_zoo.common.environment import environment, ort_builds_installed
+    from signflow_zoo.common.text import printable
 
     results: list[dict] = []
     env = environment()
@@ -48,11 +57,12 @@ def run_doctor(json_out: bool = False) -> int:
         return f"{builds[0]} {ort.__version__}, providers listed: {', '.join(ort.get_available_providers())}"
 
     def tracking():
-        from signflow_zoo.results.tracking import Tracker, tracking_uri
+        from signflow_zoo.results.store import redact_uri, tracking_uri
+        from signflow_zoo.results.tracking import Tracker
 
         t = Tracker("signflow-zoo-doctor", quiet=True)
         if not t.active:
-            raise RuntimeError(f"{tracking_uri()}: {t.reason}")
+            raise RuntimeError(f"{redact_uri(tracking_uri())}: {t.reason}")
         return f"{t.uri} reachable"
 
     def zoo():
@@ -95,12 +105,13 @@ def run_doctor(json_out: bool = False) -> int:
     _check(results, "tracking store", False, tracking)
     failed = [r for r in results if r["status"] == "FAIL"]
     if json_out:
-        print(json.dumps({"environment": env, "checks": results, "ok": not failed}, indent=1))
+        print(json.dumps({"environment": env, "checks": results, "ok": not failed}, indent=1), file=out)
     else:
-        print(f"signflow-zoo doctor on {env['host']} ({env['cpu']}, {env['cpu_count']} cores, GPU: {env['gpu']})")
-        for r in results:
-            print(f"  [{r['status']:>4}] {r['check']}: {r['detail']}")
-        print("result:", "FAILED (core checks above)" if failed else "ok")
+        print(printable(f"signflow-zoo doctor on {env['host']} ({env['cpu']}, {env['cpu_count']} cores, GPU: {env['gpu']})"),
+              file=out)
+        for r in results:  # details come from plugins and stores: no control characters reach the terminal
+            print(f"  [{r['status']:>4}] {r['check']}: {printable(str(r['detail']))}", file=out)
+        print("result:", "FAILED (core checks above)" if failed else "ok", file=out)
     return 1 if failed else 0
 
 

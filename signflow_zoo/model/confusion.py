@@ -8,13 +8,15 @@ from typing import Any, Sequence
 
 from signflow_zoo.common.errors import ReportError
 from signflow_zoo.common.figures import new_figure, save_figure
+from signflow_zoo.common.text import plot_text
 
 
 def plot_confusion(cm: Any, labels: Sequence[str] | None, path: str | os.PathLike,
                    title: str = "Confusion matrix", normalize: bool = True) -> Path:
     """Heatmap of a confusion matrix (rows true, columns predicted), row-normalised by default.
 
-    Tick labels shrink with the class count and are hidden beyond 40 classes.
+    Tick labels shrink with the class count and are hidden beyond 40 classes. Class names are shown as written
+    (``$`` is not mathtext, control characters are escaped).
     """
     import numpy as np
 
@@ -33,7 +35,7 @@ def plot_confusion(cm: Any, labels: Sequence[str] | None, path: str | os.PathLik
     im = ax.imshow(m, cmap="Blues", interpolation="nearest", vmin=0.0)  # auto vmax: a weak model stays visible
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label("fraction of the true class" if normalize else "count")
-    names = [str(x) for x in labels] if labels is not None else [str(i) for i in range(n)]
+    names = [plot_text(x) for x in labels] if labels is not None else [str(i) for i in range(n)]
     if n <= 40:
         font = max(5.0, min(9.0, 240.0 / n))
         ax.set_xticks(range(n), names, rotation=90, fontsize=font)
@@ -54,7 +56,7 @@ def plot_confusion(cm: Any, labels: Sequence[str] | None, path: str | os.PathLik
                     ax.text(j, i, f"{m[i, j]:.2f}" if normalize else f"{m[i, j]:.0f}", ha="center", va="center",
                             fontsize=7, color="white" if m[i, j] > 0.6 * (m.max() or 1) else "black")
     acc = float(np.trace(np.asarray(cm, dtype=float)) / max(np.asarray(cm, dtype=float).sum(), 1))
-    ax.set_title(f"{title} (top-1 {100 * acc:.1f}%)", fontsize=11)
+    ax.set_title(f"{plot_text(title)} (top-1 {100 * acc:.1f}%)", fontsize=11)
     return save_figure(fig, path)
 
 

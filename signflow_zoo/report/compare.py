@@ -51,6 +51,7 @@ from signflow_zoo.results.store import (COMPLETE_TAG, EXPERIMENT, INVOCATION_ID_
                            PARENT_TAG, RESULT_ID_TAG, short_error)
 from signflow_zoo.results.records import BenchDocument, BenchRecord
 from signflow_zoo.report.records import REFERENCE_BACKEND, ReportError, _names, parse_since, preset_order, started_ms
+from signflow_zoo.report import escape
 from signflow_zoo.report.tables import _check_fmt, _render, fmt_ms
 from signflow_zoo.results.files import read_result
 from signflow_zoo.results.latency import BOOTSTRAP_SAMPLES
@@ -625,7 +626,8 @@ def render_comparison(c: RunComparison, fmt: str = "terminal") -> str:
     text = _render(columns, rows, fmt, {"batch", "a_p50", "b_p50", "ratio", "ci", "blocks"})
     if raw:
         return text
-    return "\n".join(c.notes_above) + "\n\n" + text + "\n\n" + "\n".join(c.notes_below)
+    above, below = ([escape.line(n, fmt) for n in notes] for notes in (c.notes_above, c.notes_below))
+    return "\n".join(above) + "\n\n" + text + "\n\n" + "\n".join(below)
 
 
 def _round(v: float | None) -> float | None:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from signflow_zoo.report.escape import plot_text
 from signflow_zoo.report.records import (REFERENCE_BACKEND, ReportError, accuracy_interval, batch_sizes_of, is_noisy, number,
                              preset_order, started_ms)
 from signflow_zoo.report.tables import comparison_table, fmt_ms
@@ -128,7 +129,8 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
             # neighbouring points' identical labels overprinted each other)
             label = (k[1] if len(presets) > 1 else "") + (" ~" if noisy else "") + (f" ({status})" if hollow else "")
             if label.strip():
-                ax.annotate(label.strip(), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7, color="0.25")
+                ax.annotate(plot_text(label.strip()), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7,
+                            color="0.25")
         ok_cis = [ci for i in ok if (ci := cis[i]) is not None]
         use_ci = len(ok_cis) == len(ok)
         front = [pts[ok[i]] for i in pareto_front([pts[i] for i in ok], ok_cis if use_ci else None)]
@@ -142,12 +144,13 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike, batc
         ax.grid(True, which="minor", alpha=0.1)
         ax.margins(x=0.15, y=0.12)
         if len(hosts) > 1:
-            ax.set_title(f"host {host}", fontsize=10)
+            ax.set_title(plot_text(f"host {host}"), fontsize=10)
     axes[0].set_ylabel("top-1 accuracy (%)")
     fig.suptitle(f"Top-1 vs p50 latency at batch {b}, Pareto front ringed", fontsize=11)
 
-    handles = [Line2D([], [], linestyle="none", marker="o", color=color[bk], label=bk) for bk in backends]
-    handles += [Line2D([], [], linestyle="none", marker=marker[p], color="0.3", label=p) for p in presets]
+    # names from results are data: plot_text escapes mathtext ($) and control characters
+    handles = [Line2D([], [], linestyle="none", marker="o", color=color[bk], label=plot_text(bk)) for bk in backends]
+    handles += [Line2D([], [], linestyle="none", marker=marker[p], color="0.3", label=plot_text(p)) for p in presets]
     handles.append(Line2D([], [], linestyle="--", marker="o", markerfacecolor="none", markeredgecolor="black",
                           markersize=10, color="0.35", label="Pareto front"))
     if any_failed:
@@ -180,7 +183,7 @@ def plot_latency_distributions(samples: dict[str, Sequence[float]], path: str | 
     ax.boxplot([data[k] for k in labels], showfliers=True, whis=(1, 99),
                medianprops={"color": "tab:red", "linewidth": 1.5},
                flierprops={"marker": ".", "markersize": 3, "alpha": 0.5})
-    ax.set_xticks(range(1, len(labels) + 1), labels)
+    ax.set_xticks(range(1, len(labels) + 1), [plot_text(k) for k in labels])
     ax.set_xlim(0.5, len(labels) + 0.9)  # room for the last median's label
     for i, k in enumerate(labels, start=1):
         med = sorted(data[k])[len(data[k]) // 2]
@@ -196,7 +199,7 @@ def plot_latency_distributions(samples: dict[str, Sequence[float]], path: str | 
     for t in ax.get_xticklabels():
         t.set_horizontalalignment("right")
     ax.grid(True, axis="y", which="both", alpha=0.25)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(plot_text(title), fontsize=11)
     return _save(fig, path)
 
 

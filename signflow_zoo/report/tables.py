@@ -15,6 +15,7 @@ import textwrap
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
+from signflow_zoo.report import escape
 from signflow_zoo.report.records import (REFERENCE_BACKEND, ReportError, batch_sizes_of, is_noisy, number, p99_valid,
                              preset_order, reference_of, references, sort_key, started_ms)
 from signflow_zoo.results.latency import NOISY_RULE, TAIL_CONFIDENCE, min_calls_for_tail
@@ -112,22 +113,24 @@ def _status_text(rec: dict[str, Any], width: int = 36) -> str:
 
 
 def _render(columns: list[tuple[str, str]], rows: list[dict[str, Any]], fmt: str, right: set[str]) -> str:
-    """``columns`` = [(key, header)]; rows hold display strings for terminal/markdown, raw values otherwise."""
+    """``columns`` = [(key, header)]; rows hold display strings for terminal/markdown, raw values otherwise.
+    Every string cell and header is escaped for ``fmt`` (:func:`signflow_zoo.report.escape.cell`): host names and
+    reasons come from result files."""
     if fmt == "json":
         return json.dumps([{k: row.get(k) for k, _ in columns} for row in rows], indent=1)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow([k for k, _ in columns])
+        w.writerow([escape.cell(k, fmt) for k, _ in columns])
         for row in rows:
-            w.writerow(["" if row.get(k) is None else row.get(k) for k, _ in columns])
+            w.writerow(["" if row.get(k) is None else escape.cell(row.get(k), fmt) for k, _ in columns])
         return buf.getvalue()
     from tabulate import tabulate
 
-    table = [[row.get(k, "") for k, _ in columns] for row in rows]
+    table = [[escape.cell(row.get(k, ""), fmt) for k, _ in columns] for row in rows]
     align = ["right" if k in right else "left" for k, _ in columns]
-    return tabulate(table, headers=[h for _, h in columns], tablefmt="simple" if fmt == "terminal" else "github",
-                    disable_numparse=True, colalign=align)
+    return tabulate(table, headers=[escape.cell(h, fmt) for _, h in columns],
+                    tablefmt="simple" if fmt == "terminal" else "github", disable_numparse=True, colalign=align)
 
 
 def _check_fmt(fmt: str) -> None:
@@ -292,7 +295,7 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
             notes.append("top-1 [lo-hi] = 95% Wilson interval over the held-out clips: overlapping intervals are not "
                          "a measured difference")
         if notes:
-            text += "\n\n" + "\n".join(notes)
+            text += "\n\n" + "\n".join(escape.line(n, fmt) for n in notes)
     return text
 
 
@@ -376,7 +379,8 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
                 columns = [(k, h) for k, h in columns if k != key]
                 text = _render(columns, rows, fmt, right)
         if len(hosts) > 1:
-            text = f"host {host or '?'}" + (f" ({cls})" if cls else "") + ("\n\n" if fmt == "markdown" else "\n") + text
+            title = escape.line(f"host {host or '?'}" + (f" ({cls})" if cls else ""), fmt)
+            text = title + ("\n\n" if fmt == "markdown" else "\n") + text
         sections.append(text)
 
     notes = [f"[{n}] {reason}" for reason, n in reasons.items()]
@@ -393,6 +397,7 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
         legend.append(f"not shown, to fit {TERMINAL_WIDTH} columns: {', '.join(dropped)} (rows of one backend: "
                       "newest first)")
     legend.append(WIDE_HINT)
+    notes, legend = [escape.line(n, fmt) for n in notes], [escape.line(n, fmt) for n in legend]
     if fmt == "terminal":
         notes = [w for line in notes for w in _wrap(line, indent=line.index(" ") + 1)]
         legend = [w for line in legend for w in _wrap(line)]

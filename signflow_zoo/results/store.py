@@ -35,7 +35,8 @@ KIND_INVOCATION = "bench-invocation"
 KIND_TRAINING = "training"
 IDENTITY_TAGS = ("preset", "backend", "host", "status")  # plain tags on every record run, for filtering
 PARENT_TAG = "mlflow.parentRunId"
-_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:]*):(?P<pw>[^\s/@]*)@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # where a URI starts, in free text too
+_PORT = re.compile(r"[0-9]+")
 
 
 def tracking_uri() -> str:
@@ -48,16 +49,63 @@ def tracking_uri() -> str:
         return os.environ.get("MLFLOW_TRACKING_URI", "")
 
 
-def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """``(uri without user:password, user, password)`` for an HTTP(S) URI; others come back unchanged."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or (parts.username is None and parts.password is None):
+def _authority_end(text: str, start: int) -> int:
+    """Where the URI whose authority begins at ``text[start]`` (just after ``scheme://``) ends for the search
+    of its credentials: at whitespace or where the next ``scheme://`` starts (a URI in a query string)."""
+    end = start
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    nested = _SCHEME.search(text, start, end)
+    return nested.start() if nested else end
+
+
+def _userinfo(rest: str) -> tuple[int, int | None, int] | None:
+    """Where the user name and password are in ``rest``, the text after ``scheme://`` up to
+    :func:`_authority_end`: ``(end of the user name, start of the password or None, index of the @ that ends
+    the userinfo)``, or None when there is no userinfo.
+
+    The userinfo runs up to the *last* ``@`` (RFC 3986: a password may hold ``@``); the user name up to the
+    first ``:``. A password may also hold ``/ ? #`` unencoded (SQLAlchemy, thus MLflow's database stores,
+    accepts that): then the userinfo runs to the last ``@`` of the URI, unless what follows the ``:`` is a
+    port (``host:5000/path@x`` has no password). When in doubt more is hidden, never less.
+    """
+    if rest.startswith("["):  # an IPv6 host first: no userinfo
+        return None
+    cut = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
+    authority = rest[:cut]
+    colon = authority.find(":")
+    last_at = rest.rfind("@")
+    if colon >= 0 and last_at > colon:
+        head = rest[colon + 1:cut]  # up to the first / ? #
+        if not ("@" not in head and _PORT.fullmatch(head) and cut < len(rest)):
+            return colon, colon + 1, last_at
+    at = authority.rfind("@", 0, colon if colon >= 0 else len(authority))
+    return None if at < 0 else (at, None, at)
+
+
+def parse_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without its userinfo, user, password)`` of any ``scheme://user:password@host`` URI, user and
+    password percent-decoded (None when absent); a URI without credentials comes back unchanged."""
+    m = _SCHEME.match(uri)
+    if not m:
         return uri, None, None
-    host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    end = _authority_end(uri, m.end())
+    info = _userinfo(uri[m.end():end])
+    if info is None:
+        return uri, None, None
+    user_end, pw_start, at = (m.end() + i if i is not None else None for i in info)
+    assert user_end is not None and at is not None
     unquote = urllib.parse.unquote
-    return clean, unquote(parts.username or ""), None if parts.password is None else unquote(parts.password)
+    password = None if pw_start is None else unquote(uri[pw_start:at])
+    return uri[:m.end()] + uri[at + 1:], unquote(uri[m.end():user_end]), password
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without user:password, user, password)`` for an HTTP(S) URI; others come back unchanged
+    (a database URI keeps its credentials: the driver needs them in the URI)."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return uri, None, None
+    return parse_credentials(uri)
 
 
 def redact_uri(uri: str) -> str:
@@ -66,11 +114,16 @@ def redact_uri(uri: str) -> str:
 
 
 def _known_secrets() -> list[str]:
+    """The passwords and tokens of this process's tracking settings, as given and percent-encoded."""
     out = []
-    for uri in (os.environ.get("MLFLOW_TRACKING_URI", ""),):
-        _, _, pw = split_credentials(uri)
-        if pw:
-            out += [pw, urllib.parse.quote(pw, safe="")]
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_REGISTRY_URI"):
+        uri = os.environ.get(var, "")
+        m = _SCHEME.match(uri)
+        info = _userinfo(uri[m.end():_authority_end(uri, m.end())]) if m else None
+        if m and info and info[1] is not None:
+            given = uri[m.end() + info[1]:m.end() + info[2]]
+            pw = urllib.parse.unquote(given)
+            out += [given, pw, urllib.parse.quote(pw, safe="")]
     for var in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         if os.environ.get(var):
             out.append(os.environ[var])
@@ -78,9 +131,25 @@ def _known_secrets() -> list[str]:
 
 
 def redact(text: str) -> str:
-    """``text`` with every ``scheme://user:password@`` password and every known tracking secret
-    (the password of ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_PASSWORD``/``TOKEN``) replaced by ``***``."""
-    text = _CREDENTIALS_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    """``text`` with the password of every ``scheme://user:password@host`` in it, and every known tracking
+    secret (the password of ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_PASSWORD``/``TOKEN``), replaced by
+    ``***``. The one redaction for whatever is printed, logged, stored or put on a command line.
+
+    Any scheme (``http``, ``https``, ``postgresql+psycopg2``, ``mysql``...); the user name stays. The password
+    runs up to the last ``@`` before the host, so one holding ``@``, ``:`` or ``/`` is hidden whole.
+    """
+    text = str(text)
+    out, pos = [], 0
+    for m in _SCHEME.finditer(text):
+        if m.start() < pos:
+            continue
+        end = _authority_end(text, m.end())
+        info = _userinfo(text[m.end():end])
+        if info is None or info[1] is None:
+            continue
+        out += [text[pos:m.end() + info[1]], "***"]
+        pos = m.end() + info[2]
+    text = "".join(out) + text[pos:]
     for secret in _known_secrets():
         text = text.replace(secret, "***")
     return text
@@ -97,6 +166,27 @@ def _auth_header(user: str | None, password: str | None) -> str | None:
     return None
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follows redirects; the ``Authorization`` header goes along only to the same scheme, host and port
+    (a redirect to another host, or from https to http, is asked without credentials)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        if new is not None and auth and _origin(new.full_url) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
     """Raise :class:`TrackingError` when an HTTP tracking server does not answer ``/health``.
 
@@ -110,10 +200,10 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     shown = redact_uri(uri)
     request = urllib.request.Request(clean.rstrip("/") + "/health")
     auth = _auth_header(user, password)
-    if auth:
-        request.add_header("Authorization", auth)
+    if auth:  # unredirected: a redirect gets it again only to the same origin (_SameOriginAuth)
+        request.add_unredirected_header("Authorization", auth)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.build_opener(_SameOriginAuth).open(request, timeout=timeout) as resp:
             if resp.status != 200:
                 raise TrackingError(f"tracking server {shown} answered /health with HTTP {resp.status}")
     except urllib.error.HTTPError as exc:
@@ -142,7 +232,7 @@ def check_store_exists(uri: str, experiment: str) -> None:
     path = sqlite_path(uri)
     if path is not None and not path.exists():
         raise TrackingError(
-            f"no bench results exist yet: there is no MLflow store at {path} (tracking URI {uri}). "
+            f"no bench results exist yet: there is no MLflow store at {path} (tracking URI {redact_uri(uri)}). "
             f"Run `signflow-zoo bench` first, or set MLFLOW_TRACKING_URI to the store that holds "
             f"experiment {experiment!r}"
         )
@@ -195,9 +285,18 @@ def search_all_runs(client: Any, experiment_id: str, filter_string: str, page_si
 
 
 def ui_command(host: str, port: int) -> list[str]:
-    """The command line of the MLflow UI on the current store (what ``signflow-zoo ui`` runs)."""
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", host,
-            "--port", str(port)]
+    """The command line of the MLflow UI (what ``signflow-zoo ui`` runs, with :func:`ui_environment`).
+
+    It names no store: the store's URI, which may hold a database password, goes to the child in its
+    environment (``MLFLOW_BACKEND_STORE_URI``, read by ``mlflow ui``/``mlflow server``), not on a command line
+    that any user of the machine can read (``ps``)."""
+    return [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
+
+
+def ui_environment(uri: str | None = None) -> dict[str, str]:
+    """The environment of the MLflow UI child: this one, with ``MLFLOW_BACKEND_STORE_URI`` set to ``uri``
+    (default: :func:`tracking_uri`, credentials included)."""
+    return {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri or tracking_uri()}
 
 
 def short_error(exc: BaseException) -> str:
