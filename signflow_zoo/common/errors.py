@@ -58,3 +58,17 @@ class TrainingDivergedError(SignFlowError):
 
 class ReportError(SignFlowError, ValueError):
     """A report was asked for that the records cannot answer, or a report option is malformed."""
+
+
+class LockTimeout(SignFlowError):
+    """Another process held a lock longer than allowed, or holds it while stopped (Ctrl-Z).
+
+    ``lock`` is the lock file, ``holder`` what its holder wrote into it (pid, host, command, since; empty
+    when unknown) and ``stopped`` whether that holder is a stopped process on this host.
+    """
+
+    def __init__(self, message: str, lock: str = "", holder: dict | None = None, stopped: bool = False):
+        self.lock = lock
+        self.holder = dict(holder or {})
+        self.stopped = stopped
+        super().__init__(message)

@@ -1,13 +1,16 @@
 """Bench results as local JSON (written before any tracking call) and their upload to MLflow.
 
 One file per invocation under ``$SIGNFLOW_ZOO_HOME/results/``, schema in :mod:`signflow_zoo.results.records`;
-:func:`write_result` is the one place that writes it (atomically: a temp file, then a rename).
-``sync`` uploads files whose ``tracking.uploaded`` is false, each to the experiment it records; runs
+:func:`write_result` is the one place that writes it (atomically: a temp file flushed to disk, then a rename).
+``sync`` uploads files not uploaded yet to the current store (``tracking.uploads`` records each store a file
+went to, by :func:`~signflow_zoo.results.tracking.store_key`; a file of an older version says
+``tracking.uploaded`` and ``tracking.uri``), each to the experiment it records; runs
 are found again by their ``signflow_zoo.result_id`` tag and count only once their
 ``signflow_zoo.complete`` tag is set (the last call), so a repeated sync never duplicates them and an
 interrupted upload is replaced, not kept half-done. A file whose bench is still running (it holds
-``<file>.lock``) is left alone; a malformed file is named and skipped. Files of the previous schema
-are read, upgraded and uploaded the same way.
+``<file>.lock``) is left alone; a malformed file (unreadable, nested too deep, of the wrong shape) is named
+with its reason and skipped, and so is a file whose upload the store refuses while it answers: every file
+is handled on its own. Files of the previous schema are read, upgraded and uploaded the same way.
 
 :func:`flatten` turns one record into the flat key/value form that MLflow params and metrics hold and
 that ``report`` reads back (see :mod:`signflow_zoo.report` for the conventions).
@@ -22,11 +25,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from signflow_zoo.common.cachefiles import atomic_write_text, exclusive, is_locked, lock_path
+from signflow_zoo.common.documents import DocumentError, loads_json
 from signflow_zoo.common.errors import TrackingError
 from signflow_zoo.results.store import (COMPLETE_TAG, EXPERIMENT, INVOCATION_ID_TAG, KIND_INVOCATION, KIND_RECORD, KIND_TAG,
                            RESULT_ID_TAG, kind_filter)
 from signflow_zoo.results.records import BenchDocument
-from signflow_zoo.results.tracking import Tracker, short_error
+from signflow_zoo.results.tracking import Tracker, short_error, store_key, tracking_uri
 
 STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "host_class", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
@@ -49,17 +53,64 @@ def write_result(doc: BenchDocument | dict[str, Any], path: Path | str | None = 
 
 
 def read_result(path: Path | str) -> dict[str, Any]:
-    """A result file of any readable schema, as a schema-2 dict; ``ValueError`` naming the problem otherwise."""
+    """A result file of any readable schema, as a schema-2 dict; ``ValueError`` naming the problem otherwise
+    (also for a file nested deeper than :data:`signflow_zoo.common.documents.MAX_DEPTH` or of the wrong shape)."""
+    return _upgrade(_load(Path(path)))
+
+
+def _load(path: Path) -> Any:
+    """The parsed JSON of ``path``; ``ValueError`` (never a ``RecursionError``) naming the problem otherwise."""
     try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise ValueError(f"not a readable JSON file: {exc}") from None
+    try:
+        return loads_json(data, path.name)
+    except DocumentError as exc:
+        raise ValueError(f"not a readable JSON file: {str(exc).removeprefix(path.name + ': ')}") from None
+
+
+_OBJECT_KEYS = ("environment", "config", "tracking", "drift", "stability", "ceilings")
+_RECORD_OBJECT_KEYS = ("params", "latency", "latency_errors", "timing_check", "speedup", "normalized_p50", "roofline",
+                       "samples", "accuracy", "parity", "memory", "stream", "describe", "training", "calibration")
+
+
+def _not_object(where: str, value: Any) -> ValueError:
+    shown = repr(value)
+    return ValueError(f"{where} is {type(value).__name__} {shown[:40]}{'...' if len(shown) > 40 else ''}, "
+                      "not an object")
+
+
+def _check_shape(raw: Any) -> None:
+    """``ValueError`` naming the first part of a result that is not the kind of JSON value the schema says."""
     if not isinstance(raw, dict):
         raise ValueError("not a bench result (the JSON is not an object)")
+    for key in _OBJECT_KEYS:
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise _not_object(repr(key), raw[key])
+    records = raw.get("records")
+    if records is not None and not isinstance(records, list):
+        raise ValueError(f"'records' is {type(records).__name__}, not a list")
+    for i, rec in enumerate(records or []):
+        if not isinstance(rec, dict):
+            raise _not_object(f"records[{i}]", rec)
+        for key in _RECORD_OBJECT_KEYS:
+            if rec.get(key) and not isinstance(rec[key], dict):
+                raise _not_object(f"records[{i}].{key}", rec[key])
+
+
+def _upgrade(raw: Any) -> dict[str, Any]:
+    """A parsed result file as a schema-2 dict whose records flatten; ``ValueError`` naming the problem otherwise."""
+    _check_shape(raw)
     try:
-        return BenchDocument.from_dict(raw).to_dict()
-    except (KeyError, TypeError, AttributeError) as exc:
+        doc = BenchDocument.from_dict(raw).to_dict()
+        for rec in doc["records"]:
+            split_flat(flatten(rec, doc))  # what upload and report will do: fail now, naming the file
+    except ValueError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError, OverflowError, RecursionError) as exc:
         raise ValueError(f"malformed bench result: {type(exc).__name__}: {exc}") from None
+    return doc
 
 
 def _batch_items(d: dict[str, Any] | None):
@@ -159,8 +210,16 @@ def flat_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def split_flat(flat: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
+    """``(params, metrics)`` of a flat record; a value that should be a number and is not is left out."""
     params = {k: str(v) for k, v in flat.items() if k in STRING_KEYS}
-    metrics = {k: float(v) for k, v in flat.items() if k not in STRING_KEYS and v is not None}
+    metrics = {}
+    for k, v in flat.items():
+        if k in STRING_KEYS or v is None or isinstance(v, (dict, list)):
+            continue
+        try:
+            metrics[k] = float(v)
+        except (TypeError, ValueError, OverflowError):
+            continue
     return params, metrics
 
 
@@ -173,7 +232,16 @@ def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: 
     """
     if not tracker.active:
         return False
-    tr = doc.setdefault("tracking", {})
+    tr = doc.get("tracking")
+    if not isinstance(tr, dict):
+        tr = doc["tracking"] = {}
+    uploads = tr.get("uploads")
+    if not isinstance(uploads, dict):
+        uploads = {}
+    if tr.get("uploaded") is True and isinstance(tr.get("uri"), str) and tr["uri"]:  # a file of an older version:
+        uploads.setdefault(store_key(tr["uri"]), {"uri": tr["uri"], "experiment": tr.get("experiment"),  # keep its store
+                                                  "parent_run_id": tr.get("parent_run_id")})
+    parent = None
     try:
         parent = _parent_run(doc, tracker)
         tr["parent_run_id"] = parent
@@ -190,6 +258,11 @@ def upload(doc: dict[str, Any], path: Path | None, tracker: Tracker, artifacts: 
         tracker.disable(f"upload failed: {short_error(exc)}")
     ok = tracker.active
     tr.update({"uri": tracker.uri, "experiment": tracker.experiment, "uploaded": ok})
+    if ok:  # each store it went to: a sync to another store uploads it there too
+        uploads[tracker.store] = {"uri": tracker.uri, "experiment": tracker.experiment, "parent_run_id": parent,
+                                  "at": now_iso()}
+    if uploads:
+        tr["uploads"] = uploads
     if path is not None:
         write_json_atomic(path, doc)
     return ok
@@ -264,25 +337,45 @@ class SyncReport:
         return not self.pending and not self.malformed
 
 
-def scan_results(results_dir: Path) -> SyncReport:
+def current_store() -> str:
+    """The store ``sync`` would upload to now (:func:`~signflow_zoo.results.tracking.store_key` of it)."""
+    uri = tracking_uri()
+    return store_key(uri) if uri else ""
+
+
+def uploaded_to(tracking: Any, store: str) -> bool:
+    """Whether a file's ``tracking`` says it was uploaded to ``store``. A file of an older version records one
+    ``uri`` with ``uploaded``: it counts for that store (for any store when it records none, or when the store
+    is unknown)."""
+    if not isinstance(tracking, dict):
+        return False
+    uploads = tracking.get("uploads")
+    if isinstance(uploads, dict) and store in uploads:
+        return True
+    if tracking.get("uploaded") is not True:
+        return False
+    uri = tracking.get("uri")
+    if not store or not isinstance(uri, str) or not uri:
+        return True
+    return store_key(uri) == store
+
+
+def scan_results(results_dir: Path, store: str | None = None) -> SyncReport:
     """Sort result files into pending (to upload), running (a bench holds its lock) and malformed;
-    files already uploaded are left out."""
+    files already uploaded to ``store`` (default: :func:`current_store`) are left out."""
+    store = current_store() if store is None else store
     rep = SyncReport()
     for p in sorted(Path(results_dir).glob("bench-*.json")):
         if is_locked(p):
             rep.running.append(p)
             continue
         try:
-            raw = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            rep.malformed.append((p, f"not a readable JSON file: {exc}"))
-            continue
-        if isinstance(raw, dict) and (raw.get("tracking") or {}).get("uploaded") is True:
-            continue
-        try:
-            read_result(p)
-        except ValueError as exc:
-            rep.malformed.append((p, str(exc)))
+            raw = _load(p)
+            if isinstance(raw, dict) and uploaded_to(raw.get("tracking"), store):
+                continue
+            _upgrade(raw)
+        except Exception as exc:  # noqa: BLE001 - ValueError naming the problem; anything else is named too
+            rep.malformed.append((p, str(exc) if isinstance(exc, ValueError) else _why(exc)))
             continue
         rep.pending.append((p, ""))
     return rep
@@ -293,38 +386,89 @@ def pending_files(results_dir: Path) -> list[Path]:
     return [p for p, _ in scan_results(results_dir).pending]
 
 
+def _why(exc: BaseException) -> str:
+    return f"could not be handled ({short_error(exc)})"
+
+
 def sync(results_dir: Path, experiment: str | None = None) -> SyncReport:
     """Upload every pending result file to the experiment it records (``experiment`` for files that
-    record none). A malformed file is reported by name and the others go on."""
-    rep = scan_results(results_dir)
+    record none), on the current store.
+
+    Every file is handled on its own, and nothing one file holds stops the others:
+
+    * a file that cannot be read, is nested too deeply, or has the wrong shape is in ``malformed`` with
+      its reason, and so is any other exception raised while handling it;
+    * a file whose upload the store refuses while it still answers (probed once after the failure) is in
+      ``malformed`` with the store's reason, and the files after it are uploaded; keys and values are made
+      acceptable to MLflow before they are sent (see :func:`signflow_zoo.results.tracking.mlflow_entries`),
+      so this is rare;
+    * a store that is down, or whose lock another process holds (for longer than the store's lock timeout,
+      or while stopped), costs one probe: every file left is in ``pending`` with the reason.
+    """
+    store = current_store()
+    rep = scan_results(results_dir, store)
     todo, rep.pending = rep.pending, []
-    trackers: dict[str, Tracker] = {}
+    state = _SyncState(experiment)
     for p, _ in todo:
+        try:
+            state.sync_file(p, rep)
+        except Exception as exc:  # noqa: BLE001 - one file's problem, whatever it is, is that file's reason
+            rep.malformed.append((p, _why(exc)))
+    return rep
+
+
+class _SyncState:
+    """The trackers of one sync (one per experiment) and what is known of the store."""
+
+    def __init__(self, experiment: str | None):
+        self.experiment = experiment
+        self.trackers: dict[str, Tracker] = {}
+        self.down = ""  # why the store cannot be used, once that is known: no more probes
+
+    def tracker(self, name: str) -> Tracker:
+        tracker = self.trackers.get(name)
+        if tracker is None:
+            tracker = self.trackers[name] = Tracker(name, quiet=True)
+            if not tracker.active and tracker.store_down:
+                self.down = tracker.reason
+        return tracker
+
+    def sync_file(self, p: Path, rep: SyncReport) -> None:
         try:
             doc = read_result(p)
         except ValueError as exc:  # changed since the scan
             rep.malformed.append((p, str(exc)))
-            continue
-        tr = doc.setdefault("tracking", {})
-        name = tr.get("experiment") or doc.get("config", {}).get("experiment") or experiment or EXPERIMENT
-        tracker = trackers.get(name)
-        if tracker is None:  # one attempt per store and experiment: a store that is down costs one probe
-            tracker = trackers[name] = Tracker(name, quiet=True)
+            return
+        tr = doc["tracking"]
+        name = str(tr.get("experiment") or doc["config"].get("experiment") or self.experiment or EXPERIMENT)
+        if self.down:
+            rep.pending.append((p, self.down))
+            return
+        tracker = self.tracker(name)
         if not tracker.active:
-            rep.pending.append((p, tracker.reason))
-            continue
+            if tracker.store_down:
+                rep.pending.append((p, tracker.reason))
+            else:  # the store answers, but not for this experiment (a bad name, a deleted experiment)
+                rep.malformed.append((p, f"the tracking store refused experiment {name[:80]!r}: {tracker.reason}"))
+            return
         died = tr.pop("in_progress", None)
         if died:
             tr["interrupted"] = died
         with exclusive(p, blocking=False) as held:  # a bench that started on this file after the scan
             if not held:
                 rep.running.append(p)
-                continue
-            if upload(doc, p, tracker):
-                rep.uploaded.append(p)
-                if died:
-                    rep.interrupted.append(p)
-            else:
-                rep.pending.append((p, tracker.reason))
-            lock_path(p).unlink(missing_ok=True)  # ours, and its bench is gone: no stray lock files
-    return rep
+                return
+            try:
+                if upload(doc, p, tracker):
+                    rep.uploaded.append(p)
+                    if died:
+                        rep.interrupted.append(p)
+                    return
+                why = tracker.reason
+                if tracker.resume():  # the store answers: it refused this file's data, the next files go on
+                    rep.malformed.append((p, f"the tracking store refused it ({why})"))
+                else:
+                    self.down = why
+                    rep.pending.append((p, why))
+            finally:
+                lock_path(p).unlink(missing_ok=True)  # ours, and its bench is gone: no stray lock files

@@ -13,6 +13,7 @@ A failure at one batch size only is kept in ``latency_errors`` and loses nothing
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -56,6 +57,8 @@ class Accuracy:
     macro_f1: float
     agreement_top1: float  # same top-1 as the PyTorch fp32 reference
     n: int  # held-out clips
+    batch: int | None = None  # clips per call it ran at (smaller than the bench's 64 when larger batches failed)
+    note: str = ""  # why it ran at a smaller batch
 
 
 @dataclass
@@ -139,7 +142,8 @@ class BenchRecord:
             top1 = float(acc.get("top1", float("nan")))
             acc = Accuracy(top1=top1, top1_ci=tuple(acc.get("top1_ci") or (top1, top1)), top5=acc.get("top5", float("nan")),
                            macro_f1=acc.get("macro_f1", float("nan")), agreement_top1=acc.get("agreement_top1", float("nan")),
-                           n=int(acc.get("n") or d.get("params", {}).get("test_size") or 0))
+                           n=int(acc.get("n") or d.get("params", {}).get("test_size") or 0),
+                           batch=acc.get("batch"), note=str(acc.get("note") or ""))
         mem = d.get("memory")
         if mem:
             mem = Memory(**{f.name: mem.get(f.name) for f in fields(Memory) if f.name in mem})
@@ -164,25 +168,38 @@ class BenchRecord:
         )
 
 
+def _positive_ms(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
 @dataclass
 class Drift:
     """Readings of the fixed reference workload (:func:`signflow_zoo.bench.timing.reference_workload`)."""
 
     readings: list[dict[str, Any]] = field(default_factory=list)  # {"at": "start" | "after <preset>" | "end", "ms", "time"}
 
+    def _ms(self) -> list[float | None]:
+        """Each reading's ms; None for one that is not a positive finite number (a 0 ms reading divides nothing)."""
+        return [_positive_ms(r.get("ms")) if isinstance(r, dict) else None for r in self.readings]
+
     @property
     def ratio(self) -> float | None:
-        """Last reading / first: > 1 means the machine got slower during the bench."""
-        if len(self.readings) < 2:
+        """Last reading / first: > 1 means the machine got slower during the bench (None without two usable ones)."""
+        ms = self._ms()
+        if len(ms) < 2 or ms[0] is None or ms[-1] is None:
             return None
-        return self.readings[-1]["ms"] / self.readings[0]["ms"]
+        return ms[-1] / ms[0]
 
     @property
     def spread(self) -> float | None:
-        """Slowest reading / fastest."""
-        if len(self.readings) < 2:
+        """Slowest reading / fastest, of the usable ones."""
+        ms = [v for v in self._ms() if v is not None]
+        if len(ms) < 2:
             return None
-        ms = [r["ms"] for r in self.readings]
         return max(ms) / min(ms)
 
     def to_dict(self) -> dict[str, Any]:
