@@ -91,8 +91,14 @@ COMMANDS = {
 }
 
 
+PLUGIN_VERDICTS = ("zoo-home", "plugins")  # the cache of third-party plugin probes (signflow_zoo.plugins)
+
+
 def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+    """Every path under ``root`` but the plugin-probe cache (and the zoo home folder that holds it), which any
+    command that loads plugins may fill, like an import cache; anything else in the zoo home still counts."""
+    rel = (p.relative_to(root) for p in root.rglob("*"))
+    return {str(r) for r in rel if r.parts[:2] != PLUGIN_VERDICTS and r.parts != PLUGIN_VERDICTS[:1]}
 
 
 def check_contract(argv: list[str], capsys, root: Path) -> tuple[int, str]:

@@ -18,6 +18,15 @@ A build writes into a private temporary folder that is renamed into place only w
 concurrent builder of the same key never sees a half-built folder (the loser of a race keeps the
 winner's copy). A cached folder whose files no longer match their recorded hashes is an error naming it,
 never silently rebuilt over.
+
+A kind from a third-party plugin (an entry point or ``SIGNFLOW_ZOO_PLUGINS``, as the registry's
+``third_party_kind`` says) is built in a child process (:mod:`signflow_zoo.common.child`): a ``build()`` that
+aborts, crashes or makes no progress for ``SIGNFLOW_ZOO_BUILD_TIMEOUT`` seconds (default 1800) raises
+:class:`ArtifactBuildFailed` (``status`` ``crashed`` / ``timeout``) naming the kind and its plugin, and its
+temporary folder is removed. The child's stdout goes to our stderr; ``ctx.log`` and ``ctx.calibration`` reach
+it through the parent. A temporary folder is named after its host and process
+(``.<key>-tmp-<host>-<pid>-<random>``), so one left by a builder that died anyway (killed, or building in
+process) is removed by the next build of that kind on the same host.
 """
 
 from __future__ import annotations
@@ -26,7 +35,10 @@ import hashlib
 import json
 import logging
 import os
+import platform
+import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -38,6 +50,9 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from signflow_zoo.common.child import (ISOLATION_ENV_VAR, ChildFailed, ChildRaised, call_in_child, isolation_enabled,
+                                      seconds_from_env)
+from signflow_zoo.common.documents import loads_json
 from signflow_zoo.common.errors import BackendError, ModelFileError
 from signflow_zoo.backends.runner import BUILTIN_ARTIFACT_KINDS, Artifacts, BackendUnavailable
 
@@ -48,6 +63,17 @@ class KindRegistry(Protocol):
     def artifact_kind(self, name: str) -> type[ArtifactKind]: ...
 
 RECORD = "signflow-artifact.json"  # written next to the kind's files; not part of them
+BUILD_TIMEOUT_ENV_VAR = "SIGNFLOW_ZOO_BUILD_TIMEOUT"
+DEFAULT_BUILD_TIMEOUT = 1800.0  # seconds without progress (a ctx.log line) before a child's build is stopped
+_TEMP = re.compile(r"^\.[0-9a-f]+-tmp-(?P<host>[A-Za-z0-9_]*)-(?P<pid>\d+)-[^-]*$")
+
+
+class ArtifactBuildFailed(BackendError):
+    """A plugin's ``build()`` crashed its child process or stopped making progress; ``status``: crashed | timeout."""
+
+    def __init__(self, status: str, message: str):
+        self.status = status
+        super().__init__(message)
 CALIBRATION_PROBE = 16  # clips hashed to fingerprint calibration data that carries no ``fingerprint``
 
 Calibration = Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]
@@ -133,7 +159,9 @@ def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: KindRegistry
         home = zoo_home()
     folder = Path(home) / "artifacts" / "kinds" / kind_name / key
     if not folder.is_dir():
-        _build(kind, artifacts.preset, source, folder, key_parts, calibration, log, choices)
+        owner = getattr(registry, "third_party_kind", lambda name: None)(kind_name)
+        _build(kind, artifacts.preset, source, folder, key_parts, calibration, log, choices,
+               owner if owner and isolation_enabled() else None)
     record = _verified_record(folder, kind)
     artifacts.paths[kind_name] = folder / kind.main_file
     artifacts.hashes[kind_name] = record["sha256"]
@@ -142,15 +170,22 @@ def ensure_artifact(artifacts: Artifacts, kind_name: str, registry: KindRegistry
 
 
 def _build(kind: ArtifactKind, preset: str, source: Path, folder: Path, key_parts: dict[str, Any],
-           calibration: Calibration | None, log: Callable[[str], None], choices: dict[str, Any]) -> None:
+           calibration: Calibration | None, log: Callable[[str], None], choices: dict[str, Any],
+           owner: str | None = None) -> None:
+    """``owner`` (``plugin 'x' (package)``): build in a child process."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    _remove_dead_builders_folders(folder.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-tmp-{_host_tag()}-{os.getpid()}-", dir=folder.parent))
     try:
         log(f"building artifact {kind.name!r} (v{kind.version}) for {preset} from {kind.source!r} ...")
         t0 = time.perf_counter()
+        ctx = BuildContext(preset, source, tmp, calibration, log, choices)
         try:
-            with _captured_notes() as notes:
-                built = kind.build(BuildContext(preset, source, tmp, calibration, log, choices))
+            if owner and _importable(type(kind)):
+                built, notes = _build_in_child(kind, ctx, owner)
+            else:
+                with _captured_notes() as notes:
+                    built = kind.build(ctx)
         except BackendError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plugin's failure, reported with its kind's name
@@ -174,14 +209,98 @@ def _build(kind: ArtifactKind, preset: str, source: Path, folder: Path, key_part
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _build_in_child(kind: ArtifactKind, ctx: BuildContext, owner: str) -> tuple[Any, list[str]]:
+    """``kind.build(ctx)`` in a child process: ``(what build() returned, notes)``; failures raised as in process."""
+    cls = type(kind)
+    payload = {"module": cls.__module__, "qualname": cls.__qualname__, "preset": ctx.preset, "source": str(ctx.source),
+               "dest": str(ctx.dest), "host_choices": ctx.host_choices, "calibration": ctx.calibration is not None}
+    calibration = ctx.calibration
+    services = {} if calibration is None else {
+        "calibration": lambda n: [(np.asarray(f), np.asarray(m)) for f, m in calibration(int(n))]}
+    timeout = seconds_from_env(BUILD_TIMEOUT_ENV_VAR, DEFAULT_BUILD_TIMEOUT)
+    try:
+        return call_in_child("signflow_zoo.backends.kinds:_child_build", payload, timeout=timeout,
+                             on_event=lambda event: ctx.log(event[1]), services=services, stdout="stderr")
+    except ChildFailed as failed:
+        how = (f"made no progress for {timeout:g} s ({BUILD_TIMEOUT_ENV_VAR}) and was stopped"
+               if failed.status == "timeout" else f"crashed ({failed.how})")
+        raise ArtifactBuildFailed(failed.status, f"building artifact kind {kind.name!r} of {owner} for {ctx.preset} "
+                                  f"{how}; nothing was cached") from None
+    except ChildRaised as raised:
+        if "BackendUnavailable" in raised.types:
+            raise BackendUnavailable(raised.message) from None
+        if "BackendError" in raised.types:
+            raise BackendError(raised.message) from None
+        raise BackendError(f"building artifact kind {kind.name!r} for {ctx.preset} failed: {raised}") from None
+
+
+def _child_build(payload: dict[str, Any], channel) -> tuple[Any, list[str]]:
+    """In the build's child: import the kind's class, build into the parent's temporary folder."""
+    import importlib
+
+    os.environ[ISOLATION_ENV_VAR] = "0"  # a registry built here (by the plugin) loads without a probe of its own
+    obj: Any = importlib.import_module(payload["module"])
+    for part in payload["qualname"].split("."):
+        obj = getattr(obj, part)
+    calibration = None
+    if payload["calibration"]:
+        def calibration(n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            yield from channel.call("calibration", n)
+    ctx = BuildContext(payload["preset"], Path(payload["source"]), Path(payload["dest"]), calibration,
+                       lambda msg: channel.event(("log", str(msg))), payload["host_choices"])
+    with _captured_notes() as notes:
+        built = obj().build(ctx)
+    return built, notes
+
+
+def _importable(cls: type) -> bool:
+    """Whether a child process finds ``cls`` by its module and qualified name."""
+    obj: Any = sys.modules.get(cls.__module__)
+    if obj is None or cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return False
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is cls
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", platform.node())[:40]
+
+
+def _remove_dead_builders_folders(parent: Path) -> None:
+    """Remove temporary build folders of this host's processes that no longer exist."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(".")]
+    except OSError:
+        return
+    for name in names:
+        m = _TEMP.match(name)
+        if m and m["host"] == _host_tag() and not _alive(int(m["pid"])):
+            shutil.rmtree(parent / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
 def _verified_record(folder: Path, kind: ArtifactKind) -> dict[str, Any]:
     try:
-        record = json.loads((folder / RECORD).read_text())
+        record = loads_json((folder / RECORD).read_text(), RECORD)  # nesting bounded: DocumentError is a ValueError
         files = record["files"]
     except (OSError, ValueError, KeyError) as exc:
         raise ModelFileError(f"{folder}: cached artifact has no readable {RECORD} ({exc}); delete the folder "
                              "to build it again") from None
     for rel, sha in files.items():
+        name = PurePosixPath(str(rel))
+        if not str(rel) or name.is_absolute() or ".." in name.parts or "\\" in str(rel):
+            raise ModelFileError(f"{folder / RECORD}: names {rel!r}, not a file inside its folder (modified or corrupt); "
+                                 f"delete {folder} to build it again")
         if not (folder / rel).is_file() or _sha256(folder / rel) != sha:
             raise ModelFileError(f"{folder / rel}: cached {kind.name!r} artifact is missing or does not match its "
                                  f"recorded hash (modified or corrupt); delete {folder} to build it again")

@@ -21,6 +21,7 @@ from signflow_zoo.cli import report as cli_report
 from signflow_zoo.cli import serve as cli_serve
 from signflow_zoo.cli.argtypes import in_range, int_list_in
 from signflow_zoo.common.errors import SignFlowError
+from signflow_zoo.common.text import printable
 from signflow_zoo.results.store import EXPERIMENT
 
 ENV_TRACEBACK = "SIGNFLOW_ZOO_TRACEBACK"
@@ -59,17 +60,20 @@ def cmd_backends(args) -> int:
     """Python: ``signflow_zoo.describe_backends()``."""
     from tabulate import tabulate
 
+    from signflow_zoo.cli.output import command_output
     from signflow_zoo.plugins import describe_backends
 
-    rows, broken = describe_backends()
-    if args.json:
-        print(json.dumps({"backends": rows, "broken_plugins": broken}, indent=1))
-        return 0
-    table = [[r["name"], f"{r['plugin']} ({r['package']})", r["artifact"], r["precision"],
-              "yes" if r["available"] else f"no: {r['reason']}"] for r in rows]
-    print(tabulate(table, headers=["backend", "plugin", "artifact", "precision", "available here"], tablefmt="simple"))
-    for b in broken:
-        print(f"\nbroken plugin {b['plugin']} ({b['package']}): {b['error']}")
+    with command_output() as out:  # plugins print to stderr, not into the table or the JSON
+        rows, broken = describe_backends()
+        if args.json:
+            print(json.dumps({"backends": rows, "broken_plugins": broken}, indent=1), file=out)
+            return 0
+        table = [[r["name"], f"{r['plugin']} ({r['package']})", r["artifact"], r["precision"],
+                  "yes" if r["available"] else f"no: {r['reason']}"] for r in rows]
+        print(tabulate(table, headers=["backend", "plugin", "artifact", "precision", "available here"],
+                       tablefmt="simple"), file=out)
+        for b in broken:
+            print(f"\nbroken plugin {b['plugin']} ({b['package']}): {b['error']}", file=out)
     return 0
 
 
@@ -128,7 +132,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    """Python: ``signflow_zoo.sync_results(folder, experiment)``."""
+    """Python: ``signflow_zoo.sync_results(folder, experiment)``.
+
+    Every file on its own: a bad file (unreadable, too deep, wrong shape, refused by the store) is named with
+    its reason and the others are uploaded. Exit 0 when everything readable was uploaded (files a running
+    bench holds are left for later), 1 when a file was skipped or is still pending (the store is down or
+    its lock is held), 2 for a usage error."""
     from pathlib import Path
 
     from signflow_zoo.common.cachefiles import zoo_home
@@ -147,26 +156,32 @@ def cmd_sync(args) -> int:
         print(f"uploaded {len(rep.uploaded)} result file(s); {len(rep.pending)} still pending: {'; '.join(reasons)}",
               file=sys.stderr)
         return 1
-    print(f"uploaded {len(rep.uploaded)} result file(s); nothing pending in {folder}")
+    skipped = f"; {len(rep.malformed)} skipped (named above)" if rep.malformed else ""
+    print(f"uploaded {len(rep.uploaded)} result file(s){skipped}; nothing pending in {folder}")
     return 0 if rep.ok else 1
 
 
 def cmd_doctor(args) -> int:
     """Python: ``signflow_zoo.cli.doctor.run_doctor(json_out)``."""
     from signflow_zoo.cli.doctor import run_doctor
+    from signflow_zoo.cli.output import command_output
 
-    return run_doctor(json_out=args.json)
+    with command_output() as out:  # plugins' availability() may print: to stderr, not into the report
+        return run_doctor(json_out=args.json, out=out)
 
 
 def cmd_ui(args) -> int:
-    """Python: ``subprocess.call(signflow_zoo.results.store.ui_command(host, port))``."""
+    """Python: ``subprocess.call(ui_command(host, port), env=ui_environment())``, both from
+    ``signflow_zoo.results.store``: the store's URI, which may hold a password, goes to the child in its
+    environment (``MLFLOW_BACKEND_STORE_URI``), never on its command line (``ps`` shows that to every user)."""
     import subprocess
 
-    from signflow_zoo.results.store import redact, ui_command
+    from signflow_zoo.results.store import redact, redact_uri, tracking_uri, ui_command, ui_environment
 
+    uri = tracking_uri()
     cmd = ui_command(args.host, args.port)
-    print("starting:", redact(" ".join(cmd)), file=sys.stderr)
-    return subprocess.call(cmd)
+    print("starting:", redact(" ".join(cmd)), f"(store {redact_uri(uri)})", file=sys.stderr)
+    return subprocess.call(cmd, env=ui_environment(uri))
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -313,7 +328,7 @@ def _run(argv: list[str] | None) -> int:
     except SignFlowError as exc:
         if os.environ.get(ENV_TRACEBACK):
             raise
-        print(f"signflow-zoo {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"signflow-zoo {args.command}: error: {printable(_one_line(str(exc)))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -331,10 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _run(argv)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
-        return code
     except BrokenPipeError:
         _stdout_to_devnull()
-        return EXIT_BROKEN_PIPE
+        code = EXIT_BROKEN_PIPE
+    if argv is None:  # the console script, about to exit: a plugin's thread left running must not keep it
+        from signflow_zoo.cli.output import exit_despite_threads
+
+        exit_despite_threads(code)
+    return code
 
 
 def _stdout_to_devnull() -> None:

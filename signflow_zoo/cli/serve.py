@@ -14,6 +14,7 @@ Thin: parse, call :mod:`signflow_zoo.serve.pipeline` (``predict``) or :func:`sig
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -78,8 +79,23 @@ def _alts(pred) -> str:
     return ", ".join(f"{label} {p:.3f}" for label, p in pred.alternatives)
 
 
+def _own_stdout(command):
+    """``command(args, out)`` run as ``command(args)``: ``out`` is the real stdout, for the command's output, while
+    anything else printed meanwhile (a backend plugin's chatter) goes to stderr (:mod:`signflow_zoo.cli.output`)."""
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        from signflow_zoo.cli.output import command_output
+
+        with command_output() as out:
+            return command(args, out)
+
+    return run
+
+
 # -- predict ---------------------------------------------------------------------------------------
-def cmd_predict(args) -> int:
+@_own_stdout
+def cmd_predict(args, out) -> int:
     clips = read_clips(args.file, args.instance)
     pipe = _pipeline(args)
     results = []
@@ -92,11 +108,11 @@ def cmd_predict(args) -> int:
     known = [(c, p) for c, p in results if c.true_label is not None]
     correct = sum(c.true_label == p.candidate for c, p in known)
     if args.format == "json":
-        out = {"model": str(args.model), "backend": pipe.backend_name, "predictions": [
+        doc = {"model": str(args.model), "backend": pipe.backend_name, "predictions": [
             {"clip": c.name, "frames": int(len(c.raw)), "true_label": c.true_label, **p.to_dict()} for c, p in results]}
         if known:
-            out["top1_accuracy"] = correct / len(known)
-        print(json.dumps(out, indent=1))
+            doc["top1_accuracy"] = correct / len(known)
+        print(json.dumps(doc, indent=1), file=out)
         return 0
     for clip, pred in results:
         truth = f"  [true: {clip.true_label}{'' if clip.true_label == pred.candidate else ', WRONG'}]" \
@@ -105,31 +121,34 @@ def cmd_predict(args) -> int:
             head = f"{pred.label} (confidence {pred.confidence:.3f})"
         else:
             head = f"NONE (best {pred.candidate} {pred.confidence:.3f} < threshold {pred.threshold:.2f})"
-        print(f"{clip.name}: {head}{truth}")
+        print(f"{clip.name}: {head}{truth}", file=out)
         for rank, (label, p) in enumerate(pred.alternatives, 1):
-            print(f"  {rank}. {label:<40} {p:.3f}")
+            print(f"  {rank}. {label:<40} {p:.3f}", file=out)
     if len(known) > 1:
-        print(f"top-1 accuracy: {correct}/{len(known)} = {correct / len(known):.3f} (backend {pipe.backend_name})")
+        print(f"top-1 accuracy: {correct}/{len(known)} = {correct / len(known):.3f} (backend {pipe.backend_name})",
+              file=out)
     return 0
 
 
 # -- stream ----------------------------------------------------------------------------------------
-def cmd_stream(args) -> int:
-    from signflow_zoo.serve.replay import replay_stream
+@_own_stdout
+def cmd_stream(args, out) -> int:
+    from signflow_zoo.serve.replay import check_stream_clips, replay_stream
 
     clips = [c for f in args.file for c in read_clips(f, args.instance)]
+    check_stream_clips([c.raw for c in clips], [c.name for c in clips])  # pixel coordinates: refused before loading
     pipe = _pipeline(args)
     as_json = args.format == "json"
     if not as_json:
         mode = "real time" if args.realtime else "as fast as possible"
         print(f"streaming {len(clips)} clip(s) at {args.fps:g} fps ({mode}) on {pipe.backend_name}, "
-              f"model {Path(args.model).name}")
+              f"model {Path(args.model).name}", file=out)
 
     def show(pred, clip_index) -> None:
         truth = None if clip_index is None else clips[clip_index].true_label
         t = pred.frame_index / args.fps
         if as_json:
-            print(json.dumps({"t": round(t, 3), "true_label": truth, **pred.to_dict()}), flush=True)
+            print(json.dumps({"t": round(t, 3), "true_label": truth, **pred.to_dict()}), file=out, flush=True)
             return
         if pred.accepted:
             what = f"{pred.label} {pred.confidence:.3f}"
@@ -137,23 +156,23 @@ def cmd_stream(args) -> int:
             what = f"NONE (best {pred.candidate} {pred.confidence:.3f} < {pred.threshold:.2f})"
         print(f"[frame {pred.frame_index:5d}  t={t:7.2f}s] {what}   top-{len(pred.alternatives)}: {_alts(pred)}   "
               f"latency {pred.latency_ms:.1f} ms (model {pred.inference_ms:.1f})   window {pred.frames} frames"
-              + (f"   [true: {truth}]" if truth else ""), flush=True)
+              + (f"   [true: {truth}]" if truth else ""), file=out, flush=True)
 
     try:
         summary = replay_stream(pipe, [c.raw for c in clips], args.rest_frames, args.fps, args.realtime, show)
     finally:
         pipe.close()
     if as_json:
-        print(json.dumps({"summary": summary}))
+        print(json.dumps({"summary": summary}), file=out)
         return 0
     lat = summary["latency_ms"]
-    print(f"sentence: {' '.join(summary['sentence']) or '(empty)'}")
+    print(f"sentence: {' '.join(summary['sentence']) or '(empty)'}", file=out)
     if lat["count"]:
         print(f"latency, last frame of a sign -> prediction: p50 {lat['p50_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms, "
-              f"max {lat['max_ms']:.1f} ms over {lat['count']} sign(s)")
+              f"max {lat['max_ms']:.1f} ms over {lat['count']} sign(s)", file=out)
     late = summary["frames_late"]
     print(f"{summary['frames']} frames in {summary['wall_s']:.2f} s ({summary['frames_per_s'] or 0:.0f} frames/s)"
-          + (f"; {late} frame(s) processed more than one frame late" if late else ""))
+          + (f"; {late} frame(s) processed more than one frame late" if late else ""), file=out)
     return 0
 
 
