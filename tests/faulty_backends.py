@@ -44,6 +44,17 @@ class FailingAtOneBatchRunner(OnnxCpuRunner):
         return super().infer(features, mask)
 
 
+class FailingAboveBatchOneRunner(OnnxCpuRunner):
+    """Runs one sequence at a time only: every batch above 1 (parity's and accuracy's too) raises."""
+
+    name = "test-fail-above-1"
+
+    def infer(self, features, mask):
+        if features.shape[0] > 1:
+            raise RuntimeError("out of memory at this batch size")
+        return super().infer(features, mask)
+
+
 class BrokenAvailabilityRunner(OnnxCpuRunner):
     name = "test-broken-availability"
 
@@ -54,5 +65,6 @@ class BrokenAvailabilityRunner(OnnxCpuRunner):
 
 @hookimpl
 def register_runners(register):
-    for cls in (CrashingRunner, HangingRunner, FailingAtOneBatchRunner, BrokenAvailabilityRunner):
+    for cls in (CrashingRunner, HangingRunner, FailingAtOneBatchRunner, FailingAboveBatchOneRunner,
+                BrokenAvailabilityRunner):
         register(cls)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from signflow_zoo.common.cachefiles import atomic_write_text, exclusive, zoo_home
+from signflow_zoo.common.documents import loads_json
 from signflow_zoo.common.errors import ModelFileError
 from signflow_zoo.model.export import (OPSET, export_to_onnx, file_sha256, optimize_onnx_model, read_metadata,
                                       serving_metadata)
@@ -42,7 +43,7 @@ def build_artifacts(checkpoint: str | Path, exporter: str = "dynamo", home: Path
     sha = file_sha256(checkpoint)
     folder = artifact_folder(sha, exporter, home)
     onnx_path, opt_path, info_path = folder / "model.onnx", folder / "model.optimized.onnx", folder / "info.json"
-    with exclusive(folder):
+    with exclusive(folder, use="artifact", what="ONNX export", log=log):
         info = _read_info(info_path, log) if onnx_path.is_file() else None
         if info is not None:
             if file_sha256(onnx_path) != info.get("export", {}).get("sha256"):
@@ -82,11 +83,11 @@ def _read_info(info_path: Path, log) -> dict[str, Any] | None:
     if not info_path.is_file():
         return None
     try:
-        info = json.loads(info_path.read_text())
+        info = loads_json(info_path.read_text(), info_path.name)  # nesting bounded
         if isinstance(info, dict) and isinstance(info.get("export"), dict) and info["export"].get("sha256"):
             return info
         why = "it holds no export record"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, DocumentError
         why = f"unreadable: {exc}"
     log(f"{info_path}: {why}; exporting again (derived from the checkpoint)")
     return None

@@ -46,7 +46,7 @@ from signflow_zoo.results.files import EXPERIMENT, flat_records, now_iso, upload
 from signflow_zoo.backends.runner import RunnerOptions
 from signflow_zoo.bench.stability import StabilityMonitor
 from signflow_zoo.bench.timing import TimingConfig, reference_workload
-from signflow_zoo.bench.weights import Weights
+from signflow_zoo.bench.weights import Weights, command_inputs
 from signflow_zoo import report
 from signflow_zoo.results.tracking import Tracker
 from signflow_zoo.model.zoo import Zoo, ZooEntry
@@ -109,9 +109,15 @@ class BenchConfig:
             from signflow_zoo.data.loading import parse_synthetic_spec
 
             parse_synthetic_spec(self.data.strip(), self.seed)
-        if self.json_path is not None:
-            check_output_file(self.json_path, "--json")
+        self.json_output()
         return self
+
+    def json_output(self) -> Path | None:
+        """Where ``json_path`` is written (its target when it is a symbolic link: the link stays a link); checked:
+        a regular file or a new one, never a file the bench reads (zoo file, data set, zoo home)."""
+        if self.json_path is None:
+            return None
+        return check_output_file(self.json_path, "--json", command_inputs(self.data, self.zoo_file))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -173,6 +179,7 @@ class Bench:
     def __init__(self, config: BenchConfig, log: Callable[[str], None] | None = None,
                  registry: PluginRegistry | None = None):
         self.cfg = config.validate()
+        self.json_out = config.json_output()  # resolved once, before the bench writes anything into the zoo home
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.zoo = Zoo.load(config.zoo_file)
         self.entries = self.zoo.select(config.presets)
@@ -278,7 +285,9 @@ class Bench:
             ensure_artifact(arts, cls.artifact, self.registry, home=self.home, calibration=self._calibration(),
                             log=self.log)
         except BackendError as exc:  # BackendUnavailable included: e.g. its converter is not installed
-            status = "unavailable" if type(exc).__name__ == "BackendUnavailable" else "failed"
+            # a plugin's build() run in a child process that crashed or hung: ArtifactBuildFailed.status
+            status = getattr(exc, "status", None) or (
+                "unavailable" if type(exc).__name__ == "BackendUnavailable" else "failed")
             rec.fail(status, f"artifact {cls.artifact!r}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a plugin's converter failing is that backend's row
             rec.fail("failed", f"building artifact {cls.artifact!r} failed: {type(exc).__name__}: {exc}")
@@ -330,7 +339,7 @@ class Bench:
                 if lane.live:
                     scenarios.parity(lane, inputs, refs, self.log)
                 if lane.live and self.cfg.accuracy:
-                    scenarios.accuracy(lane, test, len(arts.labels), ref_pred)
+                    scenarios.accuracy(lane, test, len(arts.labels), ref_pred, self.log)
             outcomes = {}
             for batch in self.cfg.batch_sizes:
                 if not any(ln.live for ln in lanes):
@@ -486,8 +495,8 @@ class Bench:
         self.doc.tracking.pop("in_progress", None)
         doc = self.doc.to_dict()
         write_result(doc)
-        if self.cfg.json_path:
-            write_json_atomic(Path(self.cfg.json_path), doc)
+        if self.json_out is not None:
+            write_json_atomic(self.json_out, doc)
         extra = self.outputs(doc)
         if self.cfg.track:
             tracker = Tracker(self.cfg.experiment)
@@ -502,8 +511,8 @@ class Bench:
             else:
                 self.log(f"warning: MLflow tracking off ({tracker.reason}); results kept in {self.json_path}; "
                          "run `signflow-zoo sync` once the store is reachable")
-        if self.cfg.json_path:
-            write_json_atomic(Path(self.cfg.json_path), doc)
+        if self.json_out is not None:
+            write_json_atomic(self.json_out, doc)
         return doc
 
     def _report_drift(self) -> None:

@@ -68,11 +68,44 @@ def prepare(lane: Lane, log: Callable[[str], None]) -> None:
         log(f"{lane.record.preset}/{lane.record.backend}: {lane.record.status}: {lane.record.reason}")
 
 
+def run_at_largest_batch(worker: BackendWorker, pairs: list[tuple[np.ndarray, np.ndarray]], start: int,
+                         budget: float = 0.0) -> tuple[list[Any], int, tuple[int, WorkerError] | None]:
+    """Run ``pairs`` (each cut into batches of at most ``start`` sequences) at the largest batch that works.
+
+    An error of the runner (a :class:`WorkerError`, e.g. out of memory at this batch size) halves the batch and
+    tries again, down to 1: a backend that fails only at larger batches keeps its parity and accuracy. A
+    :class:`WorkerFailed` (the worker died or hung) and an error at batch 1 are raised. Returns the outputs (one
+    per batch run, in order), the largest batch they ran at, and the first batch that failed with its error (``None``
+    when the first try worked).
+    """
+    size = max(1, min(int(start), max(len(x) for x, _ in pairs)))  # the largest batch actually run
+    first: tuple[int, WorkerError] | None = None
+    while True:
+        chunks = [(x[i:i + size], m[i:i + size]) for x, m in pairs for i in range(0, len(x), size)]
+        try:
+            return list(worker.call("run_many", chunks, budget=budget)), size, first
+        except WorkerError as exc:
+            if size == 1 or exc.kind == "BackendUnavailable":
+                raise
+            first = first or (size, exc)
+            size = max(1, size // 2)
+
+
+def _fallback_note(what: str, used: int, failed: tuple[int, WorkerError] | None) -> str:
+    if failed is None:
+        return ""
+    return f"{what} ran at batch {used}: batch {failed[0]} failed ({failed[1]})"
+
+
 def parity(lane: Lane, inputs: list[tuple[np.ndarray, np.ndarray]], refs: list[np.ndarray],
            log: Callable[[str], None]) -> None:
-    """Logits on the same inputs as the PyTorch fp32 reference, judged by the backend's precision."""
+    """Logits on the same inputs as the PyTorch fp32 reference, judged by the backend's precision.
+
+    Run at the largest batch that works (:func:`run_at_largest_batch`); ``parity["batch"]`` records it, and
+    ``parity["note"]`` why it is smaller than the inputs' batches."""
+    start = max(len(x) for x, _ in inputs)
     try:
-        outs = lane.live_worker.call("run_many", inputs, budget=0.0)
+        outs, used, error = run_at_largest_batch(lane.live_worker, inputs, start)
     except BackendError as exc:
         lane.fail(exc, "parity")
         return
@@ -80,27 +113,36 @@ def parity(lane: Lane, inputs: list[tuple[np.ndarray, np.ndarray]], refs: list[n
     got = np.concatenate([np.asarray(o).reshape(-1, np.asarray(o).shape[-1]) for o in outs])
     want = np.concatenate(refs).reshape(-1, classes)
     res = compare(got, want, lane.precision, lane.tolerance)
-    lane.record.parity = res.to_dict()
+    lane.record.parity = {**res.to_dict(), "batch": used}
+    note = _fallback_note("parity", used, error)
+    if note:
+        lane.record.parity["note"] = note
+        log(f"{lane.record.preset}/{lane.record.backend}: {note}")
     if not res.ok:
         lane.record.fail("parity-failed", res.message)
         log(f"{lane.record.preset}/{lane.record.backend}: PARITY FAILED: {res.message}")
 
 
-def accuracy(lane: Lane, test, num_classes: int, ref_pred: np.ndarray) -> None:
-    """Top-1 (with its Wilson interval), top-5, macro-F1 and agreement with the reference, on held-out clips."""
-    pairs = [(test.features[i:i + ACCURACY_BATCH], test.mask[i:i + ACCURACY_BATCH])
-             for i in range(0, len(test), ACCURACY_BATCH)]
+def accuracy(lane: Lane, test, num_classes: int, ref_pred: np.ndarray,
+             log: Callable[[str], None] | None = None) -> None:
+    """Top-1 (with its Wilson interval), top-5, macro-F1 and agreement with the reference, on held-out clips.
+
+    Batches of :data:`ACCURACY_BATCH` clips, or the largest smaller batch that works (``accuracy.batch``)."""
     try:
-        logits = np.concatenate(lane.live_worker.call("run_many", pairs))
+        outs, used, error = run_at_largest_batch(lane.live_worker, [(test.features, test.mask)], ACCURACY_BATCH)
+        logits = np.concatenate(outs)
     except BackendError as exc:
         lane.fail(exc, "accuracy")
         return
+    note = _fallback_note("accuracy", used, error)
+    if note and log is not None:
+        log(f"{lane.record.preset}/{lane.record.backend}: {note}")
     rep = classification_report(logits, test.labels, num_classes)
     n = len(test)
     correct = int(round(rep["top1"] * n))
     lane.record.accuracy = Accuracy(top1=rep["top1"], top1_ci=wilson_interval(correct, n), top5=rep["top5"],
                                     macro_f1=rep["macro_f1"], agreement_top1=float((logits.argmax(1) == ref_pred).mean()),
-                                    n=n)
+                                    n=n, batch=used, note=note)
 
 
 def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarray, cfg: TimingConfig,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from signflow_zoo.common.cachefiles import stable_hash, temp_path, zoo_home
+from signflow_zoo.common.documents import DocumentError, loads_json
 from signflow_zoo.common.errors import CheckpointError
 from signflow_zoo.data.features import FEATURE_VERSION
 from signflow_zoo.model import network
@@ -80,10 +81,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path}: cannot load weights-only checkpoint: {first}") from None
     if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
         raise CheckpointError(f"{path}: not a signflow-zoo checkpoint (expected keys state_dict, metadata)")
+    if not isinstance(blob["metadata"], (str, bytes)):
+        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON: it is a "
+                              f"{type(blob['metadata']).__name__}, not text")
     try:
-        meta = json.loads(blob["metadata"])
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON: {exc}") from None
+        meta = loads_json(blob["metadata"], f"{path}: checkpoint metadata")  # nesting bounded
+    except DocumentError as exc:
+        raise CheckpointError(str(exc)) from None
     state = blob["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: checkpoint state_dict is not a mapping of names to tensors")

@@ -191,10 +191,22 @@ def set_metadata(proto, meta: dict[str, str]) -> None:
             entry.key, entry.value = k, v
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The model file's metadata_props, JSON values decoded (labels come back as a list)."""
-    sess = open_session(path)
-    return decode_metadata(sess.get_modelmeta().custom_metadata_map)
+def read_metadata(path: str | Path, raw: dict[str, str] | None = None) -> dict[str, Any]:
+    """The model file's metadata_props, JSON values decoded (labels come back as a list).
+
+    ``raw``: the props already read (e.g. with the ``onnx`` package); else they are read with ONNX Runtime. A value
+    nested deeper than :data:`~signflow_zoo.common.documents.MAX_DEPTH` levels is a :class:`ModelFileError` naming
+    the file and the key (not a ``RecursionError``)."""
+    from signflow_zoo.common.documents import MAX_DEPTH, text_depth
+
+    if raw is None:
+        raw = open_session(path).get_modelmeta().custom_metadata_map
+    for key, value in raw.items():
+        depth = text_depth(value) if isinstance(value, str) else 0
+        if depth > MAX_DEPTH:
+            raise ModelFileError(f"{path}: metadata_props {key!r} is nested {depth} levels deep; at most {MAX_DEPTH} "
+                                 "are accepted (a corrupt or hostile file?)")
+    return decode_metadata(raw)
 
 
 def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
@@ -343,13 +355,20 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
 
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    out = check_output_file(output if output is not None else Path(checkpoint).with_suffix(".onnx"), "--output")
+    # every output checked before any work: regular files (or new), never the checkpoint; a symlink is written through
+    given = Path(output) if output is not None else Path(checkpoint).with_suffix(".onnx")
+    reads = [("the checkpoint being exported", checkpoint)]
+    out = check_output_file(given, "--output" if output is not None else "the default --output", reads)
+    opt_out = None
+    if optimize:
+        opt_out = check_output_file(given.with_name(given.stem + ".optimized.onnx"), "--optimize (its output)",
+                                    [*reads, ("the ONNX export of this command", out)])
     model, meta = load_checkpoint(checkpoint)  # before anything is written: a bad checkpoint leaves no file
     info = export_to_onnx(model, out, metadata=serving_metadata(meta), exporter=exporter)
     result: dict[str, Any] = {"export": info.to_dict()}
-    if optimize:
+    if opt_out is not None:
         kw = meta["model_kwargs"]
-        rep = optimize_onnx_model(out, out.with_name(out.stem + ".optimized.onnx"), kw["nhead"], kw["d_model"])
+        rep = optimize_onnx_model(out, opt_out, kw["nhead"], kw["d_model"])
         result["optimize"] = {k: v for k, v in rep.to_dict().items() if k not in ("ops_before", "ops_after")}
     return result
 

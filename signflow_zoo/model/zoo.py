@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from signflow_zoo.common.documents import DocumentError, loads_toml
 from signflow_zoo.common.errors import ZooError
 from signflow_zoo.common.tensors import FEATURE_DIM  # = signflow_zoo.data.features.FEATURE_DIM, without numpy
 
@@ -178,9 +178,9 @@ def _validate_entry(raw: Any, index: int, path: Path | str) -> ZooEntry:
 def parse_zoo(text: str, path: Path | str = "<string>") -> list[ZooEntry]:
     """Validate zoo TOML text into entries; every error names the file, the entry and the key."""
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ZooError(f"{path}: not valid TOML: {exc}") from None
+        doc = loads_toml(text, str(path))  # nesting bounded: a hostile file is a message, not a RecursionError
+    except DocumentError as exc:
+        raise ZooError(str(exc)) from None
     extra = sorted(set(doc) - {"entry"})
     if extra:
         raise ZooError(f"{path}: unknown top-level key {extra[0]!r}; entries go in [[entry]] tables")

@@ -160,12 +160,12 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
 def _read(path: Path) -> tuple[dict[str, Any], Any]:
     """(metadata, ONNX graph or None): an ONNX file is parsed once for both."""
     if path.suffix.lower() == ".onnx":
-        from signflow_zoo.model.export import decode_metadata, read_metadata
+        from signflow_zoo.model.export import read_metadata
 
         proto = _onnx_proto(path)
         if proto is None:
             return read_metadata(path), None
-        return decode_metadata({p.key: p.value for p in proto.metadata_props}), proto
+        return read_metadata(path, {p.key: p.value for p in proto.metadata_props}), proto
     from signflow_zoo.model.export import serving_metadata
     from signflow_zoo.model.checkpoint import read_checkpoint
 

@@ -66,6 +66,7 @@ recordings as a stream lives in :mod:`signflow_zoo.serve.replay`; model files in
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from collections import deque
@@ -283,6 +284,14 @@ class SignFlowInferencePipeline:
     file itself (see :func:`~signflow_zoo.serve.modelfile.plan_backend`; ``registry`` is a
     :class:`~signflow_zoo.plugins.PluginRegistry`, the process-wide one by default); :meth:`from_runner`
     wraps a runner that is already prepared.
+
+    **Threads.** One pipeline is one stream: its frames must come in order, from one source. It may be shared by
+    several threads (a web server's workers): ``process_frame``, ``flush``, ``process_sequence``, ``reset`` and
+    ``close`` hold the pipeline's lock, so calls are serialized, each sees the state the previous one left, and no
+    frame is lost or counted twice; but frames of several streams sent to one pipeline are still mixed into one
+    stream. For parallel streams make one pipeline per stream (:meth:`spawn`). Calls into the runner are
+    serialized too, by a lock a pipeline shares with the pipelines spawned from it, so a stateful runner (one
+    that keeps buffers or sessions between calls) is never entered by two threads at once.
     """
 
     def __init__(self, model_path: str | Path, backend: str | None = None, config: PipelineConfig | None = None,
@@ -339,6 +348,7 @@ class SignFlowInferencePipeline:
         other.model_path, other.notes, other._owns_runner = self.model_path, list(self.notes), False
         other._setup(self.runner, self.info, replace(self.config, warmup=False), self.meta)
         other.backend_name = self.backend_name
+        other._run_lock = self._run_lock  # one runner, one lock: its calls from every stream are serialized
         return other
 
     def _setup(self, runner: Runner, info: ServingInfo, config: PipelineConfig, meta: dict[str, Any]) -> None:
@@ -347,6 +357,8 @@ class SignFlowInferencePipeline:
         if getattr(runner, "input_dim", FEATURE_DIM) != FEATURE_DIM:
             raise ModelFileError(f"{self._source(runner)}: the model reads {runner.input_dim} features per frame; this "
                                  f"pipeline computes {FEATURE_DIM} ({FEATURE_VERSION})")
+        self._lock = threading.RLock()  # this pipeline's stream state (see the class docstring, "Threads")
+        self._run_lock = threading.Lock()  # calls into the runner; shared with the pipelines spawn() makes
         self.runner = runner
         self.backend_name = runner.name
         self.info = info
@@ -371,7 +383,8 @@ class SignFlowInferencePipeline:
         feats = np.zeros((1, self.seq_len, FEATURE_DIM), np.float32)
         mask = np.ones((1, self.seq_len), bool)
         try:
-            out = np.asarray(self.runner.run(feats, mask))
+            with self._run_lock:
+                out = np.asarray(self.runner.run(feats, mask))
         except SignFlowError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. ONNX Runtime rejecting the graph at run time
@@ -387,6 +400,10 @@ class SignFlowInferencePipeline:
     # -- state ----------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the current recording, the recent frames, the vote history and the sentence."""
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         self.state = IDLE
         self._buf = np.zeros((min(self.config.max_sign_frames, 256), RAW_DIM), dtype=np.float32)
         self._n = 0
@@ -421,8 +438,9 @@ class SignFlowInferencePipeline:
                 "runner": self.runner.describe(), "config": self.config.to_dict()}
 
     def close(self) -> None:
-        if self._owns_runner and self.runner is not None:
-            self.runner.close()
+        with self._lock, self._run_lock:
+            if self._owns_runner and self.runner is not None:
+                self.runner.close()
 
     def __enter__(self):
         return self
@@ -439,13 +457,18 @@ class SignFlowInferencePipeline:
         t0 = time.perf_counter()
         row, info = parse_payload(payload)
         tracking = 1.0 if info.confidence is None else info.confidence
-        pred = self._step(row, tracking)
+        with self._lock:  # one frame at a time, whatever the thread
+            pred = self._step(row, tracking)
         pred.latency_ms = (time.perf_counter() - t0) * 1e3
         return pred
 
     def flush(self) -> Prediction | None:
         """End the current recording now (end of stream): its prediction when one was recording and it
         has at least ``min_sign_frames`` frames, else None (a too-short recording is dropped)."""
+        with self._lock:
+            return self._flush()
+
+    def _flush(self) -> Prediction | None:
         if self.state != RECORDING:
             return None
         if self._recorded < self.config.min_sign_frames:
@@ -555,13 +578,15 @@ class SignFlowInferencePipeline:
         if tracking < floor:
             vis = max(0.0, vis - 0.8 * (floor - tracking))
         quality = _Quality(visibility=vis, motion=mean_motion, tracking=tracking, last_motion=last_motion)
-        pred = self._classify(raw, quality, "clip", vote=False)
+        with self._lock:
+            pred = self._classify(raw, quality, "clip", vote=False)
         pred.start_frame = 0
         return pred
 
     # -- decision -------------------------------------------------------------------------------
     def _logits(self, feats: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.runner.run(feats, mask))
+        with self._run_lock:
+            out = np.asarray(self.runner.run(feats, mask))
         if out.ndim != 2 or out.shape != (feats.shape[0], len(self.labels)):
             raise BackendError(f"{self._source()}: backend {self.backend_name!r} returned logits of shape "
                                f"{list(out.shape)}, expected [{feats.shape[0]}, {len(self.labels)}] (one per label)")

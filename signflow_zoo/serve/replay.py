@@ -2,7 +2,11 @@
 
 A replay is the clips in order with the signer at rest between them: ``rest_frames`` still frames before
 each clip and after the last, and between two clips a glide from one clip's last frame to the next one's
-first, slow enough (each step below half the motion threshold) not to be read as a sign. Frames are
+first, slow enough (each step below half the motion threshold) not to be read as a sign, and never longer
+than :data:`MAX_GLIDE_FRAMES` frames (a longer gap is crossed in bigger steps, which the state machine may read
+as motion). Clips must hold normalized image coordinates (x, y in 0..1, as MediaPipe gives them): a clip with
+a coordinate beyond :data:`MAX_COORDINATE` (pixel coordinates, most likely) is refused by
+:func:`check_stream_clips` before any frame is replayed. Frames are
 produced one at a time (:func:`stream_rows`, :func:`stream_payloads` are generators), so a replay of any
 length holds one frame's payload at a time, never the whole stream.
 
@@ -14,12 +18,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from signflow_zoo.common.errors import InputError
 from signflow_zoo.data.features import PARTS, RAW_DIM, part_present, validate_raw
 from signflow_zoo.serve.motion import pair_motion
 from signflow_zoo.serve.payload import payload_from_raw
@@ -28,6 +34,13 @@ from signflow_zoo.backends.runner import Runner
 from signflow_zoo.results.latency import percentile
 
 MIN_SIGNS_FOR_P99 = 20
+# At most this many frames glide between two clips (5 s at 30 fps). A glide of normalized coordinates takes
+# 2-33 frames on the synthetic data and ~40 for a hand moving from the lap to the face; uncapped, a clip in
+# pixel coordinates made a 200,000-frame (1.85 h) glide.
+MAX_GLIDE_FRAMES = 150
+# Normalized landmark coordinates stay within a few units (x, y in 0..1, slightly beyond for a point off the
+# image; z on the scale of x); a clip with any |coordinate| above this holds pixel coordinates, most likely.
+MAX_COORDINATE = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,11 +68,43 @@ def _raw_of(clip) -> np.ndarray:
     return np.asarray(validate_raw(raw, "clip"), dtype=np.float32)
 
 
+def check_stream_clips(clips: Sequence, names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The clips' raw arrays, each checked to be [F, 225] landmarks in normalized coordinates.
+
+    :class:`~signflow_zoo.common.errors.InputError` naming the clip (``names[i]``, else its position) when a
+    coordinate's magnitude exceeds :data:`MAX_COORDINATE`: pixel coordinates would make every tracking wobble a
+    motion far above the state machine's thresholds (and made a replay glide for hours)."""
+    raws = []
+    for i, clip in enumerate(clips):
+        what = f"clip {i + 1} of {len(clips)}" + (f" ({names[i]})" if names is not None and i < len(names) else "")
+        raw = np.asarray(validate_raw(getattr(clip, "raw", clip), what), dtype=np.float32)
+        peak = 0.0
+        for start in range(0, len(raw), 1024):  # in chunks: no whole-clip temporaries on a long clip
+            chunk = np.abs(raw[start:start + 1024])
+            chunk[~np.isfinite(chunk)] = 0.0
+            peak = max(peak, float(chunk.max()))
+        if peak > MAX_COORDINATE:
+            raise InputError(f"{what}: coordinates reach {peak:.6g}: they look like pixel coordinates; the stream "
+                             f"expects normalized image coordinates (x, y in 0..1, as MediaPipe gives them; at most "
+                             f"|{MAX_COORDINATE:g}| accepted): divide x by the frame's width and y by its height")
+        raws.append(raw)
+    return raws
+
+
 def _glide_steps(prev: np.ndarray, first: np.ndarray, motion_threshold: float) -> int:
+    """Steps of the glide from ``prev`` to ``first``: each below half the motion threshold, at most
+    :data:`MAX_GLIDE_FRAMES`."""
+    return min(_needed_steps(prev, first, motion_threshold), MAX_GLIDE_FRAMES)
+
+
+def _needed_steps(prev: np.ndarray, first: np.ndarray, motion_threshold: float) -> int:
+    """Steps of the glide without the cap (:data:`MAX_GLIDE_FRAMES` + 1 for a gap that is not finite)."""
     if motion_threshold <= 0:
         return 0
     gap = float(pair_motion(prev, first))
-    return int(math.ceil(gap / (motion_threshold / 2)))
+    if not math.isfinite(gap):
+        return MAX_GLIDE_FRAMES + 1
+    return int(math.ceil(min(gap / (motion_threshold / 2), 1e9)))
 
 
 def _glide(prev: np.ndarray, first: np.ndarray, steps: int) -> Iterator[np.ndarray]:
@@ -197,8 +242,18 @@ def replay_stream(pipe: SignFlowInferencePipeline, clips: Sequence, rest_frames:
     being replayed then, None in the rest before the first). Returns a summary: frames, signs,
     predictions, accepted, the sentence, latency percentiles, wall time, frames/s and frames late. Memory
     stays bounded: one frame is in flight, only per-sign latencies are kept.
+
+    The clips are checked first (:func:`check_stream_clips`: an :class:`InputError` for pixel coordinates);
+    ``glides_capped`` in the summary counts glides cut to :data:`MAX_GLIDE_FRAMES` (with a ``RuntimeWarning``).
     """
-    spans, total = stream_spans(clips, rest_frames, pipe.config.motion_threshold)
+    clips = check_stream_clips(clips)
+    threshold = pipe.config.motion_threshold
+    capped = sum(_needed_steps(a[-1], b[0], threshold) > MAX_GLIDE_FRAMES
+                 for a, b in zip(clips, clips[1:], strict=False))
+    if capped:
+        warnings.warn(f"{capped} glide(s) between clips capped at {MAX_GLIDE_FRAMES} frames: the clips' ends are "
+                      "far apart, and the faster glide may be read as motion", RuntimeWarning, stacklevel=2)
+    spans, total = stream_spans(clips, rest_frames, threshold)
     interval = 1.0 / fps
     latencies: list[float] = []
     late = predictions = accepted = frames = 0
@@ -231,7 +286,7 @@ def replay_stream(pipe: SignFlowInferencePipeline, clips: Sequence, rest_frames:
     return {"frames": frames, "signs": len(spans), "predictions": predictions, "accepted": accepted,
             "sentence": pipe.sentence, "latency_ms": stats_ms(latencies), "wall_s": wall,
             "frames_per_s": frames / wall if wall > 0 else None, "frames_late": late, "backend": pipe.backend_name,
-            "expected_frames": total}
+            "expected_frames": total, "glides_capped": capped}
 
 
 def measure_stream_latency(runner: Runner, labels: Sequence[str], clips: Iterable,
@@ -301,4 +356,5 @@ def measure_stream_latency(runner: Runner, labels: Sequence[str], clips: Iterabl
 
 
 __all__ = ["RestNoise", "stream_rows", "stream_payloads", "stream_spans", "stream_from_clips", "replay_stream",
-           "segmentation_score", "measure_stream_latency", "stats_ms", "clip_of", "MIN_SIGNS_FOR_P99"]
+           "segmentation_score", "measure_stream_latency", "stats_ms", "clip_of", "MIN_SIGNS_FOR_P99",
+           "check_stream_clips", "MAX_GLIDE_FRAMES", "MAX_COORDINATE"]

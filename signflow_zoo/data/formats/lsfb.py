@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from signflow_zoo.common.documents import DocumentError, loads_json
 from signflow_zoo.common.errors import DataError, InputError
 from signflow_zoo.data.features import NUM_HAND_POINTS, NUM_POSE_POINTS, raw_from_parts
 from signflow_zoo.data.clip import Clip
@@ -81,9 +82,11 @@ def _sign_table(root: Path, labels: int | None) -> list[str] | None:
 
 def _split_ids(path: Path) -> set[str]:
     try:
-        ids = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        ids = loads_json(path.read_text(encoding="utf-8"), str(path))  # nesting bounded
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be read as JSON ({exc})") from None
+    except DocumentError as exc:
+        raise DataError(str(exc)) from None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise DataError(f"{path}: expected a JSON list of instance ids (as lsfb-dataset writes them)")
     return set(ids)
