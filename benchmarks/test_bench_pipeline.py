@@ -18,7 +18,10 @@ fed as fast as possible, sign latency (last frame -> prediction) p50 11.1 ms / p
 9.2 ms. On the shared 2-core development VM (load ~4) every number was 1-4x worse and noisy.
 Motion measured on hip-centred coordinates (as the original) then added ~22% to frames that end nothing
 (p50 0.046 vs 0.038 ms, p99 0.074 vs 0.058 ms, three alternating runs of both versions on the shared VM at
-load ~2, 2026-11-26).
+load ~2, 2026-11-26). Dividing by the body scale too (the original's units, 118fad0) added ~0.006 ms p50 per
+frame to the motion measure itself (``FrameHands`` + ``motion_to``: p50 0.018 vs 0.012 ms, six alternating runs
+of both versions over 310 synthetic frames, shared 2-core Intel Xeon VM at load ~6, 2026-12-02); the whole
+per-frame path was not re-timed.
 
 Not timings: ``test_long_stream_memory_is_bounded`` records the peak resident memory a 10,000- and a
 100,000-frame replay add (bounded: about equal), ``test_presence_rule_segmentation`` how many signs the state

@@ -67,8 +67,12 @@ RAW = PipelineConfig(calibrate_confidence=False)  # confidence = the probability
 
 
 def base_row() -> np.ndarray:
+    """A body whose scale is 1 (shoulder width 1, the largest of shoulder width, hip width and torso height):
+    motion in the original's units (hands minus the hip centre, over the body scale) reads as plain distances."""
     pts = lambda n, b: [[b + 0.01 * i, 0.5 - 0.005 * i, -0.02 * (i % 3)] for i in range(n)]  # noqa: E731
-    row, _ = parse_payload({"hands": {"left": pts(21, 0.6), "right": pts(21, 0.3)}, "pose": pts(33, 0.4)})
+    pose = pts(33, 0.4)
+    pose[11], pose[12] = [0.0, 0.44, 0.0], [1.0, 0.44, 0.0]  # shoulders (pose points 11, 12)
+    row, _ = parse_payload({"hands": {"left": pts(21, 0.6), "right": pts(21, 0.3)}, "pose": pose})
     return row
 
 
@@ -188,7 +192,7 @@ def test_the_stream_measures_motion_as_motion_profile_does(ignore):
     rows[rng.random(70) < 0.2, :63] = 0  # hands and the pose lost now and then
     rows[rng.random(70) < 0.2, 63:126] = 0
     rows[rng.random(70) < 0.1, 126:] = 0
-    pipe, _ = make_pipe(motion_threshold=1.0, ignore_tracking_jumps=ignore)  # never starts: no sign ends
+    pipe, _ = make_pipe(motion_threshold=1e9, ignore_tracking_jumps=ignore)  # never starts: no sign ends
     got = [p.motion for p in run_stream(pipe, rows)]
     np.testing.assert_allclose(got, motion_profile(rows, ignore_tracking_jumps=ignore), rtol=1e-6, atol=1e-9)
 

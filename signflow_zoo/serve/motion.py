@@ -1,36 +1,59 @@
 """What the streaming state machine measures on raw landmark rows: hand motion energy and hand visibility,
 in the units of the original SignFlow pipeline.
 
-**Units.** The original measured motion on the output of its per-frame ``normalize_landmarks``: in the
-version whose model reads 469 features, every point minus the hip midpoint (pose points 23/24, a part that
-was not detected being zero-filled first), with no scaling. (A later version, whose model reads 493
-features, also divides by max(shoulder width, hip width, torso height); its thresholds stayed 0.005.)
-The 0.005 / 0.003 thresholds of :class:`~signflow_zoo.serve.pipeline.PipelineConfig` are meant in these units.
+**Units.** The original (commit 118fad0, the version whose model reads 469 features) measured motion on
+the output of its per-frame ``normalize_landmarks`` (``backend/app/ml/features.py``): a part that was not
+detected is zero-filled first; then every point minus the hip midpoint (pose points 23/24), divided by the
+body scale max(shoulder width, hip width, torso height, 1e-3) -- widths are the 3-D (x, y, z) distances
+between pose points 11/12 and 23/24, the torso height the distance between their midpoints, all read on
+the zero-filled pose (a missing hip counts as the origin, a missing pose gives the 1e-3 floor) -- and the
+result clipped to +-5 body scales. This module computes the same, per frame (:func:`body_reference`,
+:func:`normalized_hands`). The 0.005 / 0.003 thresholds of
+:class:`~signflow_zoo.serve.pipeline.PipelineConfig` are meant in these units: hand movement in body
+sizes, so the same sign gives the same motion whatever the signer's size or distance to the camera.
 
-**Motion energy** of a frame = mean |delta| over the 126 hand values since the previous frame. A hand
-that was not detected is zero-filled before centring, so it sits at minus the hip centre and moves
-with it, as in the original. With ``ignore_tracking_jumps`` (the pipeline's default) one thing differs:
-a hand that appears or vanishes between the two frames adds nothing, and the hip centre is subtracted
-only when the hips are detected in both frames. The original read such a tracking event as a jump of
-the whole hand to or from minus the hip centre, so a hand lost at rest started a recording, and a
-flickering hand kept one from ever ending.
+**Motion energy** of a frame = mean |delta| over the 126 normalized hand values since the previous frame,
+as the original's ``_compute_motion_energy``. A hand that was not detected is zero-filled before
+normalization, so in the original it sits at minus the hip centre over the body scale and moves when they
+change. With ``ignore_tracking_jumps`` (the pipeline's default) two things differ: a hand counts only when
+it was detected in both frames (one that appears or vanishes, or that stays lost, adds nothing); and when
+the body reference (which of pose points 11, 12, 23, 24 were detected) differs between the two frames, both
+frames are normalized with one reference -- that of the frame with more of those points detected, the
+previous one on a tie -- so a shoulder or hip that tracking loses or finds does not rescale or re-centre the
+hands. The original read such tracking events as jumps of the whole hand, so a hand lost at rest started a
+recording, and a flickering hand kept one from ever ending; and a hand it had lost moved with every change
+of the hip centre or the body scale (pose jitter, a step of the signer).
 
-**Visibility** of a frame = the fraction of the 42 hand points with a coordinate of magnitude > 1e-6, as
-the original computes it.
+**Visibility** of a frame = the fraction of the 42 hand points with a coordinate of magnitude > 1e-6, read
+on the raw (not normalized) points, as the original's ``_compute_hand_visibility``.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from signflow_zoo.data.features import NUM_HAND_POINTS, POSE, POSE_LEFT_HIP, POSE_RIGHT_HIP, part_present, validate_raw
+from signflow_zoo.data.features import (
+    NUM_HAND_POINTS,
+    POSE,
+    POSE_LEFT_HIP,
+    POSE_LEFT_SHOULDER,
+    POSE_RIGHT_HIP,
+    POSE_RIGHT_SHOULDER,
+    part_present,
+    validate_raw,
+)
 
 HAND_VALUES = 2 * NUM_HAND_POINTS * 3  # 126: left hand then right hand, x y z per point
-_LEFT_HIP = slice(POSE.start + 3 * POSE_LEFT_HIP, POSE.start + 3 * POSE_LEFT_HIP + 3)
-_RIGHT_HIP = slice(POSE.start + 3 * POSE_RIGHT_HIP, POSE.start + 3 * POSE_RIGHT_HIP + 3)
-_HIPS = slice(_LEFT_HIP.start, _RIGHT_HIP.stop)  # pose points 23 and 24: neighbours in the row
+REFERENCE_POINTS = (POSE_LEFT_SHOULDER, POSE_RIGHT_SHOULDER, POSE_LEFT_HIP, POSE_RIGHT_HIP)  # 11, 12, 23, 24
+MIN_BODY_SCALE = 1e-3  # the original's floor on the body scale (reached when no pose was detected)
+CLIP_BODY_SCALES = 5.0  # normalized values are clipped to +-5, as the original
 VISIBLE_EPS = 1e-6  # a point with every |coordinate| at or below this counts as not detected
 _CHUNK = 4096  # frames per step when a whole clip is measured: bounded temporaries on any clip length
+_REF_COLS = [POSE.start + 3 * p + k for p in REFERENCE_POINTS for k in range(3)]  # 12 columns of the raw row
+_SHOULDERS = slice(POSE.start + 3 * POSE_LEFT_SHOULDER, POSE.start + 3 * POSE_RIGHT_SHOULDER + 3)
+_HIPS = slice(POSE.start + 3 * POSE_LEFT_HIP, POSE.start + 3 * POSE_RIGHT_HIP + 3)
 
 
 def _finite(raw: np.ndarray) -> np.ndarray:
@@ -38,62 +61,111 @@ def _finite(raw: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(arr), arr, 0.0)
 
 
-def hip_centre(raw) -> np.ndarray:
-    """[..., 225] -> the hip midpoint [..., 3] (a missing hip counts as the origin, as the original)."""
-    arr = np.asarray(raw)
-    return 0.5 * (_finite(arr[..., _LEFT_HIP]) + _finite(arr[..., _RIGHT_HIP]))
+def _reference_points(arr: np.ndarray) -> tuple[np.ndarray, ...]:
+    """[..., 225] (finite) -> left shoulder, right shoulder, left hip, right hip, each [..., 3]."""
+    ref = arr[..., _REF_COLS].reshape(*arr.shape[:-1], 4, 3)
+    return tuple(ref[..., i, :] for i in range(4))
 
 
-def centred_hands(raw) -> np.ndarray:
-    """[..., 225] -> the 126 hand values minus the hip centre: the original's normalised hand coordinates."""
+def body_reference(raw) -> tuple[np.ndarray, np.ndarray]:
+    """[..., 225] -> (centre [..., 3], scale [...]): the original's hip midpoint and body scale per frame.
+
+    Centre = midpoint of pose points 23/24; scale = max(|p11 - p12|, |p23 - p24|, |mid(11, 12) -
+    mid(23, 24)|, 1e-3), 3-D distances on the zero-filled points (as ``_resolve_body_scale`` at 118fad0).
+    """
+    ls, rs, lh, rh = _reference_points(_finite(raw))
+    centre = 0.5 * (lh + rh)
+    scale = np.maximum.reduce([np.linalg.norm(ls - rs, axis=-1), np.linalg.norm(lh - rh, axis=-1),
+                               np.linalg.norm(0.5 * (ls + rs) - centre, axis=-1),
+                               np.full(centre.shape[:-1], MIN_BODY_SCALE)])
+    return centre, scale
+
+
+def reference_seen(raw) -> np.ndarray:
+    """[..., 225] -> [..., 4] bool: which of pose points 11, 12, 23, 24 were detected (a non-zero coordinate)."""
     arr = _finite(raw)
-    hands = arr[..., :HAND_VALUES].reshape(*arr.shape[:-1], 2 * NUM_HAND_POINTS, 3)
-    return (hands - hip_centre(arr)[..., None, :]).reshape(*arr.shape[:-1], HAND_VALUES)
+    return (arr[..., _REF_COLS].reshape(*arr.shape[:-1], 4, 3) != 0).any(axis=-1)
+
+
+def _normalize(hands: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """hands [..., 42, 3], centre [..., 3], scale [...] -> clip((hands - centre) / scale, +-5)."""
+    out = (hands - centre[..., None, :]) / scale[..., None, None]
+    return np.clip(out, -CLIP_BODY_SCALES, CLIP_BODY_SCALES)
+
+
+def _hands(arr: np.ndarray) -> np.ndarray:
+    return arr[..., :HAND_VALUES].reshape(*arr.shape[:-1], 2 * NUM_HAND_POINTS, 3)
+
+
+def normalized_hands(raw) -> np.ndarray:
+    """[..., 225] -> the 126 hand values as the original's ``normalize_landmarks`` gives them (zero-filled,
+    minus the hip centre, over the body scale, clipped to +-5)."""
+    arr = _finite(raw)
+    centre, scale = body_reference(arr)
+    return _normalize(_hands(arr), centre, scale).reshape(*arr.shape[:-1], HAND_VALUES)
 
 
 def pair_motion(prev, cur, ignore_tracking_jumps: bool = True) -> np.ndarray:
     """Motion energy between rows ``prev`` and ``cur`` ([..., 225] each, same shape) -> [...]."""
     prev, cur = _finite(prev), _finite(cur)
-    if not ignore_tracking_jumps:
-        return np.abs(centred_hands(cur) - centred_hands(prev)).sum(axis=-1) / HAND_VALUES
-    was, now = part_present(prev), part_present(cur)
-    hips = _hips_present(prev) & _hips_present(cur)
-    shift = np.where(hips[..., None], hip_centre(cur) - hip_centre(prev), 0.0)
-    total = np.zeros(cur.shape[:-1])
-    for side, cols in (("left", slice(0, 63)), ("right", slice(63, 126))):
-        delta = (cur[..., cols] - prev[..., cols]).reshape(*cur.shape[:-1], NUM_HAND_POINTS, 3) - shift[..., None, :]
-        moved = np.abs(delta).sum(axis=(-2, -1))  # absent in both: the zero-filled points move by -shift
-        total += np.where(was[side] == now[side], moved, 0.0)
-    return total / HAND_VALUES
+    (c0, s0), (c1, s1) = body_reference(prev), body_reference(cur)
+    if ignore_tracking_jumps:
+        r0, r1 = reference_seen(prev), reference_seen(cur)
+        changed = (r0 != r1).any(axis=-1)
+        use_prev = changed & (r0.sum(axis=-1) >= r1.sum(axis=-1))  # one reference for both frames
+        use_cur = changed & ~use_prev
+        c0, c1 = np.where(use_cur[..., None], c1, c0), np.where(use_prev[..., None], c0, c1)
+        s0, s1 = np.where(use_cur, s1, s0), np.where(use_prev, s0, s1)
+    delta = np.abs(_normalize(_hands(cur), c1, s1) - _normalize(_hands(prev), c0, s0))
+    per_hand = delta.reshape(*delta.shape[:-2], 2, NUM_HAND_POINTS * 3).sum(axis=-1)
+    if ignore_tracking_jumps:
+        was, now = part_present(prev), part_present(cur)
+        both = np.stack([was["left"] & now["left"], was["right"] & now["right"]], axis=-1)
+        per_hand = np.where(both, per_hand, 0.0)  # a hand counts only when detected in both frames
+    return per_hand.sum(axis=-1) / HAND_VALUES
 
 
 class FrameHands:
-    """One finite raw row's hands, hip centre and what was detected: what :meth:`motion_to` needs, computed
-    once per frame. The streaming path (one frame at a time); :func:`pair_motion` is the same measure over
-    arrays of frames."""
+    """One finite raw row's hands, body reference and what was detected: what :meth:`motion_to` needs,
+    computed once per frame. The streaming path (one frame at a time); :func:`pair_motion` is the same measure
+    over arrays of frames."""
 
-    __slots__ = ("hands", "present", "hips", "centre")
+    __slots__ = ("hands", "present", "seen", "count", "centre", "scale", "normalized")
 
     def __init__(self, row: np.ndarray):
-        self.hands = row[:HAND_VALUES].astype(np.float64).reshape(2, NUM_HAND_POINTS, 3)
-        present = part_present(row)
-        self.present = np.array([present["left"], present["right"]])
-        hips = row[_HIPS].astype(np.float64).reshape(2, 3)  # points 23 and 24 are neighbours in the row
-        self.hips = bool(hips[0].any() and hips[1].any())
-        self.centre = 0.5 * (hips[0] + hips[1])
+        row = np.asarray(row, dtype=np.float64)
+        self.hands = row[:HAND_VALUES].reshape(2 * NUM_HAND_POINTS, 3)
+        self.present = np.array([bool(self.hands[:NUM_HAND_POINTS].any()), bool(self.hands[NUM_HAND_POINTS:].any())])
+        ls, rs = row[_SHOULDERS].reshape(2, 3)  # pose points 11, 12 and 23, 24 are neighbours in the row
+        lh, rh = row[_HIPS].reshape(2, 3)
+        self.seen = (bool(ls.any()), bool(rs.any()), bool(lh.any()), bool(rh.any()))
+        self.count = sum(self.seen)
+        self.centre = 0.5 * (lh + rh)
+        mid_sh = 0.5 * (ls + rs)
+        self.scale = max(_norm3(ls - rs), _norm3(lh - rh), _norm3(mid_sh - self.centre), MIN_BODY_SCALE)
+        self.normalized = self.normalize(self.hands)
+
+    def normalize(self, hands: np.ndarray) -> np.ndarray:
+        """Hand points [42, 3] in this frame's reference (minus its hip centre, over its body scale, clipped)."""
+        out = (hands - self.centre) / self.scale
+        np.minimum(out, CLIP_BODY_SCALES, out=out)
+        return np.maximum(out, -CLIP_BODY_SCALES, out=out)
 
     def motion_to(self, cur: "FrameHands", ignore_tracking_jumps: bool = True) -> float:
         """Motion energy from this frame to ``cur`` (see the module docstring)."""
         if not ignore_tracking_jumps:
-            delta = (cur.hands - cur.centre) - (self.hands - self.centre)
-            return float(np.abs(delta).sum()) / HAND_VALUES
-        shift = cur.centre - self.centre if self.hips and cur.hips else 0.0
-        per_hand = np.abs(cur.hands - self.hands - shift).sum(axis=(1, 2))
-        return float(per_hand[self.present == cur.present].sum()) / HAND_VALUES
+            return float(np.abs(cur.normalized - self.normalized).sum()) / HAND_VALUES
+        if self.seen == cur.seen:
+            delta = np.abs(cur.normalized - self.normalized)
+        else:  # a reference point was lost or found: both frames in one reference
+            ref = self if self.count >= cur.count else cur
+            delta = np.abs(ref.normalize(cur.hands) - ref.normalize(self.hands))
+        per_hand = delta.reshape(2, NUM_HAND_POINTS * 3).sum(axis=1)
+        return float(per_hand[self.present & cur.present].sum()) / HAND_VALUES
 
 
-def _hips_present(arr: np.ndarray) -> np.ndarray:
-    return (arr[..., _LEFT_HIP] != 0).any(axis=-1) & (arr[..., _RIGHT_HIP] != 0).any(axis=-1)
+def _norm3(v: np.ndarray) -> float:
+    return math.sqrt(float(v[0]) ** 2 + float(v[1]) ** 2 + float(v[2]) ** 2)
 
 
 def visibility(raw) -> np.ndarray:
@@ -127,5 +199,6 @@ def clip_quality(raw, ignore_tracking_jumps: bool = True) -> tuple[float, float,
     return vis / len(arr), float(motion.mean()), float(motion[-1])
 
 
-__all__ = ["FrameHands", "centred_hands", "hip_centre", "pair_motion", "visibility", "motion_profile", "clip_quality",
-           "HAND_VALUES", "VISIBLE_EPS"]
+__all__ = ["FrameHands", "body_reference", "normalized_hands", "reference_seen", "pair_motion", "visibility",
+           "motion_profile", "clip_quality", "HAND_VALUES", "REFERENCE_POINTS", "MIN_BODY_SCALE", "CLIP_BODY_SCALES",
+           "VISIBLE_EPS"]

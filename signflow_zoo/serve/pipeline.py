@@ -30,9 +30,12 @@ ends a sign, ``label`` is the accepted sign or ``"NONE"``. A malformed payload r
 
 - per frame: *visibility* = fraction of the 42 hand points detected, lowered by 0.8 x (floor - c) when
   the frontend's averageConfidence c is below ``tracking_confidence_floor``; *motion energy* = mean
-  |delta| of the 126 hand values since the previous frame, on hip-centred coordinates
-  (:mod:`signflow_zoo.serve.motion`). Departure: with ``ignore_tracking_jumps`` a hand (or the hip centre)
-  counts only when present in both frames; the original read a hand that appears or vanishes as motion;
+  |delta| of the 126 hand values since the previous frame, on the original's per-frame normalized
+  coordinates (minus the hip centre, over the body scale max(shoulder width, hip width, torso height), as
+  ``normalize_landmarks`` at 118fad0; :mod:`signflow_zoo.serve.motion`). Departure: with
+  ``ignore_tracking_jumps`` a hand counts only when detected in both frames, and both frames are normalized
+  with one reference when a shoulder or hip is lost or found between them; the original read such tracking
+  events as motion;
 - IDLE -> RECORDING when the energy exceeds ``motion_threshold`` and the visibility exceeds
   ``min_hand_visibility``; the ``preroll_frames`` frames before it are kept;
 - the sign ends after ``min_rest_frames`` frames in a row below ``motion_threshold`` once
@@ -80,7 +83,7 @@ import numpy as np
 from signflow_zoo.common.errors import BackendError, InputError, ModelFileError, SignFlowError
 from signflow_zoo.data.features import FEATURE_DIM, FEATURE_VERSION, RAW_DIM, prepare_clip, raw_from_parts, validate_raw
 from signflow_zoo.serve.modelfile import MAX_SEQ_LEN, ServingInfo, plan_backend, read_model_metadata, serving_info
-from signflow_zoo.serve.motion import FrameHands, centred_hands, clip_quality, motion_profile, visibility
+from signflow_zoo.serve.motion import FrameHands, clip_quality, motion_profile, normalized_hands, visibility
 from signflow_zoo.serve.payload import parse_payload
 from signflow_zoo.backends.runner import Runner, RunnerOptions
 
@@ -91,7 +94,13 @@ NONE_CLASS_LABELS = frozenset({"NONE", "[NONE]"})  # a model's "no sign" class, 
 MAX_SIGN_FRAMES = 100_000  # ~55 minutes at 30 fps (90 MB of window): a longer "sign" is a broken config
 VISIBILITY_FLOOR, VISIBILITY_MARGIN = 0.3, 0.05  # low visibility: below max(0.3, min_hand_visibility + 0.05)
 LOW_MOTION_FACTOR = 0.85  # the calibrated confidence of a window ending on a still frame, as the original
-_ACTIVE_HANDS = 1e-4  # a frame whose mean |centred hand value| is at most this tracked nothing (the original's)
+# the original's decision counters (``decision_diagnostics["counters"]``), in its order; "rejected_by_margin" and
+# "rejected_by_motion" count windows whose confidence was lowered for a small margin / a still last frame
+DECISION_COUNTERS = ("total_inferences", "accepted", "rejected_total", "rejected_by_confidence_threshold",
+                     "rejected_by_adaptive_threshold", "rejected_by_class_threshold", "rejected_by_label_none",
+                     "rejected_by_calibration", "rejected_by_margin", "rejected_by_motion",
+                     "rejected_by_tta_disagreement")
+_ACTIVE_HANDS = 1e-4  # a frame whose mean |normalized hand value| is at most this tracked nothing (the original's)
 
 
 class PipelineConfigError(SignFlowError, ValueError):
@@ -103,7 +112,8 @@ class PipelineConfig:
     """Every threshold and timing of the streaming pipeline; defaults are the original's (where one
     differs, its comment says why)."""
 
-    motion_threshold: float = 0.005  # motion energy (hip-centred units) above: a sign starts; below: rest
+    motion_threshold: float = 0.005  # motion energy above: a sign starts; below: rest. In the original's units
+    #                                  (118fad0): hands minus the hip centre, over the body scale (serve/motion.py)
     preroll_frames: int = 3  # frames kept from before the one that starts a sign (the original keeps its
     #                          last 4 frames, that one included)
     min_rest_frames: int = 10  # rest frames in a row that end a sign ...
@@ -231,6 +241,7 @@ class Prediction:
     features_ms: float | None = None  # resample + enrich of the window
     inference_ms: float | None = None  # the backend's run()
     sentence: tuple[str, ...] = ()  # the sentence buffer after this prediction
+    diagnostics: dict[str, Any] | None = None  # the original's traces and counters, see _classify (signs only)
 
     @property
     def ended(self) -> bool:
@@ -256,11 +267,12 @@ class Prediction:
             "decision_diagnostics": {
                 "adaptive_threshold": self.adaptive_threshold, "class_threshold": self.class_threshold,
                 "effective_threshold": self.threshold, "flags": list(self.flags), "rejected_by": self.rejected_by,
+                **(self.diagnostics or {}),
             } if self.ended else None,
             "latency_ms": self.latency_ms,
         }
         rich = asdict(self)
-        for key in ("confidence", "alternatives", "latency_ms"):
+        for key in ("confidence", "alternatives", "latency_ms", "diagnostics"):
             rich.pop(key)
         rich.update(candidate_confidence=self.confidence, flags=list(self.flags), sentence=list(self.sentence),
                     ended=self.ended, top_k=[{"label": lab, "probability": p} for lab, p in self.alternatives])
@@ -285,6 +297,12 @@ class SignFlowInferencePipeline:
     :class:`~signflow_zoo.plugins.PluginRegistry`, the process-wide one by default); :meth:`from_runner`
     wraps a runner that is already prepared.
 
+    **A model file without metadata** (exported the original SignFlow way: one input, no labels) is served
+    with ``labels=``: a list of labels in output order, or the path of a labels file (a JSON list, or one
+    label per line). Given labels replace the file's own and must be as many as the model's outputs.
+    ``calibration={"temperature": T, "thresholds": [...] or {label: t}}`` replaces the file's calibration
+    (both keys optional).
+
     **Threads.** One pipeline is one stream: its frames must come in order, from one source. It may be shared by
     several threads (a web server's workers): ``process_frame``, ``flush``, ``process_sequence``, ``reset`` and
     ``close`` hold the pipeline's lock, so calls are serialized, each sees the state the previous one left, and no
@@ -295,12 +313,13 @@ class SignFlowInferencePipeline:
     """
 
     def __init__(self, model_path: str | Path, backend: str | None = None, config: PipelineConfig | None = None,
-                 options: RunnerOptions | None = None, registry=None):
+                 options: RunnerOptions | None = None, registry=None, *,
+                 labels: Sequence[str] | str | Path | None = None, calibration: Mapping[str, Any] | None = None):
         from signflow_zoo.plugins import get_registry
 
         config = (config or PipelineConfig()).validate()
         registry = registry if registry is not None else get_registry()
-        plan = plan_backend(model_path, backend, registry)
+        plan = plan_backend(model_path, backend, registry, labels=labels, calibration=calibration)
         notes = list(plan.notes)
         if plan.info.default_labels:
             last = len(plan.info.labels) - 1
@@ -417,6 +436,7 @@ class SignFlowInferencePipeline:
         self._tracking = 1.0
         self._last_motion = 0.0
         self._frame_index = -1
+        self._counters = dict.fromkeys(DECISION_COUNTERS, 0)  # the original's, for the stream since the last reset
         self._history.clear()
         self._sentence.clear()
 
@@ -539,7 +559,7 @@ class SignFlowInferencePipeline:
         if rest > 0 and n > rest + max(2, self.config.min_sign_frames // 2):
             n -= rest - min(rest, self.config.trailing_rest_kept)
         window = self._buf[:n]
-        active = np.flatnonzero(np.abs(centred_hands(window)).mean(axis=1) > _ACTIVE_HANDS)
+        active = np.flatnonzero(np.abs(normalized_hands(window)).mean(axis=1) > _ACTIVE_HANDS)
         first = 0
         if active.size:
             first, last = max(0, int(active[0]) - 1), min(n, int(active[-1]) + 2)
@@ -630,6 +650,18 @@ class SignFlowInferencePipeline:
         return min(1.0, max(0.0, confidence)), margin
 
     def _classify(self, window: np.ndarray, q: _Quality, reason: str, vote: bool) -> Prediction:
+        """One window -> the decision. Its ``diagnostics`` (merged into ``decision_diagnostics`` on the wire) are
+        the original's (118fad0, ``_infer_complete_sign``): ``prediction_before_filters``, the inference stage's
+        trace (status "candidate", or "rejected" at stage "labeling" for a "NONE" class / "calibration" for a
+        confidence <= 0); ``filter_trace``, the vote and threshold stage's ("accepted", or "rejected" with its
+        reason); ``counters``, the stream's decision counters since the last reset (:data:`DECISION_COUNTERS`;
+        for ``process_sequence``, this one decision's). Values are not rounded (the original rounded to 4
+        places) and there are no test-time views (``view_disagreement`` 0, ``rejected_by_tta_disagreement``
+        0). Departures: the original built ``prediction_before_filters`` after its filters had overwritten the
+        trace, so it repeated ``filter_trace``; here it is the trace its name says. And the original counted a
+        "NONE"-class or calibration rejection twice (again as ``rejected_by_calibration`` and in
+        ``rejected_total`` at its filter stage); here every decision counts once.
+        """
         cfg = self.config
         t1 = time.perf_counter()
         feats, mask = prepare_clip(window, self.seq_len)
@@ -651,21 +683,57 @@ class SignFlowInferencePipeline:
         class_t = None if self.class_thresholds is None else self.class_thresholds[best]
         threshold = max(adaptive, class_t or 0.0)
         votes, rejected_by = 0, ""
+        count = dict.fromkeys(DECISION_COUNTERS, 0)
+        count["total_inferences"] = 1
+        count["rejected_by_margin"] = int(margin < cfg.min_prediction_margin)
+        count["rejected_by_motion"] = int(cfg.calibrate_confidence and q.last_motion < cfg.min_motion_energy)
+        calibrated = confidence
+        before: dict[str, Any] = {"status": "candidate", "stage": "post_inference", "prediction": candidate,
+                                  "raw_confidence": float(p), "calibrated_confidence": calibrated,
+                                  "view_disagreement": 0.0, "top2_margin": margin}
         if self._none_class[best]:
             rejected_by = "none_class"
+            count["rejected_by_label_none"] = 1
+            before = {"status": "rejected", "stage": "labeling", "reason": "model_predicted_none_class",
+                      "calibrated_confidence": calibrated}
         elif confidence <= 0.0:
             rejected_by = "calibration"
+            count["rejected_by_calibration"] = 1
+            before = {"status": "rejected", "stage": "calibration", "reason": "calibrated_confidence_non_positive",
+                      "raw_confidence": float(p), "calibrated_confidence": calibrated, "view_disagreement": 0.0}
+        if rejected_by:
+            trace: dict[str, Any] = {"status": "rejected", "stage": "filters",
+                                     "reason": "prediction_none_or_non_positive_confidence",
+                                     "confidence": calibrated if rejected_by == "none_class" else 0.0,
+                                     "threshold": float(threshold)}
         else:
-            votes = 1
+            votes, smoothed = 1, confidence
             if vote:
                 if self._history and self._history[-1][0] != candidate:
                     self._history.clear()
                 self._history.append((candidate, confidence))
                 votes = len(self._history)
-                confidence = max(confidence, float(np.mean([c for _, c in self._history])))
+                smoothed = float(np.mean([c for _, c in self._history]))
+                confidence = max(confidence, smoothed)
             if confidence < threshold:
                 rejected_by = "threshold"
+                count["rejected_by_confidence_threshold"] = 1
+                count["rejected_by_adaptive_threshold"] = int(threshold > cfg.confidence_threshold)
+                count["rejected_by_class_threshold"] = int(class_t is not None and 0 < class_t <= threshold)
+                trace = {"status": "rejected", "stage": "filters", "reason": "below_effective_threshold",
+                         "prediction": candidate, "confidence": float(confidence), "smoothed_confidence": smoothed,
+                         "threshold": float(threshold)}
+            else:
+                trace = {"status": "accepted", "stage": "filters", "prediction": candidate,
+                         "confidence": float(confidence), "threshold": float(threshold), "smoothed_label": candidate,
+                         "smoothed_confidence": smoothed}
         accepted = not rejected_by
+        count["accepted" if accepted else "rejected_total"] = 1
+        if vote:  # the stream's counters; a clip (process_sequence) reports its own decision's alone
+            for key, n in count.items():
+                self._counters[key] += n
+            count = dict(self._counters)
+        diagnostics = {"prediction_before_filters": before, "filter_trace": trace, "counters": count}
         if vote and accepted and (not self._sentence or self._sentence[-1] != candidate):
             self._sentence.append(candidate)
             del self._sentence[:-cfg.sentence_max_words]
@@ -674,7 +742,7 @@ class SignFlowInferencePipeline:
             accepted=accepted, state=self.state, frames=len(window), candidate=candidate, probability=float(p),
             margin=margin, threshold=float(threshold), adaptive_threshold=float(adaptive), class_threshold=class_t,
             flags=flags, rejected_by=rejected_by, votes=votes, reason=reason, features_ms=(t2 - t1) * 1e3,
-            inference_ms=(t3 - t2) * 1e3, sentence=tuple(self._sentence),
+            inference_ms=(t3 - t2) * 1e3, sentence=tuple(self._sentence), diagnostics=diagnostics,
         )
 
 
