@@ -86,6 +86,8 @@ def check_api(folder: Path, ns: dict, outputs: list, files: list) -> None:
     assert files[1]["lightweight.onnx"] == files[0]["lightweight.onnx"]  # served what the first block wrote
     pipe = ns["pipe"]
     assert pipe.labels == ns["names"] and pipe.model_path == Path("lightweight.onnx")
+    cal = ns["trainer"].calibration  # the .onnx serves the calibration the .pt has
+    assert pipe.temperature == cal["temperature"] and pipe.class_thresholds == cal["class_thresholds"]
     out = serve.splitlines()
     signs = [line for line in out if " best: " in line]
     assert len(signs) >= len(ns["clips"]) // 2, out  # the state machine found the signs in the replay

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY_DATA
 from signflow_zoo.data.augment import _MIRROR, augment_batch
 from signflow_zoo.data.features import FEATURE_DIM
-from signflow_zoo.model.calibration import nll
+from signflow_zoo.model.calibration import holdout_split, nll
 from signflow_zoo.model.checkpoint import load_checkpoint, read_checkpoint
 from signflow_zoo.data.loading import load_data
 from signflow_zoo.common.errors import TrainingConfigError, TrainingDivergedError
@@ -230,9 +230,16 @@ def test_fit_calibrates_on_validation_logits(calibrated, tiny_splits):
     assert 0.5 <= t <= 10 and 0.0 <= res["ece_after"] <= 1.0 and 0.0 <= res["ece_before"] <= 1.0
     logits = trainer.predict_logits(tiny_splits.val)
     labels = tiny_splits.val.labels
-    # the stored temperature is the validation-NLL minimum
-    assert nll(logits, labels, t) <= min(nll(logits, labels, x) for x in (0.5, 0.8 * t, 1.0, 1.25 * t, 10.0)) + 1e-9
-    assert trainer.calibration["temperature"] == t
+    cal = trainer.calibration
+    fit, held, _ = holdout_split(labels, tiny_splits.val.signers)
+    assert (cal["fit_size"], cal["eval_size"]) == (len(fit), len(held)) and len(held) > 0
+    # the fitted temperature is the NLL minimum of the fit part; it is served only when it helps the held-out part
+    f = cal["fitted_temperature"]
+    assert nll(logits[fit], labels[fit], f) <= min(nll(logits[fit], labels[fit], x)
+                                                   for x in (0.5, 0.8 * f, 1.0, 1.25 * f, 10.0)) + 1e-9
+    kept = nll(logits[held], labels[held], f) < nll(logits[held], labels[held])
+    assert cal["temperature_kept"] is kept and t == (f if kept else 1.0)
+    assert res["nll_after"] <= res["nll_before"] and cal["temperature"] == t
 
 
 def test_calibration_travels_checkpoint_to_onnx_metadata(calibrated, tmp_path):

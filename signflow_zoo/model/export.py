@@ -20,7 +20,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from signflow_zoo.common.cachefiles import temp_path
 from signflow_zoo.common.errors import ModelFileError
 from signflow_zoo.common.onnxrt import open_session
 from signflow_zoo.data.features import FEATURE_DIM, FEATURE_VERSION, SEQ_LEN
+
+if TYPE_CHECKING:
+    from signflow_zoo.model.training import SignTrainer
 
 OPSET = 18
 INPUT_NAMES = ["features", "mask"]
@@ -77,7 +80,7 @@ def quiet_logs():
 
 
 def export_to_onnx(
-    model: torch.nn.Module,
+    model: torch.nn.Module | SignTrainer,
     save_path: str | Path,
     input_shape: tuple[int, int, int] = (1, 64, FEATURE_DIM),
     verify: bool = True,
@@ -85,6 +88,7 @@ def export_to_onnx(
     exporter: str = "dynamo",
     opset: int = OPSET,
     labels: list[str] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> ExportInfo:
     """Export ``model`` to ``save_path`` with dynamic batch and frame axes; verify it when asked.
 
@@ -93,10 +97,39 @@ def export_to_onnx(
     model's metadata_props so that the file can be served alone. ``labels`` (one per class, in class
     order) fills the metadata's label list; given neither, the file gets the labels "0".."N-1", marked
     ``default_labels`` so that whoever serves it is told to pass real ones.
+
+    ``calibration`` (``trainer.calibration``, or a checkpoint's ``calibration`` metadata) writes the
+    temperature and per-class thresholds the streaming pipeline applies, as ``signflow-zoo export`` does
+    (:func:`serving_metadata`): without it the file is served at temperature 1.0 with no class thresholds, so it
+    accepts and rejects other signs than the ``.pt`` of the same training run. ``model`` may be the
+    :class:`~signflow_zoo.model.training.SignTrainer` itself: its model, ``class_names`` and ``calibration``
+    are used (``labels=``/``calibration=``, when given, win). A calibration that disagrees with ``metadata``'s
+    own entries is a ``ValueError``.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if not isinstance(model, torch.nn.Module):  # a SignTrainer: its model, labels and calibration
+        trainer = model
+        net = getattr(trainer, "model", None)
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"export_to_onnx: model must be a torch.nn.Module or a SignTrainer, got "
+                            f"{type(trainer).__name__}")
+        model = net
+        labels = labels if labels is not None else trainer.class_names
+        calibration = calibration if calibration is not None else trainer.calibration
     serving = _serving_labels(model, metadata, labels)
+    if calibration is not None:
+        from signflow_zoo.model.checkpoint import calibration_problem
+
+        problem = calibration_problem(calibration, len(serving["labels"]))
+        if problem is not None:
+            raise ValueError(f"export_to_onnx: calibration= is not a calibration record: {problem.removeprefix('checkpoint ')}")
+        entries = {k: v for k, v in serving_metadata({"calibration": calibration}).items()
+                   if k in ("calibration_temperature", "class_thresholds", "calibration")}
+        clash = [k for k, v in entries.items() if k in (metadata or {}) and (metadata or {})[k] != v]
+        if clash:
+            raise ValueError(f"export_to_onnx: calibration= and metadata[{clash[0]!r}] differ; pass the calibration once")
+        serving.update(entries)
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
     _, frames, feat = input_shape

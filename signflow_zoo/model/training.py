@@ -31,6 +31,10 @@ from signflow_zoo.common.errors import TrainingConfigError, TrainingDivergedErro
 from signflow_zoo.model.metrics import classification_report
 from signflow_zoo.results.tracking import Tracker
 
+# the calibration numbers copied into fit()'s result (and so into the checkpoint's ``result`` and bench records)
+CALIBRATION_RESULT_KEYS = ("ece_before", "ece_after", "nll_before", "nll_after", "temperature", "fitted_temperature",
+                           "temperature_kept")
+
 
 @dataclass
 class TrainingConfig:
@@ -216,17 +220,19 @@ class SignTrainer:
             "Nothing was saved.", epoch=epoch + 1, step=batch + 1)
 
     def _calibrate(self, val, tracker=None, run_id=None) -> None:
-        """Fit temperature and per-class thresholds on the validation logits (see :mod:`.calibration`)."""
+        """Fit temperature and per-class thresholds on one part of the validation logits and measure ECE and NLL
+        on the other, split by signer when the validation set has two or more (see :mod:`.calibration`)."""
         logits = self.predict_logits(val)
         if not np.isfinite(logits).all():
             raise TrainingDivergedError("training diverged: the final weights give NaN or inf logits on the "
                                         "validation set; train again with a lower learning rate. Nothing was saved.")
-        self.calibration = fit_calibration(logits, val.labels)
+        self.calibration = fit_calibration(logits, val.labels, getattr(val, "signers", None))
         cal = self.calibration or {}
-        self.result.update({k: cal.get(k) for k in ("ece_before", "ece_after", "temperature")})
+        self.result.update({k: cal.get(k) for k in CALIBRATION_RESULT_KEYS})
         if tracker is not None and cal:
-            tracker.log_batch(run_id, metrics={k: cal[k] for k in ("ece_before", "ece_after", "temperature")},
-                              step=max(len(self.history) - 1, 0))
+            metrics = {k: float(cal[k]) for k in CALIBRATION_RESULT_KEYS if cal.get(k) is not None}
+            metrics.update({f"calibration_{k}": float(cal[k]) for k in ("fit_size", "eval_size")})
+            tracker.log_batch(run_id, metrics=metrics, step=max(len(self.history) - 1, 0))
 
     # -- fit ------------------------------------------------------------------------------------
     def fit(self, train, val) -> dict[str, Any]:

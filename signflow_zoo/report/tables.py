@@ -35,9 +35,12 @@ INVALID_LEGEND = (f"{INVALID_MARK} = invalid: the timing hit its time limit befo
                   "INVALID); the number is shown, not to be trusted: rerun with fewer backends or a larger --min-time")
 TERMINAL_WIDTH = 120  # the default terminal table (report, the end of bench) fits in this many columns
 # the narrow table's columns in the order they give way when it would not fit TERMINAL_WIDTH (--wide keeps them)
-NARROW_DROP_ORDER = ("created",)
+NARROW_DROP_ORDER = ("ece", "created")
+ECE_NOTE = ("ECE = expected calibration error (15 bins) of the trained model's probabilities at its served temperature, "
+            "measured on the held-out part of the validation set (not the part the temperature was fitted on){before}; "
+            "one value per preset, the same on each backend's row; blank for a model calibrated before ECE was held out")
 REASONS_TITLE = "reasons (unavailable and failed rows):"
-WIDE_HINT = ("more columns (p99, seq/s, params, roofline share, Δ top-1, agreement, parity, memory) and one row per "
+WIDE_HINT = ("more columns (p99, seq/s, params, roofline share, Δ top-1, agreement, parity, memory, ECE) and one row per "
              "preset for every backend: `signflow-zoo report --wide`, or --format markdown|csv|json")
 INTERVALS_NOTE = ("[lo-hi] = 95% intervals: p50 from a bootstrap over the timed blocks; vs eager = "
                   f"{REFERENCE_BACKEND}'s p50 over this row's on the same preset, host and batch, its bootstrap "
@@ -150,7 +153,7 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
     the status; an unavailable backend is one folded line whatever the number of presets, its full reason below
     the table; every line fits :data:`TERMINAL_WIDTH` columns. ``wide=True`` (``report --wide``) is the full
     table: one row per (preset, backend[, host]) with status, size, latency, throughput, speedup, roofline
-    share, accuracy, parity and memory. markdown (a file the bench writes next to its result), csv and json are
+    share, accuracy, parity, memory and the held-out ECE of the preset's calibration (before -> after). markdown (a file the bench writes next to its result), csv and json are
     complete unless ``wide=False`` is asked for (csv/json always are: the raw numbers under stable keys).
     """
     _check_fmt(fmt)
@@ -200,6 +203,10 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
     if raw:
         columns[-5:-4] = [("accuracy_top1", "top-1"), ("accuracy_top1_ci_lo", "top-1 CI lo"),
                           ("accuracy_top1_ci_hi", "top-1 CI hi")]
+    # the held-out ECE of the preset's calibration (before -> after its temperature on screen)
+    columns += ([("calibration_ece_before", "ECE before"), ("calibration_ece_after", "ECE"),
+                 ("calibration_eval_size", "ECE clips")] if raw else [("calibration_ece_after", "ECE")])
+    if raw:
         for b in sizes:
             i = columns.index((f"p50_ms_b{b}", f"p50 ms b{b}"))
             columns[i + 1:i + 1] = [(f"p50_ci_lo_ms_b{b}", f"p50 CI lo b{b}"), (f"p50_ci_hi_ms_b{b}", f"p50 CI hi b{b}")]
@@ -260,13 +267,16 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
         ref_acc = number(ref, "accuracy_top1") if ref is not None else None
         change = None if acc is None or ref_acc is None else acc - ref_acc
         row["accuracy_change"] = change if raw else ("" if change is None or ref is r else f"{100 * change:+.1f}")
+        ece_before, ece_after, ece_n = _held_out_ece(r)
         if raw:
             row.update(accuracy_top1=acc, accuracy_top1_ci_lo=lo, accuracy_top1_ci_hi=hi, agreement_top1=agree,
-                       parity_max_abs=par, memory_mb=mem)
+                       parity_max_abs=par, memory_mb=mem, calibration_ece_before=ece_before,
+                       calibration_ece_after=ece_after, calibration_eval_size=_int(ece_n))
         else:
             row.update(accuracy_top1=_fmt_pct(acc) + (f" [{100 * lo:.0f}-{100 * hi:.0f}]" if lo is not None and hi is not None else ""),
                        agreement_top1=_fmt_pct(agree), parity_max_abs=_fmt_sci(par),
-                       memory_mb="" if mem is None else f"{mem:.0f}")
+                       memory_mb="" if mem is None else f"{mem:.0f}",
+                       calibration_ece_after=_fmt_ece(ece_before, ece_after))
         rows.append(row)
 
     if not raw:  # a column nobody measured is noise on screen; csv/json keep a stable schema
@@ -294,6 +304,8 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
         if rows and any(number(r, "accuracy_top1_ci_lo") is not None for r in records):
             notes.append("top-1 [lo-hi] = 95% Wilson interval over the held-out clips: overlapping intervals are not "
                          "a measured difference")
+        if any(row.get("calibration_ece_after") for row in rows):
+            notes.append(ECE_NOTE.format(before=", before -> after the temperature"))
         if notes:
             text += "\n\n" + "\n".join(escape.line(n, fmt) for n in notes)
     return text
@@ -330,6 +342,21 @@ def _speedup_interval(rec: dict[str, Any], ref: dict[str, Any] | None, b: int) -
     return None if lo is None or hi is None else (lo, hi)
 
 
+def _held_out_ece(rec: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """(ECE before, ECE after the temperature, held-out clips) of a record's calibration; Nones unless it was
+    measured on a held-out part of the validation set (``calibration_eval_size`` recorded and > 0)."""
+    n = number(rec, "calibration_eval_size")
+    if not n:
+        return None, None, None
+    return number(rec, "calibration_ece_before"), number(rec, "calibration_ece_after"), n
+
+
+def _fmt_ece(before: float | None, after: float | None) -> str:
+    if after is None:
+        return ""
+    return f"{after:.3f}" if before is None else f"{before:.3f} -> {after:.3f}"
+
+
 def _fmt_ratio(v: float) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
@@ -353,8 +380,8 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
     """The default terminal table: what a user decides on, in at most TERMINAL_WIDTH columns.
 
     One row per (preset, batch size, backend), grouped by preset and batch size so that a column compares
-    backends: p50 ms, the speedup over torch-eager and top-1, each with its 95% interval, and the status
-    (``!`` = unstable run). Marks: ``?`` invalid timing, ``~`` noisy, ``≈`` a speedup indistinguishable from 1.0x.
+    backends: p50 ms, the speedup over torch-eager and top-1, each with its 95% interval, the held-out ECE of the
+    preset's calibration when its records carry one, and the status (``!`` = unstable run). Marks: ``?`` invalid timing, ``~`` noisy, ``≈`` a speedup indistinguishable from 1.0x.
     A backend that is unavailable (no numbers) is one folded line per (backend, reason) whatever the number of
     presets, at the end; its full reason, like that of any failed row, is a numbered note under the table.
     Results of several hosts are one section per host (titled with its host class), not a host column. Columns
@@ -369,7 +396,7 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
     for cls, host in hosts:
         recs = [r for r in records if (str(r.get("host_class") or ""), str(r.get("host", ""))) == (cls, host)]
         columns, rows = _narrow_rows(recs, sizes, refs, reasons, flags)
-        right = {"batch", "p50", "speedup", "accuracy_top1"}
+        right = {"batch", "p50", "speedup", "accuracy_top1", "ece"}
         text = _render(columns, rows, fmt, right)
         for key in NARROW_DROP_ORDER if fmt == "terminal" else ():
             if max(map(len, text.splitlines()), default=0) <= TERMINAL_WIDTH:
@@ -393,9 +420,10 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
                       "normalized values")
     legend += data_lines(records) + drift_lines(records)
     legend += [INTERVALS_NOTE] if "interval" in flags else []
+    legend += [ECE_NOTE.format(before="")] if "ece" in flags and "ECE" not in dropped else []
     if dropped:
-        legend.append(f"not shown, to fit {TERMINAL_WIDTH} columns: {', '.join(dropped)} (rows of one backend: "
-                      "newest first)")
+        legend.append(f"not shown, to fit {TERMINAL_WIDTH} columns: {', '.join(dropped)}"
+                      + (" (rows of one backend: newest first)" if "created" in dropped else ""))
     legend.append(WIDE_HINT)
     notes, legend = [escape.line(n, fmt) for n in notes], [escape.line(n, fmt) for n in legend]
     if fmt == "terminal":
@@ -464,6 +492,10 @@ def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tup
             if alo is not None and ahi is not None:
                 row["accuracy_top1"] += f" [{100 * alo:.0f}-{100 * ahi:.0f}]"
                 flags.add("interval")
+        ece = _held_out_ece(r)[1]
+        if ece is not None:
+            row["ece"] = f"{ece:.3f}"
+            flags.add("ece")
         rows.append(row)
     for (backend, _), group in folded.items():
         names = list(dict.fromkeys(str(r.get("preset", "")) for r in group))
@@ -473,7 +505,7 @@ def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tup
     columns: list[tuple[str, str]] = [("preset", "preset")] + ([("created", "created")] if repeated else [])
     # short headers: tabulate pads a header by 2, and "[lo-hi] = 95% intervals" is said under the table
     columns += [("batch", "batch"), ("backend", "backend"), ("p50", "p50 ms"), ("speedup", "vs eager"),
-                ("accuracy_top1", "top-1"), ("status", "status")]
+                ("accuracy_top1", "top-1"), ("ece", "ECE"), ("status", "status")]
     fixed = {"preset", "created", "backend", "status"}
     return [(k, h) for k, h in columns if k in fixed or any(row.get(k) for row in rows)], rows
 
