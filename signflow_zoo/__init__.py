@@ -38,6 +38,7 @@ _API = {
     "export_to_onnx": "signflow_zoo.model.export",
     "optimize_onnx_model": "signflow_zoo.model.export",
     "export_checkpoint": "signflow_zoo.model.export",
+    "import_original": "signflow_zoo.model.original",
     # backends
     "describe_backends": "signflow_zoo.plugins",
     "get_registry": "signflow_zoo.plugins",
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # what type checkers and the docs see
     from signflow_zoo.model.checkpoint import load_checkpoint
     from signflow_zoo.model.export import export_checkpoint, export_to_onnx, optimize_onnx_model
     from signflow_zoo.model.network import SignTransformer, build_model
+    from signflow_zoo.model.original import import_original
     from signflow_zoo.model.presets import describe_presets
     from signflow_zoo.model.training import SignTrainer, TrainingConfig
     from signflow_zoo.model.zoo import ZooEntry, get_model_config, list_model_configs, list_presets

@@ -3,20 +3,47 @@
 The built-in ``onnx-*`` backends and plugins that run an ONNX graph (their own artifact kind, or other
 providers) subclass :class:`OrtRunner`; ``onnxruntime`` is imported only when a runner needs it.
 ``open_session`` lives in :mod:`signflow_zoo.common.onnxrt` (the export uses it too) and is re-exported here.
+
+Graph inputs: signflow-zoo exports take ``features`` and ``mask``; a graph with a single input (the original
+SignFlow's export: ``landmarks [batch, frames, 469]``, whatever its name) takes the features alone. It is fed
+the features with masked frames set to zero, which is how the original model tells padding from frames
+(:func:`graph_input_names`, :meth:`OrtRunner.feeds`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
 
+from signflow_zoo.common.errors import ModelFileError
 from signflow_zoo.common.onnxrt import open_session
 from signflow_zoo.common.tensors import FEATURE_DIM
 from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner
 
-__all__ = ["OrtRunner", "open_session", "probe_provider"]
+__all__ = ["OrtRunner", "open_session", "probe_provider", "graph_input_names", "zero_masked_frames"]
+
+
+def graph_input_names(names: Sequence[str]) -> tuple[str, str | None] | None:
+    """(features input, mask input or None) of a graph with these (non-weight) inputs, or None when it is neither
+    a signflow-zoo graph (``features`` and ``mask``, or ``features`` alone) nor a one-input graph (the original
+    SignFlow's export, ``landmarks``)."""
+    names = list(names)
+    if "features" in names and set(names) <= {"features", "mask"}:
+        return "features", "mask" if "mask" in names else None
+    if len(names) == 1:
+        return names[0], None
+    return None
+
+
+def zero_masked_frames(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``features`` with the frames ``mask`` marks invalid set to zero: how a graph without a mask input (the
+    original SignFlow model, which treats all-zero frames as padding) is told which frames to ignore."""
+    if mask.all():
+        return features
+    return (features * mask[..., None]).astype(np.float32, copy=False)
 
 
 @lru_cache(maxsize=None)
@@ -67,6 +94,8 @@ class OrtRunner(Runner):
     provider: ClassVar[str] = "CPUExecutionProvider"
     provider_options: ClassVar[dict[str, Any]] = {}
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+    input_names: tuple[str, str | None] | None = None  # (features, mask or None), set by prepare()
+    zero_masked = staticmethod(zero_masked_frames)  # for subclasses and plugins feeding a graph without mask
 
     @classmethod
     def availability(cls) -> Availability:
@@ -98,11 +127,34 @@ class OrtRunner(Runner):
                 f"ONNX Runtime bound {bound[0]} instead of {self.provider}; refusing to report a CPU run as {self.name}"
             )
         self.path = path
-        inp = self.session.get_inputs()[0]
-        self.input_dim = int(inp.shape[2]) if isinstance(inp.shape[2], int) else FEATURE_DIM
+        self.input_names = self.inputs_of([i.name for i in self.session.get_inputs()], path)
+        inp = next(i for i in self.session.get_inputs() if i.name == self.input_names[0])
+        self.input_dim = int(inp.shape[2]) if len(inp.shape) == 3 and isinstance(inp.shape[2], int) else FEATURE_DIM
+
+    @staticmethod
+    def inputs_of(names: Sequence[str], source: Any = "the graph") -> tuple[str, str | None]:
+        """(features input, mask input or None) of a graph with inputs ``names``: :func:`graph_input_names`, or a
+        :class:`ModelFileError` naming ``source`` for a graph that is neither kind."""
+        found = graph_input_names(names)
+        if found is None:
+            raise ModelFileError(f"{source}: the graph takes inputs {sorted(names)}; expected features [batch, frames, "
+                                 f"{FEATURE_DIM}] and mask [batch, frames], or the features alone")
+        return found
+
+    def feeds(self, features: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The session inputs for one batch: features and mask, or for a graph without a mask input the features
+        with masked frames zeroed (:func:`zero_masked_frames`)."""
+        names = self.input_names
+        if names is None:  # a subclass whose prepare() did not call ours
+            names = self.input_names = self.inputs_of([i.name for i in self.session.get_inputs()],
+                                                      getattr(self, "path", "the graph"))
+        feature_name, mask_name = names
+        if mask_name is None:
+            return {feature_name: zero_masked_frames(features, mask)}
+        return {feature_name: features, mask_name: mask}
 
     def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"features": features, "mask": mask})[0]
+        return self.session.run(None, self.feeds(features, mask))[0]
 
     def describe(self) -> dict[str, Any]:
         so = self.session.get_session_options()

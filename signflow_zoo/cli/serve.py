@@ -55,7 +55,8 @@ def _pipeline(args):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        pipe = SignFlowInferencePipeline(args.model, backend=args.backend, config=cfg.validate())
+        pipe = SignFlowInferencePipeline(args.model, backend=args.backend, config=cfg.validate(),
+                                         labels=getattr(args, "labels", None))
     for w in caught:  # e.g. the PyTorch fallback: say it where the user looks
         print(f"note: {w.message}", file=sys.stderr)
     return pipe
@@ -63,6 +64,8 @@ def _pipeline(args):
 
 def _add_common(s) -> None:
     s.add_argument("--model", required=True, metavar="PATH", help="model file: .onnx or .pt (carries labels etc.)")
+    s.add_argument("--labels", metavar="FILE", help="class labels in output order, for a model file without them "
+                   "(exported the original SignFlow way): a JSON list, or one label per line; replaces the file's own")
     s.add_argument("--backend", metavar="NAME", help="backend to run it (default: by file type: .onnx -> onnx-cpu, "
                    ".pt -> torch-eager); any registered backend, see `signflow-zoo backends`")
     s.add_argument("--instance", metavar="ID", help="LSFB-ISOL: the instance id, with the data set root as FILE")

@@ -7,6 +7,14 @@ every value is checked here (:func:`serving_info`), and a file whose metadata is
 graph does not take ``features [batch, frames, 469]`` + ``mask`` and return ``[batch, classes]`` -- is
 refused with one line naming the file and the problem (:class:`~signflow_zoo.common.errors.ModelFileError`).
 
+**Files without metadata.** A model exported the original SignFlow way (``torch.onnx.export`` of its model:
+one input ``landmarks [batch, frames, 469]``, output ``logits``, no metadata) or a checkpoint without labels is
+served with the labels (and optionally the calibration) given by the user: ``plan_backend(path,
+labels=..., calibration=...)``, ``SignFlowInferencePipeline(path, labels=..., calibration=...)``,
+``signflow-zoo predict/stream --labels FILE``. Given labels replace the file's own (a note says so when they
+differ) and must be as many as the model's outputs; a graph without a ``mask`` input is fed the features
+alone, masked frames zeroed (the original model reads all-zero frames as padding).
+
 Sizes read from metadata are bounded: ``seq_len`` 2..:data:`MAX_SEQ_LEN` (4096 frames, over two minutes
 at 30 fps: the model attends over every frame, so more is a broken file, not a long sign) and 1..
 :data:`MAX_CLASSES` (100,000) classes.
@@ -21,14 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from signflow_zoo.common.errors import BackendError, ModelFileError
+from signflow_zoo.common.errors import BackendError, ModelFileError, SignFlowError
 from signflow_zoo.data.features import FEATURE_DIM, FEATURE_VERSION, SEQ_LEN
+from signflow_zoo.model.labels import MAX_LABELS, LabelsError, read_labels
+from signflow_zoo.backends.ort import graph_input_names
 from signflow_zoo.backends.runner import Artifacts, BackendUnavailable
 
 MAX_SEQ_LEN = 4096
-MAX_CLASSES = 100_000
+MAX_CLASSES = MAX_LABELS  # 100,000
 DEFAULT_LABELS_KEY = "default_labels"  # metadata flag: the labels are "0".."N-1" written by export_to_onnx
 _SUFFIXES = (".onnx", ".pt", ".pth")
+
+
+class CalibrationError(SignFlowError, ValueError):
+    """A calibration given for a model file (``calibration=``) is malformed or does not fit its labels."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,9 @@ def serving_info(source: str | Path, meta: Mapping[str, Any]) -> ServingInfo:
 
     labels = meta.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
-        raise bad("model file has no label list in its metadata (a JSON list of non-empty strings); export it with "
+        raise bad("model file has no label list in its metadata (a JSON list of non-empty strings); give the labels "
+                  "in output order: `--labels FILE` (predict, stream; a JSON list or one label per line) or "
+                  "`SignFlowInferencePipeline(path, labels=[...])`, or export it with "
                   "`export_to_onnx(model, path, labels=[...])` or `signflow-zoo export`")
     if len(labels) > MAX_CLASSES:
         raise bad(f"metadata lists {len(labels)} labels; at most {MAX_CLASSES} classes are supported")
@@ -123,6 +139,87 @@ def serving_info(source: str | Path, meta: Mapping[str, Any]) -> ServingInfo:
     )
 
 
+def _labels_source(labels: Any) -> str:
+    return f"--labels {labels}" if isinstance(labels, (str, Path)) else "labels="
+
+
+def with_given(source: str | Path, meta: Mapping[str, Any], labels: Any = None,
+               calibration: Mapping[str, Any] | None = None, notes: list[str] | None = None) -> dict[str, Any]:
+    """``meta`` with the labels and calibration the user gave in place of the file's own (unchanged when None).
+
+    ``labels``: a list, or the path of a labels file (:func:`~signflow_zoo.model.labels.read_labels`); they
+    must be as many as the file's own labels or ``num_classes`` when it has them (:class:`LabelsError`), and
+    replace them (a note in ``notes`` when they differ). ``calibration``: ``{"temperature": T, "thresholds":
+    [...] or {label: t}}`` (``class_thresholds`` is the same as ``thresholds``), either key optional; thresholds
+    need labels, from the file or given (:class:`CalibrationError`).
+    """
+    meta = dict(meta)
+    if labels is not None:
+        given = read_labels(labels)
+        what = _labels_source(labels)
+        own = meta.get("labels")
+        default = meta.get(DEFAULT_LABELS_KEY) in (True, "true", "True") or (
+            isinstance(own, list) and own == [str(i) for i in range(len(own))])  # "0".."N-1": no names to replace
+        n = meta.get("num_classes")
+        if isinstance(own, list) and own and len(own) != len(given):
+            raise LabelsError(f"{what}: {len(given)} labels, but {source} lists {len(own)} (one per model output); "
+                              "give one label per output, in output order")
+        if _is_int(n) and n != len(given):
+            raise LabelsError(f"{what}: {len(given)} labels for {source}, whose model has {n} outputs; give one label "
+                              "per output, in output order")
+        if isinstance(own, list) and own and not default and own != given and notes is not None:
+            i = next(i for i, (a, b) in enumerate(zip(own, given)) if a != b)
+            notes.append(f"{source}: the labels given ({what}) replace the file's own (first difference: output {i} "
+                         f"is {given[i]!r}, the file says {own[i]!r})")
+        meta["labels"], meta[DEFAULT_LABELS_KEY] = given, False
+        meta.pop("num_classes", None)
+    if calibration is not None:
+        meta.update(_given_calibration(calibration, meta.get("labels")))
+    return meta
+
+
+def _given_calibration(cal: Any, labels: Any) -> dict[str, Any]:
+    """The metadata keys (``calibration_temperature``, ``class_thresholds``) of a calibration given by the user."""
+    if not isinstance(cal, Mapping):
+        raise CalibrationError(f"calibration: expected a dict {{'temperature': T, 'thresholds': [...] or "
+                               f"{{label: t}}}}, got {type(cal).__name__}")
+    unknown = sorted(str(k) for k in set(cal) - {"temperature", "thresholds", "class_thresholds"})
+    if unknown:
+        raise CalibrationError(f"calibration: unknown key(s) {', '.join(unknown)}; known: temperature, thresholds")
+    if "thresholds" in cal and "class_thresholds" in cal:
+        raise CalibrationError("calibration: give thresholds or class_thresholds (the same thing), not both")
+    out: dict[str, Any] = {}
+    t = cal.get("temperature")
+    if t is not None:
+        if not (_is_number(t) and float(t) > 0):
+            raise CalibrationError(f"calibration: temperature must be a finite number > 0, got {_shown(t)}")
+        out["calibration_temperature"] = float(t)
+    th = cal.get("thresholds", cal.get("class_thresholds"))
+    if th is None:
+        return out
+    if not isinstance(labels, list) or not labels:
+        raise CalibrationError("calibration: thresholds need the model's labels; give labels= (--labels) too")
+    if isinstance(th, Mapping):
+        missing = sorted(str(k) for k in th if k not in labels)
+        if missing:
+            raise CalibrationError(f"calibration: thresholds for labels the model does not have: "
+                                   f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        values = [th.get(label, 0.0) for label in labels]  # a label without one: 0, never above the adaptive one
+    elif isinstance(th, (list, tuple)):
+        if len(th) != len(labels):
+            raise CalibrationError(f"calibration: thresholds is a list of {len(th)}, expected {len(labels)} (one per "
+                                   "label, in label order), or give a dict {label: threshold}")
+        values = list(th)
+    else:
+        raise CalibrationError(f"calibration: thresholds must be a list (label order) or a dict {{label: threshold}}, "
+                               f"got {type(th).__name__}")
+    for label, v in zip(labels, values):
+        if not (_is_number(v) and 0 <= float(v) <= 1):
+            raise CalibrationError(f"calibration: the threshold of {label!r} must be a number in 0..1, got {_shown(v)}")
+    out["class_thresholds"] = [float(v) for v in values]
+    return out
+
+
 # Reading files ------------------------------------------------------------------------------------
 def _onnx_proto(path: Path):
     """The ONNX graph (weights left out), or None when the ``onnx`` package is not installed."""
@@ -166,10 +263,19 @@ def _read(path: Path) -> tuple[dict[str, Any], Any]:
         if proto is None:
             return read_metadata(path), None
         return read_metadata(path, {p.key: p.value for p in proto.metadata_props}), proto
+    from signflow_zoo.common.errors import CheckpointError
     from signflow_zoo.model.export import serving_metadata
     from signflow_zoo.model.checkpoint import read_checkpoint
 
-    _, meta = read_checkpoint(path)
+    try:
+        _, meta = read_checkpoint(path)
+    except CheckpointError as exc:
+        from signflow_zoo.model.original import looks_like_original
+
+        if "not a signflow-zoo checkpoint" in str(exc) and looks_like_original(path):
+            raise CheckpointError(f"{path}: an original SignFlow checkpoint (model_state_dict); convert it first: "
+                                  f"`signflow-zoo import-original {path} --labels FILE -o model.pt`") from None
+        raise
     return {**meta, **serving_metadata(meta)}, None
 
 
@@ -181,28 +287,42 @@ def _dims(value_info) -> list[int | None] | None:
     return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
 
 
-def check_onnx_io(path: str | Path, num_classes: int, proto=None) -> None:
-    """Refuse a graph that does not take ``features [batch, frames, 469]`` and ``mask [batch, frames]`` or
-    does not return ``[batch, num_classes]`` logits, as far as its declared shapes tell."""
+def check_onnx_io(path: str | Path, num_classes: int, proto=None, labels_given: str | None = None) -> None:
+    """Refuse a graph that does not take ``features [batch, frames, 469]`` and ``mask [batch, frames]`` (or the
+    features alone, under any name: the original SignFlow's export) or does not return ``[batch, num_classes]``
+    logits, as far as its declared shapes tell. ``labels_given``: how the user gave the labels, when they did
+    (a class count that differs is then a :class:`LabelsError` naming them)."""
     path = Path(path)
     proto = proto if proto is not None else _onnx_proto(path)
     if proto is None:
         return
-    inputs = {i.name: _dims(i) for i in proto.graph.input}
-    want = "features float32 [batch, frames, 469] and mask bool [batch, frames]"
-    if "features" not in inputs or "mask" not in inputs:
+    weights = {t.name for t in proto.graph.initializer}  # old exports list their weights as inputs too
+    inputs = {i.name: _dims(i) for i in proto.graph.input if i.name not in weights}
+    want = (f"features float32 [batch, frames, {FEATURE_DIM}] and mask bool [batch, frames], or the features alone "
+            "(as the original SignFlow exports)")
+    names = graph_input_names(list(inputs))
+    if names is None:
         raise ModelFileError(f"{path}: the graph takes inputs {sorted(inputs)}, expected {want}; "
                              "export it with signflow-zoo")
-    feats, mask = inputs["features"], inputs["mask"]
+    feats = inputs[names[0]]
+    mask = inputs[names[1]] if names[1] is not None else None
     if (feats is not None and (len(feats) != 3 or feats[2] not in (None, FEATURE_DIM))) or (
             mask is not None and len(mask) != 2):
-        raise ModelFileError(f"{path}: the graph takes features {feats} and mask {mask}, expected {want}")
+        if names[0] != "features":  # a one-input graph that does not take [batch, frames, 469]
+            dims = ["batch" if i == 0 and d is None else d for i, d in enumerate(feats or [])]
+            raise ModelFileError(f"{path}: the graph takes inputs {sorted(inputs)}, expected {want}; its input "
+                                 f"{names[0]!r} is {dims}")
+        shown = f"features {feats}" + (f" and mask {mask}" if names[1] is not None else "")
+        raise ModelFileError(f"{path}: the graph takes {shown}, expected {want}")
     if not proto.graph.output:
         raise ModelFileError(f"{path}: the graph has no output")
     out = _dims(proto.graph.output[0])
     if out is not None and (len(out) != 2 or out[1] not in (None, num_classes)):
-        shown = ["batch" if d is None else d for d in out]
-        raise ModelFileError(f"{path}: the graph returns logits of shape {shown}, expected [batch, {num_classes}] "
+        shown_out = ["batch" if d is None else d for d in out]
+        if labels_given is not None and len(out) == 2:
+            raise LabelsError(f"{labels_given}: {num_classes} labels, but {path} has {out[1]} outputs (logits "
+                              f"{shown_out}); give one label per output, in output order")
+        raise ModelFileError(f"{path}: the graph returns logits of shape {shown_out}, expected [batch, {num_classes}] "
                              f"(one per label in its metadata)")
 
 
@@ -242,8 +362,12 @@ class BackendPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_backend(model_path: str | Path, backend: str | None = None, registry=None) -> BackendPlan:
+def plan_backend(model_path: str | Path, backend: str | None = None, registry=None, *, labels: Any = None,
+                 calibration: Mapping[str, Any] | None = None) -> BackendPlan:
     """Which backend serves ``model_path`` and from which file; raises with a fix when none can.
+
+    ``labels`` (a list or a labels file) and ``calibration`` replace the file's own, for a file without
+    metadata (see :func:`with_given`).
 
     No backend named: ``.onnx`` -> onnx-cpu (onnx-optimized for an optimized graph), ``.pt`` -> torch-eager.
     Without ONNX Runtime, an ``.onnx`` falls back to PyTorch when a checkpoint with the same stem lies
@@ -284,9 +408,11 @@ def plan_backend(model_path: str | Path, backend: str | None = None, registry=No
                              f"(torch-eager) instead of {path.name}")
                 backend, path, meta, file_kind, proto = "torch-eager", ckpt, ckpt_meta, "torch", None
 
+    had_labels = isinstance(meta.get("labels"), list) and bool(meta.get("labels"))
+    meta = with_given(path, meta, labels, calibration, notes)
     info = serving_info(path, meta)
     if file_kind != "torch":
-        check_onnx_io(path, len(info.labels), proto)
+        check_onnx_io(path, len(info.labels), proto, None if labels is None else _labels_source(labels))
     entry = registry.get(backend)  # BackendError naming the registered ones
     cls = entry.cls
     kind = cls.artifact
@@ -306,20 +432,19 @@ def plan_backend(model_path: str | Path, backend: str | None = None, registry=No
     if not available:
         raise BackendUnavailable(f"backend {backend!r} cannot run here: {available.reason}")
 
-    if file_kind == "torch" or onnxruntime_missing() is not None:
-        from signflow_zoo.model.export import serving_metadata
-
-        sm = serving_metadata(meta)
+    if file_kind == "torch" or onnxruntime_missing() is not None or not had_labels:
+        kwargs = meta.get("model_kwargs")  # a checkpoint's, from serving_metadata (in _read)
         arts = Artifacts(preset=info.preset, num_classes=len(info.labels), labels=list(info.labels),
-                         model_kwargs=dict(sm["model_kwargs"] or {}), workdir=path.parent)
+                         model_kwargs=dict(kwargs) if isinstance(kwargs, dict) else {}, workdir=path.parent)
         if file_kind == "torch":
             arts.checkpoint = path
-        else:  # a third-party ONNX backend that does not need ONNX Runtime
+        else:  # an ONNX file without labels of its own, or a third-party backend that does not need ONNX Runtime
             arts.onnx = path
             if file_kind == "onnx-optimized":
                 arts.onnx_optimized = path
     else:
         arts = artifacts_from_model_file(path)
+        arts.labels, arts.num_classes = list(info.labels), len(info.labels)  # the labels given, if any
     if kind != wants:  # e.g. a quantized graph: built from this file once, cached in the zoo home
         from signflow_zoo.backends.kinds import ensure_artifact
 
@@ -340,5 +465,5 @@ def _root_kind(kind: str, registry) -> str:
     return kind
 
 
-__all__ = ["ServingInfo", "BackendPlan", "serving_info", "read_model_metadata", "check_onnx_io", "plan_backend",
+__all__ = ["ServingInfo", "BackendPlan", "CalibrationError", "serving_info", "with_given", "read_model_metadata", "check_onnx_io", "plan_backend",
            "onnxruntime_missing", "MAX_SEQ_LEN", "MAX_CLASSES", "DEFAULT_LABELS_KEY"]

@@ -20,24 +20,26 @@ from pathlib import Path
 
 import numpy as np
 
+from signflow_zoo.api import OrtRunner
+
 # ops that compute on tensor shapes: ORT places them on the CPU provider, which rules out CUDA graph capture
 SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range", "NonZero"})
 
 
 def fixed_shape_model(model, batch: int, frames: int):
-    """A copy of the ONNX ``model`` (inputs ``features`` [B, T, F] and ``mask`` [B, T], output [B, C])
-    with B and T set to ``batch`` and ``frames``; intermediate shape annotations are dropped so that
-    ONNX Runtime infers them again from the fixed inputs."""
+    """A copy of the ONNX ``model`` (inputs ``features`` [B, T, F] and ``mask`` [B, T], or the features alone
+    under any name, output [B, C]) with B and T set to ``batch`` and ``frames``; intermediate shape
+    annotations are dropped so that ONNX Runtime infers them again from the fixed inputs."""
     import onnx
 
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    want = {"features": (batch, frames), "mask": (batch, frames)}
+    weights = {t.name for t in fixed.graph.initializer}
     for value in fixed.graph.input:
-        if value.name not in want:
+        if value.name in weights:  # an old export listing its weights as inputs
             continue
         dims = value.type.tensor_type.shape.dim
-        for dim, size in zip(dims, want[value.name]):
+        for dim, size in zip(dims, (batch, frames)):
             if dim.HasField("dim_value") and dim.dim_value != size:
                 raise ValueError(f"input {value.name!r} of this graph has a fixed size {dim.dim_value} where "
                                  f"{size} was asked; fix shapes on the dynamic-shape export")
@@ -81,21 +83,26 @@ class BoundSession:
         self.session = session
         self.shape = (batch, frames)
         inp = {i.name: i for i in session.get_inputs()}
-        feat = int(inp["features"].shape[2])
+        feature_name, mask_name = OrtRunner.inputs_of(list(inp))  # a graph without mask: the features alone
+        feat = int(inp[feature_name].shape[2])
         classes = int(session.get_outputs()[0].shape[1])
         self.output_name = session.get_outputs()[0].name
         new = ort.OrtValue.ortvalue_from_shape_and_type
         self.features = new([batch, frames, feat], np.float32, device, device_id)
-        self.mask = new([batch, frames], np.bool_, device, device_id)
+        self.mask = new([batch, frames], np.bool_, device, device_id) if mask_name is not None else None
         self.logits = new([batch, classes], np.float32, device, device_id)
         self.on_host = device == "cpu"
         self.binding = session.io_binding()
-        self.binding.bind_ortvalue_input("features", self.features)
-        self.binding.bind_ortvalue_input("mask", self.mask)
+        self.binding.bind_ortvalue_input(feature_name, self.features)
+        if mask_name is not None:
+            self.binding.bind_ortvalue_input(mask_name, self.mask)
         self.binding.bind_ortvalue_output(self.output_name, self.logits)
 
     def load(self, features: np.ndarray, mask: np.ndarray) -> None:
-        """Copy a batch into the bound input buffers."""
+        """Copy a batch into the bound input buffers (without a mask input: masked frames zeroed)."""
+        if self.mask is None:
+            self.features.update_inplace(np.ascontiguousarray(OrtRunner.zero_masked(features, mask)))
+            return
         self.features.update_inplace(np.ascontiguousarray(features))
         self.mask.update_inplace(np.ascontiguousarray(mask))
 

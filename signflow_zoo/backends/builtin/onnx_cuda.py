@@ -119,8 +119,12 @@ class OnnxCudaGraphRunner(OrtRunner):
         self.built: dict[str, dict[str, Any]] = {}
         self.general = None
         self.general_calls = 0
-        feat = self.model.graph.input[0].type.tensor_type.shape.dim[2]
-        self.input_dim = int(feat.dim_value) if feat.HasField("dim_value") else FEATURE_DIM
+        weights = {t.name for t in self.model.graph.initializer}
+        graph_inputs = {i.name: i for i in self.model.graph.input if i.name not in weights}
+        self.input_names = self.inputs_of(list(graph_inputs), self.path)  # a graph without mask: features alone
+        dims = graph_inputs[self.input_names[0]].type.tensor_type.shape.dim
+        feat = dims[2] if len(dims) == 3 else None
+        self.input_dim = int(feat.dim_value) if feat is not None and feat.HasField("dim_value") else FEATURE_DIM
         rng = np.random.default_rng(0)
         for b, t in [tuple(s) for s in extra.get("graph_shapes", [PROBE_SHAPE])]:
             x = rng.standard_normal((b, t, self.input_dim)).astype(np.float32)
@@ -180,7 +184,7 @@ class OnnxCudaGraphRunner(OrtRunner):
         if self.general is None:
             self.general = self._session(self.model.SerializeToString(), graph=False)
         self.general_calls += 1
-        return self.general.run(None, {"features": features, "mask": mask})[0]
+        return self.general.run(None, self.feeds(features, mask))[0]
 
     def describe(self) -> dict[str, Any]:
         sess = next(iter(self.graphs.values())).session if self.graphs else self.general
