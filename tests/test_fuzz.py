@@ -84,6 +84,8 @@ COMMANDS = {
                                               "--experiment", "--format"]),
     "export": (["export", "no-such-checkpoint.pt"], [], ["--output", "--exporter"]),
     "sync": (["sync"], [], ["--results", "--experiment"]),
+    "import-original": (["import-original", "no-such-checkpoint.pt", "--output", "imported.pt"], ["--heads"],
+                        ["--labels", "--output"]),
     "predict": (["predict", "no-such-clip.npy", "--model", "no-such-model.onnx"],
                 ["--threshold", "--temperature", "--threads"], ["--backend", "--instance", "--format"]),
     "stream": (["stream", "no-such-clip.npy", "--model", "no-such-model.onnx", "--no-realtime"],

@@ -46,7 +46,7 @@ from signflow_zoo.results.files import EXPERIMENT, flat_records, now_iso, upload
 from signflow_zoo.backends.runner import RunnerOptions
 from signflow_zoo.bench.stability import StabilityMonitor
 from signflow_zoo.bench.timing import TimingConfig, reference_workload
-from signflow_zoo.bench.weights import Weights, command_inputs
+from signflow_zoo.bench.weights import ModelFile, Weights, command_inputs
 from signflow_zoo import report
 from signflow_zoo.results.tracking import Tracker
 from signflow_zoo.model.zoo import Zoo, ZooEntry
@@ -56,11 +56,14 @@ PARITY_SAMPLES = 64
 # or they slow the reading; 50 ms is the gap that cleared every runtime in benchmarks/SCHEDULE.md
 PRE_READ_SETTLE_S = 0.05
 REFERENCE_BACKEND = "torch-eager"
+DEFAULT_PRESETS = "lightweight"
 
 
 @dataclass
 class BenchConfig:
-    presets: str = "lightweight"  # "all", a name, or "a,b"
+    presets: str = DEFAULT_PRESETS  # "all", a name, or "a,b"
+    model: str | None = None  # a model file (.pt checkpoint or .onnx) benched instead of presets (bench --model)
+    labels: str | None = None  # the model's labels file (one per line, or a JSON list), for --model
     backends: str = "all"
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int | None = None  # None = all cores of this machine, for every backend alike
@@ -105,6 +108,15 @@ class BenchConfig:
             if value is not None and value not in r:
                 raise SignFlowError(f"--{name} must be {r.what}, got {value!r}")
         self.timing.validate()
+        if self.model is not None:
+            if self.presets != DEFAULT_PRESETS:
+                raise SignFlowError("--model and --preset are mutually exclusive: bench zoo presets, or one model file")
+            for flag, given in (("--retrain", self.retrain), ("--from-registry", self.from_registry),
+                                ("--epochs", self.epochs is not None)):
+                if given:
+                    raise SignFlowError(f"{flag} does not apply to --model: a model file is benched as it is, never trained")
+        elif self.labels is not None:
+            raise SignFlowError("--labels goes with --model: it gives the labels of a model file")
         if self.data.strip().startswith("synthetic"):  # its numbers are checked here; files when they are read
             from signflow_zoo.data.loading import parse_synthetic_spec
 
@@ -117,7 +129,8 @@ class BenchConfig:
         a regular file or a new one, never a file the bench reads (zoo file, data set, zoo home)."""
         if self.json_path is None:
             return None
-        return check_output_file(self.json_path, "--json", command_inputs(self.data, self.zoo_file))
+        return check_output_file(self.json_path, "--json", command_inputs(
+            self.data, self.zoo_file, files=(("the model file --model", self.model), ("the labels file --labels", self.labels))))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -182,7 +195,9 @@ class Bench:
         self.json_out = config.json_output()  # resolved once, before the bench writes anything into the zoo home
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.zoo = Zoo.load(config.zoo_file)
-        self.entries = self.zoo.select(config.presets)
+        # bench --model: one "entry", the model file's (read now: its errors come before any work)
+        self.model_file = ModelFile(config.model, config.labels, self.log) if config.model else None
+        self.entries = [self.model_file.entry] if self.model_file else self.zoo.select(config.presets)
         self.registry = registry or get_registry()
         self.selected = self.registry.select(config.backends)
         self.threads = config.threads or os.cpu_count() or 1
@@ -193,7 +208,7 @@ class Bench:
         self.json_path = self.home / "results" / f"bench-{stamp}-{invocation}.json"
         self.doc = BenchDocument(
             invocation_id=invocation, created=created, environment=environment(),
-            config={**config.to_dict(), "threads": self.threads},
+            config={**config.to_dict(), "threads": self.threads, **(self.model_file.config() if self.model_file else {})},
             tracking={"uploaded": False, "experiment": config.experiment}, result_file=str(self.json_path))
         self.stability = StabilityMonitor(self.threads, self.doc.stability)  # its session opens at the first read
         self._stability_error = ""
@@ -204,7 +219,9 @@ class Bench:
     def splits(self):
         if self._splits is None:
             self.log(f"data: {self.cfg.data} (seed {self.cfg.seed})")
-            self._splits = load_splits_cached(self.cfg.data, self.cfg.seed, self.home)
+            splits = load_splits_cached(self.cfg.data, self.cfg.seed, self.home)
+            # a model file's labels must be the data's classes (then numbered in its output order)
+            self._splits = self.model_file.match_data(splits) if self.model_file else splits
         return self._splits
 
     def training_config(self, entry: ZooEntry):
@@ -223,11 +240,18 @@ class Bench:
                                    from_registry=self.cfg.from_registry, track=self.cfg.track)
 
     def _reference(self, arts, test) -> tuple[list, list, np.ndarray]:
-        """Parity inputs (random batches of two shapes + held-out clips) and the PyTorch fp32 reference."""
+        """Parity inputs (random batches of two shapes + held-out clips) and the PyTorch fp32 reference (for an
+        ONNX-only model file, bench --model: onnx-cpu on the file, which its records say)."""
         import torch
 
         torch.set_num_threads(self.threads)
-        ref_model = arts.torch_model("cpu")
+        forward: Callable[[np.ndarray, np.ndarray], np.ndarray]
+        if arts.checkpoint is None and self.model_file is not None:  # an ONNX-only model: ONNX Runtime's CPU provider
+            runner = self.model_file.reference_runner(arts, self.threads)
+            forward = lambda x, m: runner.run(np.ascontiguousarray(x), np.ascontiguousarray(m))  # noqa: E731
+        else:
+            ref_model = arts.torch_model("cpu")
+            forward = lambda x, m: ref_model(torch.from_numpy(x), torch.from_numpy(m)).numpy()  # noqa: E731
         rng = np.random.default_rng(self.cfg.seed)
         inputs = [
             (rng.standard_normal((3, 64, FEATURE_DIM)).astype(np.float32), rng.random((3, 64)) > 0.1),
@@ -235,9 +259,8 @@ class Bench:
             (np.ascontiguousarray(test.features[:PARITY_SAMPLES]), np.ascontiguousarray(test.mask[:PARITY_SAMPLES])),
         ]
         with torch.inference_mode():
-            refs = [ref_model(torch.from_numpy(x), torch.from_numpy(m)).numpy() for x, m in inputs]
-            ref_test = np.concatenate([ref_model(torch.from_numpy(test.features[i:i + 128]),
-                                                 torch.from_numpy(test.mask[i:i + 128])).numpy()
+            refs = [forward(x, m) for x, m in inputs]
+            ref_test = np.concatenate([forward(test.features[i:i + 128], test.mask[i:i + 128])
                                        for i in range(0, len(test), 128)])
         return inputs, refs, ref_test.argmax(1)
 
@@ -260,6 +283,11 @@ class Bench:
             if not avail.ok:
                 rec.fail("broken" if getattr(avail, "broken", False) else "unavailable", avail.reason)
                 self.log(f"{entry.name}/{cls.name}: {rec.status}: {avail.reason}")
+                continue
+            missing = self.model_file.missing_artifact(arts, cls.artifact, self.registry) if self.model_file else None
+            if missing:  # e.g. a torch backend on an ONNX file: never another model in its place
+                rec.fail("unavailable", missing)
+                self.log(f"{entry.name}/{cls.name}: {rec.status}: {missing}")
                 continue
             if not self._ensure_kind(arts, cls, rec):
                 continue
@@ -313,8 +341,11 @@ class Bench:
     def run_preset(self, entry: ZooEntry) -> list[BenchRecord]:
         from signflow_zoo.bench import scenarios
 
-        ckpt, meta = self.checkpoint(entry)
-        arts = build_artifacts(ckpt, exporter=self.cfg.exporter, home=self.home, log=self.log)
+        if self.model_file is not None:  # bench --model: the file's artifacts, never a zoo checkpoint
+            arts, meta = self.model_file.artifacts(self.cfg.exporter, self.home, self.log)
+        else:
+            ckpt, meta = self.checkpoint(entry)
+            arts = build_artifacts(ckpt, exporter=self.cfg.exporter, home=self.home, log=self.log)
         opt_note = arts.info.get("optimize", {}).get("note")
         if opt_note:
             self.log(f"{entry.name}: onnx-optimized: {opt_note}")
@@ -322,12 +353,13 @@ class Bench:
         test = splits.test
         inputs, refs, ref_pred = self._reference(arts, test)
         base_params = {
-            "preset": entry.name, "num_params": count_parameters(arts.torch_model("cpu")),
+            "preset": entry.name, "num_params": count_parameters(arts.torch_model("cpu"))
+            if self.model_file is None or arts.checkpoint else self.model_file.num_params,
             "gflops": round(estimate_gflops(entry, len(arts.labels)), 4), "d_model": entry.d_model,
             "heads": entry.heads, "layers": entry.layers, "dim_ff": entry.dim_ff, "threads": self.threads,
             "exporter": arts.info.get("export", {}).get("exporter"), "opset": arts.info.get("export", {}).get("opset"),
             "num_classes": len(arts.labels), "data": splits.spec, "data_split": getattr(splits, "split", ""),
-            "test_size": len(test),
+            "test_size": len(test), **(self.model_file.params() if self.model_file else {}),
         }
         training = {k: v for k, v in (meta.get("result") or {}).items() if k != "run_id"}
         lanes = self._lanes(entry, arts, base_params, training, dict(meta.get("calibration") or {}))
@@ -465,7 +497,7 @@ class Bench:
             lock_path(self.json_path).unlink(missing_ok=True)
 
     def _run(self) -> dict[str, Any]:
-        if self.cfg.no_train:  # fail before any work when a checkpoint is missing
+        if self.cfg.no_train and self.model_file is None:  # fail before any work when a checkpoint is missing
             for entry in self.entries:
                 p = self.checkpoint_file(entry)
                 if not p.exists():
@@ -545,7 +577,7 @@ class Bench:
                 samples = {f"{r.preset} / {r.backend} / b{b}": [v for block in r.samples[b] for v in block]
                            for b in self.cfg.batch_sizes for r in recs if r.samples.get(b)}
                 if samples:
-                    plots.append((f"latency-{entry.name}", lambda p, s=samples, n=entry.name:
+                    plots.append((f"latency-{entry.name.replace(':', '-')}", lambda p, s=samples, n=entry.name:
                                   report.plot_latency_distributions(s, p, title=f"Per-call latency: {n}")))
             for name, fn in plots:
                 path = stem.with_name(f"{stem.name}-{name}.png")

@@ -83,12 +83,33 @@ def run_at_largest_batch(worker: BackendWorker, pairs: list[tuple[np.ndarray, np
     while True:
         chunks = [(x[i:i + size], m[i:i + size]) for x, m in pairs for i in range(0, len(x), size)]
         try:
-            return list(worker.call("run_many", chunks, budget=budget)), size, first
+            outs: list[Any] = []
+            for group in _message_groups(chunks):  # a big (memory-mapped) test set never travels whole
+                outs.extend(worker.call("run_many", [(np.ascontiguousarray(x), np.ascontiguousarray(m))
+                                                     for x, m in group], budget=budget))
+            return outs, size, first
         except WorkerError as exc:
             if size == 1 or exc.kind == "BackendUnavailable":
                 raise
             first = first or (size, exc)
             size = max(1, size // 2)
+
+
+MESSAGE_BYTES = 64 << 20  # at most this much input data in one request to a worker
+
+
+def _message_groups(chunks: list[tuple[np.ndarray, np.ndarray]]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """``chunks`` in consecutive groups of at most :data:`MESSAGE_BYTES` of input each (one chunk at least)."""
+    groups: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    held = 0
+    for x, m in chunks:
+        n = x.nbytes + m.nbytes
+        if groups[-1] and held + n > MESSAGE_BYTES:
+            groups.append([])
+            held = 0
+        groups[-1].append((x, m))
+        held += n
+    return groups
 
 
 def _fallback_note(what: str, used: int, failed: tuple[int, WorkerError] | None) -> str:

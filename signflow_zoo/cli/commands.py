@@ -98,6 +98,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_original(args) -> int:
+    """Python: ``signflow_zoo.import_original(checkpoint, labels, output, heads=...)``."""
+    from signflow_zoo.model.original import import_original
+
+    summary = import_original(args.checkpoint, args.labels, args.output, heads=args.heads)
+    for note in summary["notes"]:
+        _log(f"note: {note}")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 # -- bench / sync ----------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     """Python: ``signflow_zoo.run_bench(signflow_zoo.BenchConfig(...))``; the table is ``comparison_table``."""
@@ -107,7 +118,8 @@ def cmd_bench(args) -> int:
     from signflow_zoo.report import comparison_table, timing_check_table
     from signflow_zoo.results.files import flat_records
 
-    kw = dict(presets=args.preset, backends=args.backends, threads=args.threads, data=args.data, seed=args.seed,
+    kw = dict(presets=args.preset, model=args.model, labels=args.labels, backends=args.backends, threads=args.threads,
+              data=args.data, seed=args.seed,
               no_train=args.no_train, retrain=args.retrain, from_registry=args.from_registry, epochs=args.epochs,
               exporter=args.exporter,
               json_path=args.json, experiment=args.experiment, track=not args.no_track, stream=not args.no_stream,
@@ -245,8 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--optimize", action="store_true")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("bench", help="train/load, export, check parity, time and score presets x backends")
-    s.add_argument("--preset", default="lightweight", help="all | NAME | A,B (default: lightweight)")
+    from signflow_zoo.model.zoo import SIZE_BOUNDS  # light: no torch
+
+    s = sub.add_parser("import-original", help="convert a checkpoint of the original SignFlow into a signflow-zoo "
+                       "checkpoint (labels, sizes from the shapes, checked by logits)")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help="what the original's SignTrainer.save_model writes, or a "
+                   "bare state dict")
+    s.add_argument("--labels", metavar="FILE", help="class labels in output order: a JSON list, or one label per line "
+                   "(default: the checkpoint's class_labels)")
+    s.add_argument("--output", "-o", required=True, metavar="PATH", help="the signflow-zoo checkpoint to write (.pt)")
+    heads = limits.Range(int, *SIZE_BOUNDS["nhead"])
+    s.add_argument("--heads", type=in_range(heads), metavar="N", help="attention heads, for a bare state dict only (no "
+                   f"weight's shape holds them; a checkpoint dict records its nhead); {heads.what}")
+    s.set_defaults(func=cmd_import_original)
+
+    s = sub.add_parser("bench", help="train/load, export, check parity, time and score presets (or a model file) "
+                       "x backends")
+    what = s.add_mutually_exclusive_group()  # argparse: "argument --model: not allowed with argument --preset"
+    what.add_argument("--preset", default="lightweight", help="all | NAME | A,B (default: lightweight)")
+    what.add_argument("--model", metavar="FILE", help="bench this model file instead of presets: a signflow-zoo "
+                      "checkpoint (.pt) or an ONNX file; its rows' preset is model:<file stem>")
+    s.add_argument("--labels", metavar="FILE", help="with --model: the model's labels in output order (one per line, "
+                   "or a JSON list), for a file that carries none or to replace its own; they must be the data's classes")
     s.add_argument("--backends", default="all", help="all | NAME | A,B (default: all)")
     bs = limits.CLI_OPTIONS["--batch-sizes"]
     s.add_argument("--batch-sizes", type=int_list_in(bs, limits.MAX_BATCH_SIZES),

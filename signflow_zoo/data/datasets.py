@@ -4,14 +4,19 @@
 Both data sets index the same way, so one DataLoader path serves them (``signflow_zoo.data.batches``):
 ``ds[i]`` -> (features [SEQ_LEN, 469] float32, mask [SEQ_LEN] bool, label int) and ``ds[indices]`` -> the
 same stacked for a batch. A ClipFileDataset computes the features of a batch when it is asked for it
-(in a DataLoader worker), so a training split bigger than memory never has to fit in it.
+(in a DataLoader worker), so a training split bigger than memory never has to fit in it. A SignDataset whose
+features are memory-mapped from a file (:func:`mapped_dataset`: big validation and test splits) is indexed
+like any other: only the pages read are in memory, and the system may drop them again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -69,6 +74,15 @@ class SignDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether the features are memory-mapped from a file (:func:`mapped_dataset`) rather than held."""
+        return isinstance(self.features, np.memmap)
+
+    def relabelled(self, order: np.ndarray, class_names: Sequence[str]) -> SignDataset:
+        """The same clips (arrays shared, not copied), label ``i`` renumbered ``order[i]`` of ``class_names``."""
+        return dataclasses.replace(self, labels=np.asarray(order, np.int64)[self.labels], class_names=list(class_names))
+
     def subset(self, idx) -> SignDataset:
         """The clips at ``idx`` (indices or a boolean mask), with the same class list."""
         idx = _as_indices(np.asarray(idx), len(self))
@@ -102,7 +116,7 @@ class ClipFileDataset:
 
     in_memory = False
 
-    def __init__(self, refs: Sequence[ClipRef], labels: Sequence[int], class_names: Sequence[str],
+    def __init__(self, refs: Sequence[ClipRef], labels: Sequence[int] | np.ndarray, class_names: Sequence[str],
                  seq_len: int = SEQ_LEN):
         self.refs = list(refs)
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -159,6 +173,10 @@ class ClipFileDataset:
         features, mask = self._prepare(np.arange(len(self)))
         return SignDataset(features, mask, self.labels.copy(), list(self.class_names), list(self.signers))
 
+    def relabelled(self, order: np.ndarray, class_names: Sequence[str]) -> ClipFileDataset:
+        """The same clips, label ``i`` renumbered ``order[i]`` of ``class_names``."""
+        return ClipFileDataset(self.refs, np.asarray(order, np.int64)[self.labels], class_names, self.seq_len)
+
 
 class _Prepared:
     """One column (features or mask) of a ClipFileDataset, indexable like the SignDataset array it stands for."""
@@ -182,7 +200,8 @@ class _Prepared:
 class DataSplits:
     """Train/val/test, the spec they came from, how they were split (``split``, e.g.
     ``signer-split(seed=0, val=0.15, test=0.15)`` or ``lsfb-official:train/test, val=fold_4``) and one hash
-    over all of it. ``train`` may be a :class:`ClipFileDataset`; val and test are always in memory."""
+    over all of it. ``train`` may be a :class:`ClipFileDataset`; val and test are SignDatasets, held in memory
+    or memory-mapped from disk (:func:`mapped_dataset`)."""
 
     train: SignDataset | ClipFileDataset
     val: SignDataset
@@ -202,6 +221,19 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def in_label_order(self, class_names: Sequence[str]) -> DataSplits:
+        """The same splits with labels numbered by ``class_names``, the same classes in another order (a model's
+        output order); the fingerprint stays the data set's. :class:`DataError` when the classes differ."""
+        names = list(class_names)
+        if names == self.class_names:
+            return self
+        if sorted(names) != sorted(self.class_names) or len(set(names)) != len(names):
+            raise DataError(f"{self.spec}: classes {self.class_names} are not a reordering of {names}")
+        position = {n: i for i, n in enumerate(names)}
+        order = np.array([position[n] for n in self.class_names], np.int64)
+        return dataclasses.replace(self, train=self.train.relabelled(order, names), val=self.val.relabelled(order, names),
+                                   test=self.test.relabelled(order, names), class_names=names)
 
 
 class ClipHasher:
@@ -242,6 +274,69 @@ def clips_to_dataset(clips: Sequence[Clip], class_names: Sequence[str], seq_len:
         class_names=list(class_names),
         signers=[c.signer for c in clips],
     )
+
+
+SPILL_CHUNK = 256  # clips prepared at a time into a memory-mapped split (about 30 MB of features)
+
+
+def mapped_dataset(clips: Iterable[Clip], n: int, class_names: Sequence[str], folder: str | Path,
+                   seq_len: int = SEQ_LEN) -> SignDataset:
+    """The SignDataset of ``n`` clips whose features and mask live in files, memory-mapped: computed
+    :data:`SPILL_CHUNK` clips at a time (the same values as :func:`clips_to_dataset`), so neither the clips nor
+    their features are ever all in memory. ``clips`` is consumed once, in order (it may read each file as it goes).
+
+    The files are unnamed temporary files in ``folder`` (created if needed): nothing is left behind, even by a
+    process that is killed, and the space is freed when the arrays are no longer referenced. The arrays are
+    mapped copy-on-write: writable like arrays in memory, a write never reaching the file.
+    """
+    if n < 1:
+        raise DataError(f"mapped_dataset: needs at least one clip, got {n}")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        ffile = tempfile.TemporaryFile(dir=folder, prefix=".split-features-")
+        mfile = tempfile.TemporaryFile(dir=folder, prefix=".split-mask-")
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot hold a split's features on disk there: {exc}") from None
+    shape = (n, _check_seq_len(seq_len), FEATURE_DIM)
+    labels: list[int] = []
+    signers: list[str] = []
+    with ffile, mfile:
+        features = np.memmap(ffile, np.float32, "w+", shape=shape)
+        mask = np.memmap(mfile, np.bool_, "w+", shape=shape[:2])
+        pending: list[Clip] = []
+
+        def write() -> None:
+            start = len(labels) - len(pending)
+            part = clips_to_dataset(pending, class_names, seq_len)
+            features[start:len(labels)] = part.features
+            mask[start:len(labels)] = part.mask
+            pending.clear()
+
+        for clip in clips:
+            if len(labels) == n:
+                raise DataError(f"mapped_dataset: more than the {n} clips announced")
+            pending.append(clip)
+            labels.append(int(clip.label))
+            signers.append(clip.signer)
+            if len(pending) == SPILL_CHUNK:
+                write()
+        if pending:
+            write()
+        if len(labels) != n:
+            raise DataError(f"mapped_dataset: {len(labels)} clips, {n} announced")
+        features.flush()
+        mask.flush()
+        del features, mask  # the writable maps; the read maps below keep the files (their own descriptors)
+        return SignDataset(features=np.memmap(ffile, np.float32, "c", shape=shape),
+                           mask=np.memmap(mfile, np.bool_, "c", shape=shape[:2]),
+                           labels=np.array(labels, dtype=np.int64), class_names=list(class_names), signers=signers)
+
+
+def _check_seq_len(seq_len: int) -> int:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise DataError(f"seq_len must be a positive integer, got {seq_len!r}")
+    return int(seq_len)
 
 
 def signer_split_indices(

@@ -4,10 +4,11 @@ data set's official split), turned into fixed-length features. The formats thems
 
 Spec strings (``load_data``, the CLI's ``--data``): see :data:`SPEC_FORMS`.
 
-A training split whose features would take more than :data:`IN_MEMORY_LIMIT_BYTES` stays on disk
-(:class:`ClipFileDataset`, read through DataLoader workers while training); val and test are always in
-memory. Every file is read once at load time, so a broken file is reported before training starts, and
-the data fingerprint covers the clips as read. Every problem with a path or file raises
+A split whose features would take more than :data:`IN_MEMORY_LIMIT_BYTES` stays on disk: the training split
+as a :class:`ClipFileDataset` (read through DataLoader workers while training), val and test as SignDatasets
+whose features are computed once into files and memory-mapped (:func:`mapped_dataset`). Every file is read
+once at load time, so a broken file is reported before training starts, and the data fingerprint covers the
+clips as read. Every problem with a path or file raises
 :class:`DataError` naming the file (and the CSV line and entry where one led to it).
 """
 
@@ -24,9 +25,11 @@ from signflow_zoo.data.datasets import (
     DataSplits,
     SignDataset,
     clips_to_dataset,
+    mapped_dataset,
     signer_split_indices,
     split_by_signer,
 )
+from signflow_zoo.common.cachefiles import zoo_home
 from signflow_zoo.common.errors import DataError
 from signflow_zoo.data.features import FEATURE_DIM, SEQ_LEN
 from signflow_zoo.data.formats import ClipRef, RecordedClip, read_clip_file, read_clips, read_ref
@@ -47,7 +50,7 @@ SPEC_FORMS = (
     "pose:PATH (.pose files of MediaPipe Holistic landmarks, pose-format library, listed in labels.csv: "
     "file,label[,signer])",
 )
-# A training split up to this many bytes of features is held in memory; a bigger one is read from disk.
+# A split (train, val or test) up to this many bytes of features is held in memory; a bigger one is read from disk.
 IN_MEMORY_LIMIT_BYTES = 1 << 30
 _CLIP_BYTES = SEQ_LEN * (FEATURE_DIM * 4 + 1)
 
@@ -184,39 +187,53 @@ def load_data(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     in_memory: bool | None = None,
+    spill_dir: str | Path | None = None,
 ) -> DataSplits:
     """Load a data set by spec string and split it: by the data set's official split when it has one
     (LSFB-ISOL), else by signer (fixed by ``seed``). ``splits.split`` says which.
 
-    ``in_memory``: hold the training split's features in memory (True), read them from disk while training
-    (False; file-based data only), or decide by size (None: in memory up to IN_MEMORY_LIMIT_BYTES).
+    ``in_memory``: hold every split's features in memory (True), read the training split from disk while
+    training (False; file-based data only), or decide by size (None). Without True, each split whose features
+    would exceed IN_MEMORY_LIMIT_BYTES stays on disk: the training split read while training
+    (:class:`ClipFileDataset`), val and test as SignDatasets whose arrays are memory-mapped from unnamed
+    temporary files in ``spill_dir`` (default: the zoo home's ``data`` folder), the same values as in memory.
+    Synthetic data is always in memory.
     """
     cat = _catalogue(spec, seed)
     parts, split = _split(cat, seed, val_fraction, test_fraction)
     synthetic = cat.canonical.startswith("synthetic")
-    if in_memory is None:
-        in_memory = synthetic or len(parts["train"]) * _CLIP_BYTES <= IN_MEMORY_LIMIT_BYTES
-    elif not in_memory and synthetic:
+    if in_memory is False and synthetic:
         raise DataError("in_memory=False needs a data set on disk; synthetic data is generated in memory")
     hasher = ClipHasher(cat.class_names, split)
     out: dict[str, SignDataset | ClipFileDataset] = {}
     for part in ("train", "val", "test"):
         idx = parts[part]
         hasher.part(part)
-        keep = in_memory or part != "train"
-        clips = []
-        for i in idx:
-            item, label = cat.items[i], cat.labels[i]
-            raw = _raw(item)  # every file is read once here: checked, and hashed
-            hasher.add(raw, label, item.signer)
-            if keep:
-                clips.append(item if isinstance(item, Clip) else Clip(raw, label, item.signer, item.name))
-        if keep:
-            out[part] = clips_to_dataset(clips, cat.class_names)
+        if synthetic or in_memory:
+            keep = True
+        elif part == "train" and in_memory is False:
+            keep = False
         else:
+            keep = len(idx) * _CLIP_BYTES <= IN_MEMORY_LIMIT_BYTES
+
+        def read(idx=idx):  # every file is read once here: checked, and hashed
+            for i in idx:
+                item, label = cat.items[i], cat.labels[i]
+                raw = _raw(item)
+                hasher.add(raw, label, item.signer)
+                yield item if isinstance(item, Clip) else Clip(raw, label, item.signer, item.name)
+
+        if keep:
+            out[part] = clips_to_dataset(list(read()), cat.class_names)
+        elif part == "train":
+            for _ in read():
+                pass
             out[part] = ClipFileDataset([cat.items[i] for i in idx], [cat.labels[i] for i in idx], cat.class_names)
+        else:
+            out[part] = mapped_dataset(read(), len(idx), cat.class_names,
+                                       Path(spill_dir) if spill_dir is not None else zoo_home() / "data")
     val, test = out["val"], out["test"]
-    assert isinstance(val, SignDataset) and isinstance(test, SignDataset)  # only train may stay on disk
+    assert isinstance(val, SignDataset) and isinstance(test, SignDataset)  # only train is read while used
     return DataSplits(train=out["train"], val=val, test=test, class_names=list(cat.class_names),
                       spec=cat.canonical, fingerprint=hasher.hexdigest(), split=split)
 
@@ -237,7 +254,7 @@ def load_lsfb_isol(path) -> tuple[list[Clip], list[str]]:
 
 __all__ = [
     "SPEC_FORMS", "IN_MEMORY_LIMIT_BYTES", "DataSplits", "SignDataset", "ClipFileDataset", "Clip", "ClipRef",
-    "RecordedClip", "clips_to_dataset", "split_by_signer", "signer_split_indices", "parse_synthetic_spec",
+    "RecordedClip", "clips_to_dataset", "mapped_dataset", "split_by_signer", "signer_split_indices", "parse_synthetic_spec",
     "load_clips", "load_data", "load_signflow_recordings", "load_lsfb_isol", "read_clip_file", "read_clips",
     "write_signflow_fixture", "write_lsfb_fixture", "write_pose_fixture",
 ]

@@ -34,7 +34,8 @@ from signflow_zoo.results.tracking import Tracker, short_error, store_key, track
 
 STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "host_class", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
-               "schedule", "data_split", "data", "stability_status")
+               "schedule", "data_split", "data", "stability_status", "model_file", "model_sha256", "model_kind",
+               "model_preset", "reference", "labels_file")
 
 
 def now_iso() -> str:
@@ -137,15 +138,23 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
     for k in ("num_params", "gflops", "d_model", "heads", "layers", "dim_ff", "test_size"):
         if p.get(k) is not None:
             flat[k] = p[k]
+    for k in ("model_file", "model_sha256", "model_kind", "model_preset", "reference", "labels_file"):  # bench --model
+        if p.get(k) not in (None, ""):
+            flat[k] = str(p[k])
     tr = record.get("training") or {}
     if tr.get("train_seconds") is not None:
         flat["train_seconds"] = tr["train_seconds"]
     if tr.get("val_accuracy") is not None:
         flat["train_val_accuracy"] = tr["val_accuracy"]
     cal = record.get("calibration") or {}
-    for k in ("temperature", "ece_before", "ece_after"):
+    # ece_*/nll_* are measured on the held-out part of the validation set when eval_size is recorded (a checkpoint
+    # calibrated before that measured ECE on the clips the temperature was fitted on, and has no eval_size)
+    for k in ("temperature", "ece_before", "ece_after", "nll_before", "nll_after", "fitted_temperature", "fit_size",
+              "eval_size"):
         if cal.get(k) is not None:
             flat[f"calibration_{k}"] = cal[k]
+    if cal.get("temperature_kept") is not None:
+        flat["calibration_temperature_kept"] = 1.0 if cal["temperature_kept"] else 0.0
     acc = record.get("accuracy") or {}
     for k in ("top1", "top5", "macro_f1"):
         if acc.get(k) is not None:
