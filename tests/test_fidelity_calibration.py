@@ -284,7 +284,7 @@ def test_held_out_ece_reaches_the_record_mlflow_and_report(tiny_zoo_file, tmp_pa
     narrow = capsys.readouterr().out
     assert max(len(line) for line in narrow.splitlines()) <= report.TERMINAL_WIDTH
     header = [h.strip() for h in narrow.splitlines()[0].split("  ") if h.strip()]
-    assert header == ["preset", "batch", "backend", "p50 ms", "vs eager", "top-1", "ECE", "status"]
+    assert header == ["preset", "batch", "backend", "p50 ms", "vs eager", "top-1", "worst signer", "ECE", "status"]
     assert f"{cal['ece_after']:.3f}" in narrow
 
 

@@ -12,8 +12,11 @@ the features with masked frames set to zero, which is how the original model tel
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +26,23 @@ from signflow_zoo.common.onnxrt import open_session
 from signflow_zoo.common.tensors import FEATURE_DIM
 from signflow_zoo.backends.runner import Artifacts, Availability, BackendUnavailable, Runner
 
-__all__ = ["OrtRunner", "open_session", "probe_provider", "graph_input_names", "zero_masked_frames"]
+__all__ = ["OrtRunner", "open_session", "probe_provider", "graph_input_names", "zero_masked_frames", "graph_precision",
+           "session_precision"]
+
+# Nodes that compute in 8-bit integers (ai.onnx and com.microsoft), besides every ``QLinear*`` op: a graph holding
+# one runs int8 arithmetic where it holds it (ONNX Runtime fuses QDQ pairs into integer kernels on the CPU).
+INT8_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+                      "DynamicQuantizeMatMul", "QGemm", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul"})
+# the float ops the quantizers replace: how many are left in float is said with an int8 graph
+FLOAT_COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
+# ONNX tensor element types (onnx.TensorProto) -> the project's precision names (signflow_zoo.backends.parity)
+FLOAT_TYPES = {1: ("fp32", "float32"), 10: ("fp16", "float16"), 16: ("bf16", "bfloat16"), 11: ("fp64", "float64")}
+# execution providers -> (short name, device kind); one not listed is named by its short name on its own
+PROVIDER_DEVICES = {"CPUExecutionProvider": ("cpu", "cpu"), "DnnlExecutionProvider": ("dnnl", "cpu"),
+                    "XnnpackExecutionProvider": ("xnnpack", "cpu"), "ACLExecutionProvider": ("acl", "cpu"),
+                    "CUDAExecutionProvider": ("cuda", "gpu"), "TensorrtExecutionProvider": ("tensorrt", "gpu"),
+                    "ROCMExecutionProvider": ("rocm", "gpu"), "MIGraphXExecutionProvider": ("migraphx", "gpu"),
+                    "DmlExecutionProvider": ("directml", "gpu")}
 
 
 def graph_input_names(names: Sequence[str]) -> tuple[str, str | None] | None:
@@ -88,6 +107,91 @@ def probe_provider(provider: str) -> Availability:
     return Availability.yes(f"{provider} bound")
 
 
+def graph_precision(model: Any) -> tuple[str, str]:
+    """(precision, what in the graph says so) of an ONNX graph: a ``ModelProto``, or a file (read once without its
+    external data, then cached by path, size and modification time).
+
+    ``int8`` when it holds integer ops (:data:`INT8_OPS`, ``QLinear*``: dynamic and static quantization); else the
+    float type of most weight elements (float32 -> ``fp32``, float16 -> ``fp16``, bfloat16 -> ``bf16``), or of its
+    float inputs when it has no float weights."""
+    if isinstance(model, (str, Path)):
+        st = Path(model).stat()
+        return _file_precision(str(model), st.st_size, st.st_mtime_ns)
+    return _model_precision(model)
+
+
+@lru_cache(maxsize=32)
+def _file_precision(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
+    import onnx
+
+    return _model_precision(onnx.load(path, load_external_data=False))
+
+
+def _model_precision(model: Any) -> tuple[str, str]:
+    graph = model.graph
+    quantized = Counter(n.op_type for n in graph.node if n.op_type in INT8_OPS or n.op_type.startswith("QLinear"))
+    if quantized:  # a MatMul fed by DequantizeLinear (QDQ format) runs as an integer kernel: not left in float
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        left = sum(n.op_type in FLOAT_COMPUTE_OPS and not dequantized.intersection(n.input) for n in graph.node)
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(quantized.items()))
+        return "int8", f"integer ops in the graph ({ops}); {left} {'/'.join(FLOAT_COMPUTE_OPS)} left in float"
+    weights: Counter = Counter()
+    constants = [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for tensor in list(graph.initializer) + constants:
+        if tensor.data_type in FLOAT_TYPES:
+            weights[tensor.data_type] += math.prod(tensor.dims)
+    if weights:
+        dtype, n = weights.most_common(1)[0]
+        total = sum(weights.values())
+        share = "all" if n == total else f"{100 * n / total:.0f}%"
+        return FLOAT_TYPES[dtype][0], f"{total:,} float weights, {share} {FLOAT_TYPES[dtype][1]}; no integer ops"
+    inputs = [i.type.tensor_type.elem_type for i in graph.input if i.type.tensor_type.elem_type in FLOAT_TYPES]
+    if inputs:
+        return FLOAT_TYPES[inputs[0]][0], f"no float weights, float inputs {FLOAT_TYPES[inputs[0]][1]}"
+    return "fp32", "no float weights or inputs, no integer ops"
+
+
+def _on(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true")
+
+
+def _tf32_capable(device_id: Any) -> bool:
+    """Whether the CUDA device has TF32 (compute capability 8.0, Ampere, or newer); True when it cannot be told."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_capability(int(device_id or 0))[0] >= 8
+    except Exception:  # noqa: BLE001 - no torch or no CUDA build of it: ORT's flag is all there is to go on
+        return True
+
+
+def session_precision(session: Any, model: Any, asked: str | None = None) -> dict[str, str]:
+    """What an ONNX Runtime ``session`` of ``model`` (a path or ``ModelProto``) really runs, as
+    :meth:`Runner.effective_precision <signflow_zoo.backends.runner.Runner.effective_precision>` returns it.
+
+    The device is that of the provider the session bound first (``session.get_providers()``: a session asked for
+    CUDA may have fallen back to the CPU provider, ``asked``); the precision that of the graph
+    (:func:`graph_precision`) as that provider computes it: TF32 on the CUDA provider with ``use_tf32`` (its
+    default) on an Ampere or newer GPU, fp16/bf16/int8 on the TensorRT provider when its engine allows them."""
+    providers = list(session.get_providers())
+    bound = providers[0] if providers else "none"
+    short, device = PROVIDER_DEVICES.get(bound, (bound.removesuffix("ExecutionProvider").lower(), ""))
+    precision, what = graph_precision(model)
+    opts = session.get_provider_options().get(bound, {})
+    note = ""
+    if bound == "TensorrtExecutionProvider" and precision == "fp32":
+        for flag, name in (("trt_int8_enable", "int8"), ("trt_bf16_enable", "bf16"), ("trt_fp16_enable", "fp16")):
+            if _on(opts.get(flag)):
+                precision, note = name, f"; {flag}=True: TensorRT picks {name} kernels where they are faster"
+                break
+    elif bound == "CUDAExecutionProvider" and precision == "fp32" and _on(opts.get("use_tf32")) \
+            and _tf32_capable(opts.get("device_id")):
+        precision, note = "tf32", "; use_tf32=1: float32 matmuls and convolutions in TF32"
+    fallback = f" (asked for {asked})" if asked and asked != bound else ""
+    return {"precision": precision, "device": device or short,
+            "how": f"ONNX Runtime session bound {bound}{fallback}; graph: {what}{note}"}
+
+
 class OrtRunner(Runner):
     """Base for ONNX Runtime runners: subclasses choose provider and artifact."""
 
@@ -96,6 +200,7 @@ class OrtRunner(Runner):
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
     input_names: tuple[str, str | None] | None = None  # (features, mask or None), set by prepare()
     zero_masked = staticmethod(zero_masked_frames)  # for subclasses and plugins feeding a graph without mask
+    session_precision = staticmethod(session_precision)  # for subclasses reading back sessions of their own
 
     @classmethod
     def availability(cls) -> Availability:
@@ -155,6 +260,20 @@ class OrtRunner(Runner):
 
     def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.session.run(None, self.feeds(features, mask))[0]
+
+    def effective_precision(self) -> dict[str, str]:
+        """Read back from the live session (:func:`session_precision`): the provider it bound and its graph's
+        precision. The graph is ``self.path`` (set by our ``prepare()``), else the file the session was opened from."""
+        model = getattr(self, "path", None) or getattr(self.session, "_model_path", None)
+        if model is None:
+            raw = getattr(self.session, "_model_bytes", None)
+            if raw is None:
+                return {**super().effective_precision(), "how": "declared by the runner (the session's graph is "
+                        "neither a file nor bytes that can be read back)"}
+            import onnx
+
+            model = onnx.load_model_from_string(raw)
+        return self.session_precision(self.session, model, self.provider)
 
     def describe(self) -> dict[str, Any]:
         so = self.session.get_session_options()

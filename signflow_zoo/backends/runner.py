@@ -107,6 +107,14 @@ class Runner:
     before the class's own ``availability()`` (also when a subclass overrides it): one that does not import
     makes the backend unavailable, with a reason naming the module, the import error and how to install it
     (:data:`INSTALL_HINTS`), so ``availability()`` need not repeat ``try: import ...``.
+
+    ``effective_precision()``: after ``prepare()``, the precision and device that really run, read back from the
+    session or compiled model (``{"precision": "bf16", "device": "cpu", "how": "..."}``), which may differ from
+    the declared ``precision`` (OpenVINO computes in bf16 on a CPU with AVX512_BF16 or AMX unless asked for f32;
+    an ONNX Runtime session may fall back to the CPU provider). Precision names are those of
+    :data:`~signflow_zoo.backends.parity.TOLERANCES` (``fp32``, ``tf32``, ``fp16``, ``bf16``, ``int8``), devices
+    those of ``device_kind``; ``how`` says what was read. The default returns the declaration, and says so: a
+    runner that can read back what it runs overrides it. A difference is recorded, not an error.
     """
 
     name: ClassVar[str] = ""  # unique backend name, e.g. "onnx-cpu"
@@ -173,6 +181,13 @@ class Runner:
             raise InputError(f"mask must be a numpy array, got {type(mask).__name__}")
         check_input(features, mask, self.input_dim)
         return self.infer(features, mask)
+
+    def effective_precision(self) -> dict[str, str]:
+        """What really runs, after ``prepare()``: ``{"precision", "device", "how"}`` (see the class docstring).
+
+        This default returns the declared ``precision`` and ``device_kind``; override it to read them back."""
+        return {"precision": self.precision, "device": self.device_kind,
+                "how": "declared by the runner (it does not read back what ran)"}
 
     def __enter__(self):
         return self

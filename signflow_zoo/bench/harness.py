@@ -57,6 +57,10 @@ PARITY_SAMPLES = 64
 PRE_READ_SETTLE_S = 0.05
 REFERENCE_BACKEND = "torch-eager"
 DEFAULT_PRESETS = "lightweight"
+# what bench measures (docs/deployment.md): latency is the closed-loop timing at each batch size plus the replayed
+# stream; the deployment scenarios take minutes per backend, so they run when asked for
+SCENARIOS = ("latency", "capacity", "server", "offline", "cold-start")
+DEFAULT_SCENARIOS = ("latency",)
 
 
 @dataclass
@@ -84,6 +88,15 @@ class BenchConfig:
     plots: bool = True
     zoo_file: str | None = None
     progress: bool = True
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
+    deadline_ms: float = 100.0  # capacity: sign end -> prediction p99 within this (bench.capacity.DEFAULT_DEADLINE_MS)
+    max_batch_wait_ms: float = 10.0  # capacity, batched: how long a sign end waits for others (0: no batched search)
+    bound_ms: float = 100.0  # server: request p99 within this
+    cold_start_runs: int = 3
+    # finer settings of the searches (fields of bench.capacity.CapacityConfig / bench.server.ServerConfig, e.g.
+    # {"budget_s": 20, "min_signs": 500}); the defaults are documented in docs/deployment.md
+    capacity_options: dict[str, Any] = field(default_factory=dict)
+    server_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
@@ -108,6 +121,25 @@ class BenchConfig:
             if value is not None and value not in r:
                 raise SignFlowError(f"--{name} must be {r.what}, got {value!r}")
         self.timing.validate()
+        self.scenarios = parse_scenarios(self.scenarios)
+        for flag, value, lo, hi in (("--deadline-ms", self.deadline_ms, 1.0, 60_000.0),
+                                    ("--bound-ms", self.bound_ms, 1.0, 60_000.0),
+                                    ("--max-batch-wait-ms", self.max_batch_wait_ms, 0.0, 1_000.0)):
+            if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+                raise SignFlowError(f"{flag} must be a number of milliseconds from {lo:g} to {hi:g}, got {value!r}")
+        from dataclasses import fields as _fields
+
+        from signflow_zoo.bench.capacity import CapacityConfig
+        from signflow_zoo.bench.server import ServerConfig
+
+        for flag, opts, cls in (("capacity_options", self.capacity_options, CapacityConfig),
+                                ("server_options", self.server_options, ServerConfig)):
+            known = {f.name for f in _fields(cls)}
+            unknown = sorted(set(opts) - known)
+            if unknown:
+                raise SignFlowError(f"{flag}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if not isinstance(self.cold_start_runs, int) or not 3 <= self.cold_start_runs <= 20:
+            raise SignFlowError(f"cold-start runs must be an integer from 3 to 20, got {self.cold_start_runs!r}")
         if self.model is not None:
             if self.presets != DEFAULT_PRESETS:
                 raise SignFlowError("--model and --preset are mutually exclusive: bench zoo presets, or one model file")
@@ -135,7 +167,20 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["batch_sizes"] = list(self.batch_sizes)
+        d["scenarios"] = list(self.scenarios)
         return d
+
+
+def parse_scenarios(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``"latency,capacity"``, ``"all"`` or a sequence of names -> the names, in :data:`SCENARIOS` order."""
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if str(n).strip()]
+    if names == ["all"]:
+        return SCENARIOS
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise SignFlowError(f"unknown scenario(s) {', '.join(map(repr, unknown)) or '(none given)'}: choose from "
+                            f"{', '.join(SCENARIOS)} (comma-separated) or all")
+    return tuple(n for n in SCENARIOS if n in names)
 
 
 SPLIT_PARTS = ("train", "val", "test")
@@ -373,7 +418,7 @@ class Bench:
                 if lane.live and self.cfg.accuracy:
                     scenarios.accuracy(lane, test, len(arts.labels), ref_pred, self.log)
             outcomes = {}
-            for batch in self.cfg.batch_sizes:
+            for batch in self.cfg.batch_sizes if "latency" in self.cfg.scenarios else ():
                 if not any(ln.live for ln in lanes):
                     break
                 idx = np.arange(batch) % len(test)
@@ -384,20 +429,64 @@ class Bench:
                 outcomes[batch] = scenarios.latency(lanes, batch, x, m, self.cfg.timing, self.cfg.check_timing, self.log,
                                                     between_rounds=self._between_rounds(f"{entry.name} b{batch}"))
             scenarios.speedups([ln.record for ln in lanes], outcomes, REFERENCE_BACKEND)
-            if self.cfg.stream:
+            if self.cfg.stream and "latency" in self.cfg.scenarios:
                 clips = self._stream_clips(len(arts.labels))
                 for lane in lanes:
                     if lane.live:
                         scenarios.streaming(lane, arts.labels, clips)
             for lane in lanes:
                 if lane.live:
-                    scenarios.memory(lane)
+                    scenarios.memory(lane)  # before the deployment scenarios, whose streams hold memory of their own
+            self.deployment(entry, lanes, arts, test)
         finally:
             for lane in lanes:
                 if lane.worker is not None:
                     lane.worker.close()
                     lane.worker = None
         return [ln.record for ln in lanes]
+
+    def deployment(self, entry: ZooEntry, lanes: list, arts, test) -> None:
+        """The scenarios a deployment decision needs (docs/deployment.md), backend after backend (the others idle)."""
+        from signflow_zoo.bench import scenarios
+        from signflow_zoo.bench.server import OFFLINE_BATCHES
+
+        chosen = [s for s in self.cfg.scenarios if s != "latency"]
+        if not chosen:
+            return
+        cap = {"deadline_ms": float(self.cfg.deadline_ms), "seed": self.cfg.seed, **self.cfg.capacity_options}
+        batched = {**cap, "max_batch_wait_ms": float(self.cfg.max_batch_wait_ms)}
+        clips = self._stream_clips(len(arts.labels)) if "capacity" in chosen else []
+        requests = [(np.ascontiguousarray(test.features[i:i + 1]), np.ascontiguousarray(test.mask[i:i + 1]))
+                    for i in range(min(64, len(test)))]
+        n_off = min(len(test), max(OFFLINE_BATCHES))
+        for lane in lanes:
+            for name in chosen:
+                if not lane.live:
+                    break
+                self.read_stability(f"{entry.name}/{lane.record.backend} before {name}")  # the run's verdict covers it
+                self.log(f"{entry.name}/{lane.record.backend}: {name} ...")
+                if name == "capacity":
+                    scenarios.capacity(lane, arts.labels, clips, cap,
+                                       batched if self.cfg.max_batch_wait_ms > 0 else {})
+                    self._log_capacity(lane.record)
+                elif name == "server":
+                    scenarios.server(lane, requests, {"bound_ms": float(self.cfg.bound_ms), "seed": self.cfg.seed,
+                                                      **self.cfg.server_options})
+                elif name == "offline":
+                    scenarios.offline(lane, np.ascontiguousarray(test.features[:n_off]),
+                                      np.ascontiguousarray(test.mask[:n_off]), OFFLINE_BATCHES)
+                elif name == "cold-start":
+                    be = self.registry.runners[lane.record.backend]
+                    scenarios.cold_start(lane, be.cls, self._options(), arts, requests[0][0], requests[0][1],
+                                         self.cfg.cold_start_runs, self.cfg.timing.timeout + 120.0)
+
+    def _log_capacity(self, rec: BenchRecord) -> None:
+        c = rec.capacity
+        if "streams" in c:
+            b = c.get("batched") or {}
+            more = f"; batched ({b.get('max_batch_wait_ms')} ms window): {b['streams']}" if "streams" in b else ""
+            self.log(f"{rec.preset}/{rec.backend}: {c['streams']} streams at {c['fps']:g} fps within "
+                     f"{c['deadline_ms']:g} ms p99{more}")
 
     def _stream_clips(self, num_labels: int) -> list:
         from signflow_zoo.data.synthetic import SyntheticSpec, generate
@@ -568,10 +657,16 @@ class Bench:
         flat = flat_records(doc)
         stem = self.json_path.with_suffix("")
         md = stem.with_name(stem.name + "-table.md")
-        md.write_text(report.comparison_table(flat, fmt="markdown"))
+        deployment = report.deployment_table(flat, fmt="markdown")
+        md.write_text(report.comparison_table(flat, fmt="markdown")
+                      + (f"\n\n## Deployment\n\n{deployment}\n" if deployment else ""))
         out.append(md)
         if self.cfg.plots:
-            plots: list[tuple[str, Callable[..., Any]]] = [("pareto", lambda p: report.plot_pareto(flat, p, batch_size=self.cfg.batch_sizes[0]))]
+            plots: list[tuple[str, Callable[..., Any]]] = []
+            if "latency" in self.cfg.scenarios:
+                plots.append(("pareto", lambda p: report.plot_pareto(flat, p, batch_size=self.cfg.batch_sizes[0])))
+            if any(r.get("capacity_streams") is not None for r in flat):
+                plots.append(("streams-per-machine", lambda p: report.plot_capacity(flat, p)))
             for entry in self.entries:  # one latency figure per preset keeps each readable
                 recs = [r for r in self.doc.records if r.preset == entry.name]  # batch by batch, as timed
                 samples = {f"{r.preset} / {r.backend} / b{b}": [v for block in r.samples[b] for v in block]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from signflow_zoo.common.errors import BackendError
-from signflow_zoo.model.metrics import classification_report, wilson_interval
+from signflow_zoo.model.metrics import classification_report, per_signer_accuracy, wilson_interval
 from signflow_zoo.backends.parity import compare
 from signflow_zoo.results.records import Accuracy, BenchRecord, Memory, Speedup, TimingCheck
 from signflow_zoo.bench.schedule import Outcome, expected_calls, run_schedule, run_solo, stints_between_rounds, warm
@@ -66,6 +66,30 @@ def prepare(lane: Lane, log: Callable[[str], None]) -> None:
     except BackendError as exc:
         lane.fail(exc, "prepare")
         log(f"{lane.record.preset}/{lane.record.backend}: {lane.record.status}: {lane.record.reason}")
+        return
+    effective(lane, log)
+
+
+def effective(lane: Lane, log: Callable[[str], None]) -> None:
+    """The precision and device the prepared runner really runs (``Runner.effective_precision``, read back in its
+    worker), beside the declared precision: a mismatch is recorded and logged, never a failure."""
+    where = f"{lane.record.preset}/{lane.record.backend}"
+    try:
+        got = dict(lane.live_worker.call("effective"))
+    except WorkerFailed as exc:  # the worker died or hung: that ends the backend, as anywhere else
+        lane.fail(exc, "effective precision")
+        log(f"{where}: {lane.record.status}: {lane.record.reason}")
+        return
+    except WorkerError as exc:
+        log(f"{where}: note: effective precision not read back ({exc})")
+        return
+    ran = str(got.get("precision") or "")
+    lane.record.effective_precision = {**got, "declared": lane.precision,
+                                       "mismatch": bool(ran and ran != lane.precision)}
+    if lane.record.effective_precision["mismatch"]:
+        log(f"{where}: declared {lane.precision} but ran {ran} ({got.get('how', '')})")
+    elif not ran:
+        log(f"{where}: note: effective precision not read back: {got.get('how', '')}")
 
 
 def run_at_largest_batch(worker: BackendWorker, pairs: list[tuple[np.ndarray, np.ndarray]], start: int,
@@ -146,7 +170,9 @@ def parity(lane: Lane, inputs: list[tuple[np.ndarray, np.ndarray]], refs: list[n
 
 def accuracy(lane: Lane, test, num_classes: int, ref_pred: np.ndarray,
              log: Callable[[str], None] | None = None) -> None:
-    """Top-1 (with its Wilson interval), top-5, macro-F1 and agreement with the reference, on held-out clips.
+    """Top-1 (with its Wilson interval), top-5, macro-F1 and agreement with the reference, on held-out clips;
+    top-1 per held-out signer (``test.signers``), the worst signer and a top-1 interval bootstrapped over signers
+    (:func:`~signflow_zoo.model.metrics.per_signer_accuracy`).
 
     Batches of :data:`ACCURACY_BATCH` clips, or the largest smaller batch that works (``accuracy.batch``)."""
     try:
@@ -161,9 +187,15 @@ def accuracy(lane: Lane, test, num_classes: int, ref_pred: np.ndarray,
     rep = classification_report(logits, test.labels, num_classes)
     n = len(test)
     correct = int(round(rep["top1"] * n))
-    lane.record.accuracy = Accuracy(top1=rep["top1"], top1_ci=wilson_interval(correct, n), top5=rep["top5"],
-                                    macro_f1=rep["macro_f1"], agreement_top1=float((logits.argmax(1) == ref_pred).mean()),
-                                    n=n, batch=used, note=note)
+    acc = Accuracy(top1=rep["top1"], top1_ci=wilson_interval(correct, n), top5=rep["top5"],
+                   macro_f1=rep["macro_f1"], agreement_top1=float((logits.argmax(1) == ref_pred).mean()),
+                   n=n, batch=used, note=note)
+    signers = getattr(test, "signers", None)
+    if signers is not None and len(signers) == len(logits) == n:  # the logits cover every clip, whatever the batch
+        by_signer = per_signer_accuracy(logits.argmax(1), test.labels, signers)
+        acc.per_signer, acc.worst_signer = by_signer.per_signer, by_signer.worst_signer
+        acc.worst_signer_top1, acc.top1_signer_ci = by_signer.worst_signer_top1, by_signer.top1_ci
+    lane.record.accuracy = acc
 
 
 def latency(lanes: list[Lane], batch: int, features: np.ndarray, mask: np.ndarray, cfg: TimingConfig,
@@ -281,3 +313,51 @@ def memory(lane: Lane) -> None:
         lane.fail(exc, "memory")
     except WorkerError:
         pass
+
+
+# -- deployment scenarios (bench --scenarios; docs/deployment.md) ---------------------------------------------
+def _section(lane: Lane, name: str, call: Callable[[], dict[str, Any]]) -> None:
+    """Run one scenario in the lane's worker; its error is that section's, never the backend's (a dead worker is)."""
+    try:
+        setattr(lane.record, name, dict(call()))
+    except WorkerFailed as exc:
+        lane.fail(exc, name.replace("_", "-"))
+    except (WorkerError, BackendError) as exc:
+        setattr(lane.record, name, {"error": str(exc)})
+
+
+def capacity(lane: Lane, labels: list[str], clips: list[Any], config: dict[str, Any], batched: dict[str, Any]) -> None:
+    """Live streams within the deadline, each sign alone, then with dynamic batching across streams."""
+    budget = 4.0 * float(config.get("budget_s", 45.0)) + 60.0
+
+    def both() -> dict[str, Any]:
+        out = dict(lane.live_worker.call("capacity", labels, clips, config, budget=budget))
+        if not batched:
+            return out
+        try:
+            out["batched"] = dict(lane.live_worker.call("capacity", labels, clips, batched, budget=budget))
+        except WorkerError as exc:
+            out["batched"] = {"error": str(exc)}
+        return out
+
+    _section(lane, "capacity", both)
+
+
+def server(lane: Lane, requests: list[tuple[np.ndarray, np.ndarray]], config: dict[str, Any]) -> None:
+    budget = 4.0 * float(config.get("budget_s", 45.0)) + 60.0
+    _section(lane, "server", lambda: lane.live_worker.call("server", requests, config, budget=budget))
+
+
+def offline(lane: Lane, features: np.ndarray, mask: np.ndarray, batches: tuple[int, ...]) -> None:
+    _section(lane, "offline", lambda: lane.live_worker.call("offline", features, mask, batches, budget=120.0))
+
+
+def cold_start(lane: Lane, runner_cls: type, options: Any, artifacts: Any, features: np.ndarray, mask: np.ndarray,
+               runs: int, timeout: float) -> None:
+    """Fresh interpreters to the first prediction (:mod:`signflow_zoo.bench.coldstart`), run from the harness."""
+    from signflow_zoo.bench import coldstart
+
+    try:
+        lane.record.cold_start = coldstart.measure(runner_cls, options, artifacts, features, mask, runs, timeout)
+    except Exception as exc:  # noqa: BLE001 - a backend that cannot cold-start here says why, in its section
+        lane.record.cold_start = {"error": f"{type(exc).__name__}: {exc}"[:500]}

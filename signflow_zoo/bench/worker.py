@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 PRELOAD = ["numpy", "torch", "onnxruntime", "signflow_zoo.backends.runner", "signflow_zoo.bench.timing"]
 START_GRACE = 120.0  # seconds a fresh worker may take to import and answer, on top of the timeout
+# other names runtimes give the precisions of signflow_zoo.backends.parity.TOLERANCES (Runner.effective_precision)
+PRECISION_ALIASES = {"float32": "fp32", "f32": "fp32", "float": "fp32", "float16": "fp16", "f16": "fp16",
+                     "half": "fp16", "bfloat16": "bf16", "i8": "int8", "u8": "int8", "uint8": "int8"}
 
 
 class WorkerFailed(BackendError):
@@ -196,6 +199,24 @@ class _Worker:
         self._device_sample()
         return runner.describe()
 
+    def effective(self) -> dict[str, str]:
+        """``runner.effective_precision()`` (what really runs), as plain strings with the precision's usual name
+        (``float32``/``f32`` -> ``fp32``, ...). A method that raises or returns something else is answered with
+        empty precision and device and why in ``how``: it never fails the backend."""
+        assert self.runner is not None
+        try:
+            got = self.runner.effective_precision()
+        except Exception as exc:  # noqa: BLE001 - a plugin's read-back is data, not a reason to fail its backend
+            return {"precision": "", "device": "", "how": f"effective_precision() raised {type(exc).__name__}: "
+                                                          f"{str(exc).strip()[:300]}"}
+        if not isinstance(got, dict):
+            return {"precision": "", "device": "", "how": f"effective_precision() returned a {type(got).__name__}, "
+                                                          "not a dict"}
+        precision = " ".join(str(got.get("precision") or "").split()).lower()
+        return {"precision": PRECISION_ALIASES.get(precision, precision),
+                "device": " ".join(str(got.get("device") or "").split()).lower(),
+                "how": " ".join(str(got.get("how") or "").split())[:500]}
+
     def run(self, features, mask):
         assert self.runner is not None
         return self.runner.run(features, mask)
@@ -239,6 +260,24 @@ class _Worker:
 
         assert self.runner is not None
         return measure_stream_latency(self.runner, labels, clips, config)
+
+    def capacity(self, labels, clips, config: dict[str, Any]) -> dict[str, Any]:
+        from signflow_zoo.bench.capacity import CapacityConfig, search_capacity
+
+        assert self.runner is not None
+        return search_capacity(self.runner, labels, clips, CapacityConfig(**config))
+
+    def server(self, requests, config: dict[str, Any]) -> dict[str, Any]:
+        from signflow_zoo.bench.server import ServerConfig, search_server
+
+        assert self.runner is not None
+        return search_server(self.runner, requests, ServerConfig(**config))
+
+    def offline(self, features, mask, batches) -> dict[str, Any]:
+        from signflow_zoo.bench.server import offline_throughput
+
+        assert self.runner is not None
+        return offline_throughput(self.runner, features, mask, batches)
 
     def memory(self) -> dict[str, Any]:
         peak, now = _status_kb("VmHWM"), _status_kb("VmRSS")

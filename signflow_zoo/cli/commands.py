@@ -110,12 +110,26 @@ def cmd_import_original(args) -> int:
 
 
 # -- bench / sync ----------------------------------------------------------------------------------
+def _ms(text: str) -> float:
+    """A number of milliseconds (the range is checked with the rest of the bench's configuration)."""
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"not a finite number of milliseconds: {text!r}")
+    return v
+
+
 def cmd_bench(args) -> int:
     """Python: ``signflow_zoo.run_bench(signflow_zoo.BenchConfig(...))``; the table is ``comparison_table``."""
     from dataclasses import replace
 
     from signflow_zoo.bench.harness import BenchConfig, run_bench
-    from signflow_zoo.report import comparison_table, timing_check_table
+    from signflow_zoo.report import comparison_table, deployment_table, timing_check_table
     from signflow_zoo.results.files import flat_records
 
     kw = dict(presets=args.preset, model=args.model, labels=args.labels, backends=args.backends, threads=args.threads,
@@ -123,7 +137,8 @@ def cmd_bench(args) -> int:
               no_train=args.no_train, retrain=args.retrain, from_registry=args.from_registry, epochs=args.epochs,
               exporter=args.exporter,
               json_path=args.json, experiment=args.experiment, track=not args.no_track, stream=not args.no_stream,
-              zoo_file=args.zoo, progress=not args.no_progress)
+              zoo_file=args.zoo, progress=not args.no_progress, scenarios=args.scenarios,
+              deadline_ms=args.deadline_ms, max_batch_wait_ms=args.max_batch_wait_ms, bound_ms=args.bound_ms)
     if args.batch_sizes:
         kw["batch_sizes"] = args.batch_sizes
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
@@ -135,6 +150,9 @@ def cmd_bench(args) -> int:
     doc = run_bench(cfg)
     flat = flat_records(doc)
     print(comparison_table(flat, fmt="terminal"))
+    deployment = deployment_table(flat, fmt="terminal")
+    if deployment:
+        print("\ndeployment:\n" + deployment)
     if args.check_timing:
         print("\n" + timing_check_table(flat, fmt="terminal"))
     print(f"\nresults: {doc['result_file']}")
@@ -312,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", default=EXPERIMENT)
     s.add_argument("--no-track", action="store_true", help="do not log to MLflow (results still saved as JSON)")
     s.add_argument("--no-stream", action="store_true", help="skip the streaming-latency scenario")
+    s.add_argument("--scenarios", default="latency", metavar="LIST",
+                   help="what to measure, comma-separated or all: latency (closed-loop timing and the replayed stream), "
+                        "capacity (live 30 fps signers within --deadline-ms), server (Poisson requests, highest rate "
+                        "with p99 within --bound-ms), offline (best throughput over batch sizes), cold-start (fresh "
+                        "process to first prediction); default latency (docs/deployment.md)")
+    s.add_argument("--deadline-ms", type=_ms, metavar="MS", default=100.0,
+                   help="capacity: sign end to prediction p99 within this (default 100: the limit of an immediate "
+                        "response, on top of the 333 ms of stillness that ends a sign)")
+    s.add_argument("--max-batch-wait-ms", type=_ms, metavar="MS", default=10.0,
+                   help="capacity, batched: a sign end waits up to this for others to run as one batch (default 10; "
+                        "0: no batched search)")
+    s.add_argument("--bound-ms", type=_ms, metavar="MS", default=100.0,
+                   help="server: request latency p99 within this (default 100)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (bars draw only on a terminal anyway)")
     s.set_defaults(func=cmd_bench)
 

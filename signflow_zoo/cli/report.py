@@ -52,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--normalized", action="store_true",
                    help="with --compare A B: compare normalized values (calls over the reference workload) even "
                    "within one host class (across classes they always are)")
+    p.add_argument("--deployment", action="store_true",
+                   help="print only the deployment table (bench --scenarios: streams within the deadline, server rate, "
+                        "offline throughput, cold start), in --format; terminal and markdown show it below the main "
+                        "table anyway")
     p.add_argument("--plots", metavar="DIR", help="also write the plots into DIR and print their paths")
     p.add_argument("--batch-size", type=in_range(BATCH_SIZE), default=1,
                    help=f"batch size for the Pareto plot (default: %(default)s); {BATCH_SIZE.what}")
@@ -75,15 +79,24 @@ def handler(args: argparse.Namespace) -> int:
         experiment=args.experiment, preset=args.preset, backend=args.backend, host=args.host,
         since=args.since, latest=not args.all_runs, required=True,
     )
-    if compare:
+    deployment = report.deployment_table(records, fmt=args.format)
+    if args.deployment:
+        if not deployment:
+            raise report.ReportError("no deployment results among these runs: run bench with --scenarios, e.g. "
+                                     "--scenarios capacity,server,offline,cold-start")
+        print(deployment)
+    elif compare:
         print(report.compare_presets_table(records, a=compare[0], b=compare[1], fmt=args.format))
     else:
         print(report.comparison_table(records, fmt=args.format, wide=True if args.wide else None))
+        if deployment and args.format in ("terminal", "markdown"):  # csv/json stay one table: --deployment
+            print("\n" + ("## Deployment\n\n" if args.format == "markdown" else "deployment:\n") + deployment)
     if plot is not None:
-        path = report.plot_pareto(records, plot, batch_size=args.batch_size)
         # csv/json on stdout stay machine-readable: the path goes to stderr then.
         out = sys.stderr if args.format in ("csv", "json") else sys.stdout
-        print(f"wrote {path}", file=out)
+        print(f"wrote {report.plot_pareto(records, plot, batch_size=args.batch_size)}", file=out)
+        if any(r.get("capacity_streams") is not None for r in records):
+            print(f"wrote {report.plot_capacity(records, plot.with_name('streams-per-machine.png'))}", file=out)
     return 0
 
 

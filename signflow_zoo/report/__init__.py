@@ -6,6 +6,7 @@ keep working:
 * :mod:`signflow_zoo.report.records` -- flat records read back from MLflow (:func:`collect_records`,
   :func:`flatten_run`, :func:`parse_since`) and the accessors tables and plots read them with;
 * :mod:`signflow_zoo.report.tables` -- comparison, preset-vs-preset and timing-check tables;
+* :mod:`signflow_zoo.report.deployment` -- the deployment table and the streams-per-machine plot;
 * :mod:`signflow_zoo.report.plots` -- Pareto, latency and confusion plots, and :func:`write_report`.
 
 The store's experiment and tag names live in :mod:`signflow_zoo.results.store`.
@@ -18,6 +19,7 @@ from signflow_zoo.report.compare import (DEFAULT_THRESHOLD, VERDICTS, RunCompari
                              render_comparison, select_side)
 from signflow_zoo.report.plots import (pareto_front, plot_confusion, plot_latency_distributions, plot_pareto,
                            write_report)
+from signflow_zoo.report.deployment import deployment_table, plot_capacity
 from signflow_zoo.report.records import (REFERENCE_BACKEND, ReportError, batch_sizes_of, collect_records, flatten_run,
                              parse_since)
 from signflow_zoo.report.tables import (FORMATS, INVALID_MARK, NOISY_LEGEND, NOISY_MARK, SAME_LEGEND, SAME_MARK,
@@ -31,5 +33,5 @@ __all__ = [
     "compare_presets_table", "comparison_table", "drift_lines", "fmt_count", "fmt_ms", "timing_check_table",
     "pareto_front", "plot_confusion", "plot_latency_distributions", "plot_pareto", "write_report",
     "DEFAULT_THRESHOLD", "VERDICTS", "RunComparison", "Side", "compare_runs", "compare_sides", "render_comparison",
-    "select_side",
+    "select_side", "deployment_table", "plot_capacity",
 ]

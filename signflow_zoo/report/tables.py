@@ -1,7 +1,8 @@
 """Comparison tables from flat bench records (see :mod:`signflow_zoo.report.records`).
 
 terminal/markdown show formatted cells (``~`` marks a noisy latency, ``?`` an invalid one (cut short), ``≈`` a
-speedup indistinguishable from 1.0x, ``!`` the status of a row whose run was unstable); csv/json hold the raw
+speedup indistinguishable from 1.0x, ``!`` the status of a row whose run was unstable, ``fp32→bf16`` a backend that
+declares fp32 but ran bf16: after the status, and in the wide table's precision column); csv/json hold the raw
 numbers under stable keys, so scripts can read them. The default terminal table is the narrow view that fits
 :data:`TERMINAL_WIDTH` columns; ``wide=True`` (``report --wide``), markdown, csv and json are complete.
 """
@@ -25,6 +26,11 @@ NOISY_MARK = "~"
 SAME_MARK = "≈"
 TAIL_MARK = "<"  # a p99 from too few calls to claim: shown as "<n calls", not as a number
 UNSTABLE_MARK = "!"  # before the status of a row whose run was unstable (signflow_zoo.bench.stability)
+# between the declared and the effective precision of a row whose backend ran another one (fp32→bf16): after its
+# status (narrow table), in its precision column (wide table, markdown)
+PRECISION_MARK = "→"
+PRECISION_LEGEND = (f"A{PRECISION_MARK}B = the backend declares precision A but ran B (read back from its session or "
+                    "compiled model after prepare: effective_precision); its timing, parity and accuracy are B's")
 NOISY_LEGEND = (f"{NOISY_MARK} = {NOISY_RULE}; rerun on a quieter machine or with more iterations (--min-time)")
 TAIL_LEGEND = (f"{TAIL_MARK}N calls = too few calls to claim a p99 (an upper bound at {TAIL_CONFIDENCE:.0%} confidence "
                f"needs {min_calls_for_tail()}: MLPerf LoadGen's early-stopping rule); raise --tail-iters or --min-iters")
@@ -33,15 +39,22 @@ SAME_LEGEND = (f"{SAME_MARK} = indistinguishable from {{ref}} in this run: the 9
 INVALID_MARK = "?"  # before a p50 whose timing was cut short (MLPerf LoadGen's INVALID: results/latency.py)
 INVALID_LEGEND = (f"{INVALID_MARK} = invalid: the timing hit its time limit before --min-iters calls (MLPerf LoadGen's "
                   "INVALID); the number is shown, not to be trusted: rerun with fewer backends or a larger --min-time")
+WORST_HEADER = "worst signer"  # the narrow table's column of the worst held-out signer's top-1
 TERMINAL_WIDTH = 120  # the default terminal table (report, the end of bench) fits in this many columns
 # the narrow table's columns in the order they give way when it would not fit TERMINAL_WIDTH (--wide keeps them)
-NARROW_DROP_ORDER = ("ece", "created")
+NARROW_DROP_ORDER = ("ece", "worst_signer_top1", "created")
 ECE_NOTE = ("ECE = expected calibration error (15 bins) of the trained model's probabilities at its served temperature, "
             "measured on the held-out part of the validation set (not the part the temperature was fitted on){before}; "
             "one value per preset, the same on each backend's row; blank for a model calibrated before ECE was held out")
 REASONS_TITLE = "reasons (unavailable and failed rows):"
-WIDE_HINT = ("more columns (p99, seq/s, params, roofline share, Δ top-1, agreement, parity, memory, ECE) and one row per "
-             "preset for every backend: `signflow-zoo report --wide`, or --format markdown|csv|json")
+WIDE_HINT = ("more columns (p99, seq/s, params, roofline share, Δ top-1, agreement, parity, memory, ECE, the worst "
+             "signer and a top-1 interval over signers) and one row per preset for every backend: "
+             "`signflow-zoo report --wide`, or --format markdown|csv|json")
+WORST_NOTE = ("worst signer = top-1 of the held-out signer with the lowest top-1 (which signer, and a 95% top-1 "
+              "interval bootstrapped over signers: `signflow-zoo report --wide`)")
+SIGNER_CI_NOTE = ("worst signer = top-1 of the held-out signer with the lowest top-1 (its id in parentheses); top-1 "
+                  "signer CI = 95% interval of top-1 bootstrapped over the held-out signers (whole signers resampled): "
+                  "wider than the Wilson interval when signers differ, none with a single signer")
 INTERVALS_NOTE = ("[lo-hi] = 95% intervals: p50 from a bootstrap over the timed blocks; vs eager = "
                   f"{REFERENCE_BACKEND}'s p50 over this row's on the same preset, host and batch, its bootstrap "
                   "interval when both ran in one bench run; top-1 a Wilson interval over the held-out clips")
@@ -153,7 +166,8 @@ def comparison_table(records: Sequence[dict[str, Any]], fmt: str = "terminal",
     the status; an unavailable backend is one folded line whatever the number of presets, its full reason below
     the table; every line fits :data:`TERMINAL_WIDTH` columns. ``wide=True`` (``report --wide``) is the full
     table: one row per (preset, backend[, host]) with status, size, latency, throughput, speedup, roofline
-    share, accuracy, parity, memory and the held-out ECE of the preset's calibration (before -> after). markdown (a file the bench writes next to its result), csv and json are
+    share, accuracy (with the worst held-out signer and a top-1 interval bootstrapped over signers), parity, memory
+    and the held-out ECE of the preset's calibration (before -> after). markdown (a file the bench writes next to its result), csv and json are
     complete unless ``wide=False`` is asked for (csv/json always are: the raw numbers under stable keys).
     """
     _check_fmt(fmt)
@@ -191,6 +205,10 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
     columns.append(("status", "status"))
     if raw:
         columns.append(("reason", "reason"))
+    # what really ran (Runner.effective_precision); on screen the precision is declared→effective where they differ
+    columns += ([("precision", "precision"), ("effective_precision", "effective precision"),
+                 ("effective_device", "effective device"), ("precision_mismatch", "precision mismatch")] if raw
+                else [("effective_precision", "precision"), ("effective_device", "device")])
     columns.append(("num_params", "params"))
     for b in sizes:
         columns += [(f"p50_ms_b{b}", f"p50 ms b{b}"), (f"p99_ms_b{b}", f"p99 ms b{b}"),
@@ -203,6 +221,13 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
     if raw:
         columns[-5:-4] = [("accuracy_top1", "top-1"), ("accuracy_top1_ci_lo", "top-1 CI lo"),
                           ("accuracy_top1_ci_hi", "top-1 CI hi")]
+    # the worst held-out signer and the top-1 interval bootstrapped over signers (docs/results.md)
+    i = columns.index(("accuracy_change", "Δ top-1"))
+    columns[i:i] = ([("accuracy_worst_signer_top1", "worst signer top-1"), ("worst_signer", "worst signer"),
+                     ("accuracy_top1_signer_ci_lo", "top-1 signer CI lo"),
+                     ("accuracy_top1_signer_ci_hi", "top-1 signer CI hi"), ("accuracy_signers", "signers")]
+                    if raw else [("accuracy_worst_signer_top1", "worst signer"),
+                                 ("accuracy_top1_signer_ci", "top-1 signer CI")])
     # the held-out ECE of the preset's calibration (before -> after its temperature on screen)
     columns += ([("calibration_ece_before", "ECE before"), ("calibration_ece_after", "ECE"),
                  ("calibration_eval_size", "ECE clips")] if raw else [("calibration_ece_after", "ECE")])
@@ -218,17 +243,24 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
                                     (f"speedup_distinguishable_b{b}", f"distinguishable b{b}")]
 
     rows: list[dict[str, Any]] = []
-    any_noisy = any_same = any_short_tail = any_invalid = False
+    any_noisy = any_same = any_short_tail = any_invalid = any_other_precision = False
     refs = references(records)
     for r in records:
         ref = reference_of(r, refs)
         row: dict[str, Any] = {"preset": r.get("preset", ""), "backend": r.get("backend", ""),
                                "host": r.get("host", ""), "host_class": r.get("host_class", "") or "", "created": r.get("created") or _iso(started_ms(r))}
+        mismatch = number(r, "precision_mismatch")
         if raw:
-            row.update(status=r.get("status", ""), reason=r.get("reason", "") or "", num_params=_int(number(r, "num_params")))
+            row.update(status=r.get("status", ""), reason=r.get("reason", "") or "", num_params=_int(number(r, "num_params")),
+                       precision=r.get("precision") or None, effective_precision=r.get("effective_precision") or None,
+                       effective_device=r.get("effective_device") or None,
+                       precision_mismatch=None if mismatch is None else mismatch == 1.0)
         else:
             row.update(status=(UNSTABLE_MARK if r.get("stability_status") == "unstable" else "") + _status_text(r),
-                       num_params=fmt_count(number(r, "num_params")))
+                       num_params=fmt_count(number(r, "num_params")),
+                       effective_precision=_ran_other_precision(r) or str(r.get("effective_precision") or ""),
+                       effective_device=str(r.get("effective_device") or ""))
+            any_other_precision = any_other_precision or mismatch == 1.0
         for b in sizes:
             p50, p99 = number(r, f"latency_p50_ms_b{b}"), number(r, f"latency_p99_ms_b{b}")
             noisy = is_noisy(r, b)
@@ -268,7 +300,12 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
         change = None if acc is None or ref_acc is None else acc - ref_acc
         row["accuracy_change"] = change if raw else ("" if change is None or ref is r else f"{100 * change:+.1f}")
         ece_before, ece_after, ece_n = _held_out_ece(r)
+        worst, slo, shi = (number(r, k) for k in ("accuracy_worst_signer_top1", "accuracy_top1_signer_ci_lo",
+                                                  "accuracy_top1_signer_ci_hi"))
+        signers = _int(number(r, "accuracy_signers"))
         if raw:
+            row.update(accuracy_worst_signer_top1=worst, accuracy_top1_signer_ci_lo=slo, accuracy_top1_signer_ci_hi=shi,
+                       worst_signer=None if worst is None else str(r.get("worst_signer") or ""), accuracy_signers=signers)
             row.update(accuracy_top1=acc, accuracy_top1_ci_lo=lo, accuracy_top1_ci_hi=hi, agreement_top1=agree,
                        parity_max_abs=par, memory_mb=mem, calibration_ece_before=ece_before,
                        calibration_ece_after=ece_after, calibration_eval_size=_int(ece_n))
@@ -276,13 +313,16 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
             row.update(accuracy_top1=_fmt_pct(acc) + (f" [{100 * lo:.0f}-{100 * hi:.0f}]" if lo is not None and hi is not None else ""),
                        agreement_top1=_fmt_pct(agree), parity_max_abs=_fmt_sci(par),
                        memory_mb="" if mem is None else f"{mem:.0f}",
-                       calibration_ece_after=_fmt_ece(ece_before, ece_after))
+                       calibration_ece_after=_fmt_ece(ece_before, ece_after),
+                       accuracy_worst_signer_top1="" if worst is None else f"{_fmt_pct(worst)} ({_signer_name(r)})",
+                       accuracy_top1_signer_ci=_fmt_signer_ci(slo, shi, signers))
         rows.append(row)
 
     if not raw:  # a column nobody measured is noise on screen; csv/json keep a stable schema
         fixed = {"preset", "backend", "host", "host_class", "created", "status"}
         columns = [(k, h) for k, h in columns if k in fixed or any(row.get(k) for row in rows)]
-    right = {k for k, _ in columns} - {"preset", "backend", "host", "host_class", "created", "status"}
+    right = {k for k, _ in columns} - {"preset", "backend", "host", "host_class", "created", "status",
+                                       "effective_precision", "effective_device"}
     text = _render(columns, rows, fmt, right)
     if not raw:
         notes = ([NOISY_LEGEND] if any_noisy else []) + ([SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if any_same else [])
@@ -293,6 +333,7 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
                          "normalized values")
         notes += data_lines(records) + drift_lines(records)
         notes += stability_lines(records)
+        notes += [PRECISION_LEGEND] if any_other_precision else []
         if any(row.get("memory_mb") for row in rows):
             notes.append("mem MB = peak resident memory of the backend's own worker process above its level just "
                          "before prepare")
@@ -304,6 +345,8 @@ def _wide_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> st
         if rows and any(number(r, "accuracy_top1_ci_lo") is not None for r in records):
             notes.append("top-1 [lo-hi] = 95% Wilson interval over the held-out clips: overlapping intervals are not "
                          "a measured difference")
+        if any(row.get("accuracy_worst_signer_top1") for row in rows):
+            notes.append(SIGNER_CI_NOTE)
         if any(row.get("calibration_ece_after") for row in rows):
             notes.append(ECE_NOTE.format(before=", before -> after the temperature"))
         if notes:
@@ -357,8 +400,44 @@ def _fmt_ece(before: float | None, after: float | None) -> str:
     return f"{after:.3f}" if before is None else f"{before:.3f} -> {after:.3f}"
 
 
+SIGNER_SHOWN = 24  # characters of a signer id shown in a table cell (csv/json hold it whole)
+
+
+def _signer_name(rec: dict[str, Any]) -> str:
+    """The worst signer's id for a table cell: cut short when long, ``no id`` for clips without one."""
+    name = " ".join(str(rec.get("worst_signer") or "").split())
+    if not name:
+        return "no id"
+    return name if len(name) <= SIGNER_SHOWN else name[:SIGNER_SHOWN - 3] + "..."
+
+
+def _fmt_signer_ci(lo: float | None, hi: float | None, signers: int | None) -> str:
+    if lo is not None and hi is not None:
+        return f"[{100 * lo:.0f}-{100 * hi:.0f}]"
+    return "none (1 signer)" if signers == 1 else ""
+
+
 def _fmt_ratio(v: float) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def _ran_other_precision(rec: dict[str, Any]) -> str:
+    """``fp32→bf16`` (declared, :data:`PRECISION_MARK`, effective) for a record whose backend ran another precision
+    than it declares (``precision_mismatch``); empty otherwise."""
+    if number(rec, "precision_mismatch") != 1.0:
+        return ""
+    return f"{rec.get('precision') or '?'}{PRECISION_MARK}{rec.get('effective_precision') or '?'}"
+
+
+def _precision_in_note(row: dict[str, Any], reasons: dict[str, int]) -> dict[str, Any]:
+    """A narrow row whose status ``parity-failed [1] fp32→bf16`` does not fit as ``parity-failed [1,2]``, with note
+    [2] saying what ran (numbered in ``reasons``); any other row as it is."""
+    backend, declared, ran = row.get("_ran") or ("", "", "")
+    mark = f"] {declared}{PRECISION_MARK}{ran}"
+    if not backend or not str(row.get("status", "")).endswith(mark):
+        return row
+    n = reasons.setdefault(f"{backend} declares {declared} but ran {ran} (its effective precision)", len(reasons) + 1)
+    return {**row, "status": row["status"][:-len(mark)] + f",{n}]"}
 
 
 def _reason(rec: dict[str, Any]) -> str:
@@ -380,8 +459,9 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
     """The default terminal table: what a user decides on, in at most TERMINAL_WIDTH columns.
 
     One row per (preset, batch size, backend), grouped by preset and batch size so that a column compares
-    backends: p50 ms, the speedup over torch-eager and top-1, each with its 95% interval, the held-out ECE of the
-    preset's calibration when its records carry one, and the status (``!`` = unstable run). Marks: ``?`` invalid timing, ``~`` noisy, ``≈`` a speedup indistinguishable from 1.0x.
+    backends: p50 ms, the speedup over torch-eager and top-1, each with its 95% interval, the top-1 of the worst
+    held-out signer, the held-out ECE of the preset's calibration when its records carry one, and the status (``!`` = unstable run). Marks: ``?`` invalid timing, ``~`` noisy, ``≈`` a speedup indistinguishable from 1.0x;
+    ``fp32→bf16`` after the status: the backend declares fp32 but ran bf16 (``precision_mismatch``).
     A backend that is unavailable (no numbers) is one folded line per (backend, reason) whatever the number of
     presets, at the end; its full reason, like that of any failed row, is a numbered note under the table.
     Results of several hosts are one section per host (titled with its host class), not a host column. Columns
@@ -396,7 +476,7 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
     for cls, host in hosts:
         recs = [r for r in records if (str(r.get("host_class") or ""), str(r.get("host", ""))) == (cls, host)]
         columns, rows = _narrow_rows(recs, sizes, refs, reasons, flags)
-        right = {"batch", "p50", "speedup", "accuracy_top1", "ece"}
+        right = {"batch", "p50", "speedup", "accuracy_top1", "worst_signer_top1", "ece"}
         text = _render(columns, rows, fmt, right)
         for key in NARROW_DROP_ORDER if fmt == "terminal" else ():
             if max(map(len, text.splitlines()), default=0) <= TERMINAL_WIDTH:
@@ -405,6 +485,8 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
                 dropped += [h for k, h in columns if k == key and h not in dropped]
                 columns = [(k, h) for k, h in columns if k != key]
                 text = _render(columns, rows, fmt, right)
+        if fmt == "terminal" and max(map(len, text.splitlines()), default=0) > TERMINAL_WIDTH:
+            text = _render(columns, [_precision_in_note(row, reasons) for row in rows], fmt, right)
         if len(hosts) > 1:
             title = escape.line(f"host {host or '?'}" + (f" ({cls})" if cls else ""), fmt)
             text = title + ("\n\n" if fmt == "markdown" else "\n") + text
@@ -414,12 +496,14 @@ def _narrow_table(records: list[dict[str, Any]], fmt: str, sizes: list[int]) -> 
     legend = ([INVALID_LEGEND] if "invalid" in flags else []) + ([NOISY_LEGEND] if "noisy" in flags else [])
     legend += [SAME_LEGEND.format(ref=REFERENCE_BACKEND)] if "same" in flags else []
     legend += stability_lines(records)
+    legend += [PRECISION_LEGEND] if "precision" in flags else []
     if len(classes) > 1:
         legend.append(f"{len(classes)} host classes ({', '.join(classes)}): milliseconds compare only within one "
                       "class; across classes compare speedups (within one host) or `report --compare` on "
                       "normalized values")
     legend += data_lines(records) + drift_lines(records)
     legend += [INTERVALS_NOTE] if "interval" in flags else []
+    legend += [WORST_NOTE] if "worst" in flags and WORST_HEADER not in dropped else []
     legend += [ECE_NOTE.format(before="")] if "ece" in flags and "ECE" not in dropped else []
     if dropped:
         legend.append(f"not shown, to fit {TERMINAL_WIDTH} columns: {', '.join(dropped)}"
@@ -462,6 +546,10 @@ def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tup
         reason = _reason(r)
         if status != "ok" and reason:
             cell += f" [{reasons.setdefault(reason, len(reasons) + 1)}]"
+        other = _ran_other_precision(r)
+        if other:
+            flags.add("precision")
+            cell += f" {other}"
         return cell
 
     rows: list[dict[str, Any]] = []
@@ -470,6 +558,8 @@ def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tup
         row: dict[str, Any] = {"preset": r.get("preset", ""), "backend": r.get("backend", ""),
                                "created": _short_time(r), "batch": "" if b is None else str(b),
                                "status": status_cell(r)}
+        if _ran_other_precision(r):  # for _narrow_table, should the mark not fit after a reason's number
+            row["_ran"] = (str(r.get("backend", "")), str(r.get("precision") or "?"), str(r.get("effective_precision") or "?"))
         if b is not None:
             p50 = number(r, f"latency_p50_ms_b{b}")
             lo, hi = number(r, f"latency_p50_ci_lo_ms_b{b}"), number(r, f"latency_p50_ci_hi_ms_b{b}")
@@ -492,6 +582,10 @@ def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tup
             if alo is not None and ahi is not None:
                 row["accuracy_top1"] += f" [{100 * alo:.0f}-{100 * ahi:.0f}]"
                 flags.add("interval")
+        worst = number(r, "accuracy_worst_signer_top1")
+        if worst is not None:
+            row["worst_signer_top1"] = _fmt_pct(worst)
+            flags.add("worst")
         ece = _held_out_ece(r)[1]
         if ece is not None:
             row["ece"] = f"{ece:.3f}"
@@ -505,7 +599,7 @@ def _narrow_rows(records: list[dict[str, Any]], sizes: list[int], refs: dict[tup
     columns: list[tuple[str, str]] = [("preset", "preset")] + ([("created", "created")] if repeated else [])
     # short headers: tabulate pads a header by 2, and "[lo-hi] = 95% intervals" is said under the table
     columns += [("batch", "batch"), ("backend", "backend"), ("p50", "p50 ms"), ("speedup", "vs eager"),
-                ("accuracy_top1", "top-1"), ("ece", "ECE"), ("status", "status")]
+                ("accuracy_top1", "top-1"), ("worst_signer_top1", WORST_HEADER), ("ece", "ECE"), ("status", "status")]
     fixed = {"preset", "created", "backend", "status"}
     return [(k, h) for k, h in columns if k in fixed or any(row.get(k) for row in rows)], rows
 

@@ -35,7 +35,8 @@ from signflow_zoo.results.tracking import Tracker, short_error, store_key, track
 STRING_KEYS = ("preset", "backend", "plugin", "provider", "precision", "status", "reason", "host", "host_class", "cpu", "gpu",
                "threads", "batch_sizes", "exporter", "opset", "artifact_sha256", "invocation_id", "result_id", "created",
                "schedule", "data_split", "data", "stability_status", "model_file", "model_sha256", "model_kind",
-               "model_preset", "reference", "labels_file")
+               "model_preset", "reference", "labels_file", "effective_precision", "effective_device",
+               "worst_signer", "deployment_errors")
 
 
 def now_iso() -> str:
@@ -73,7 +74,8 @@ def _load(path: Path) -> Any:
 
 _OBJECT_KEYS = ("environment", "config", "tracking", "drift", "stability", "ceilings")
 _RECORD_OBJECT_KEYS = ("params", "latency", "latency_errors", "timing_check", "speedup", "normalized_p50", "roofline",
-                       "samples", "accuracy", "parity", "memory", "stream", "describe", "training", "calibration")
+                       "samples", "accuracy", "parity", "memory", "stream", "describe", "training", "calibration",
+                       "capacity", "server", "offline", "cold_start", "effective_precision")
 
 
 def _not_object(where: str, value: Any) -> ValueError:
@@ -116,6 +118,39 @@ def _upgrade(raw: Any) -> dict[str, Any]:
 
 def _batch_items(d: dict[str, Any] | None):
     return sorted(((int(b), v) for b, v in (d or {}).items()), key=lambda kv: kv[0])
+
+
+_DEPLOYMENT_KEYS = {
+    "capacity": ("streams", "p50_ms", "p99_ms", "miss_rate", "deadline_ms", "fps", "busy", "max_batch_wait_ms",
+                 "mean_batch"),
+    "server": ("qps", "p50_ms", "p99_ms", "bound_ms", "service_ms", "max_qps", "valid"),
+    "offline": ("seq_per_s", "batch"),
+    "cold_start": ("load_ms", "prepare_ms", "first_call_ms", "total_ms"),
+}
+
+
+def _deployment(record: dict[str, Any]) -> dict[str, Any]:
+    """The deployment scenarios' numbers (``capacity_streams``, ``capacity_batched_streams``, ``server_qps``, ...)
+    and, under ``deployment_errors``, the error of each scenario that did not run."""
+    flat: dict[str, Any] = {}
+    errors = []
+    sections = [(name, record.get(name)) for name in _DEPLOYMENT_KEYS]
+    batched = (record.get("capacity") or {}).get("batched") if isinstance(record.get("capacity"), dict) else None
+    sections.append(("capacity_batched", batched))
+    for name, sec in sections:
+        if not isinstance(sec, dict) or not sec:
+            continue
+        if sec.get("error"):
+            errors.append(f"{name.replace('_', '-')}: {sec['error']}")
+        for k in _DEPLOYMENT_KEYS[name.replace("_batched", "")]:
+            v = sec.get(k)
+            if isinstance(v, bool):
+                v = 1.0 if v else 0.0
+            if isinstance(v, (int, float)):
+                flat[f"{name}_{k}"] = v
+    if errors:
+        flat["deployment_errors"] = "; ".join(errors)
+    return flat
 
 
 def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +196,14 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
             flat[f"accuracy_{k}"] = acc[k]
     if acc.get("top1_ci"):
         flat["accuracy_top1_ci_lo"], flat["accuracy_top1_ci_hi"] = acc["top1_ci"]
+    # per held-out signer: the worst signer and a top-1 interval bootstrapped over signers (none with one signer)
+    if acc.get("per_signer"):
+        flat["accuracy_signers"] = len(acc["per_signer"])
+    if acc.get("worst_signer_top1") is not None:
+        flat["accuracy_worst_signer_top1"] = acc["worst_signer_top1"]
+        flat["worst_signer"] = str(acc.get("worst_signer") or "")
+    if acc.get("top1_signer_ci"):
+        flat["accuracy_top1_signer_ci_lo"], flat["accuracy_top1_signer_ci_hi"] = acc["top1_signer_ci"]
     if acc.get("agreement_top1") is not None:
         flat["agreement_top1"] = acc["agreement_top1"]
     par = record.get("parity") or {}
@@ -169,6 +212,11 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         flat["parity_max_rel"] = par.get("max_rel")
         flat["parity_top1_agreement"] = par.get("top1_agreement")
         flat["parity_ok"] = 1.0 if par.get("ok") else 0.0
+    eff = record.get("effective_precision") or {}
+    if eff:  # what really ran (Runner.effective_precision), beside the declared ``precision``
+        flat["effective_precision"] = str(eff.get("precision") or "")
+        flat["effective_device"] = str(eff.get("device") or "")
+        flat["precision_mismatch"] = 1.0 if eff.get("mismatch") else 0.0
     mem = record.get("memory") or {}
     if mem.get("added_mb") is not None:
         flat["memory_mb"] = mem["added_mb"]
@@ -179,6 +227,7 @@ def flatten(record: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
     for k in ("p50_ms", "p99_ms"):
         if st.get(k) is not None:
             flat[f"stream_latency_{k}"] = st[k]
+    flat.update(_deployment(record))
     for b, lat in _batch_items(record.get("latency")):
         for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms"):
             flat[f"latency_{k}_b{b}"] = lat[k]

@@ -59,6 +59,12 @@ class Accuracy:
     n: int  # held-out clips
     batch: int | None = None  # clips per call it ran at (smaller than the bench's 64 when larger batches failed)
     note: str = ""  # why it ran at a smaller batch
+    # signers are the unit of generalization: top-1 of each held-out signer, the worst of them, and a 95% top-1
+    # interval bootstrapped over signers (wider than the Wilson one when signers differ)
+    per_signer: dict[str, dict[str, Any]] = field(default_factory=dict)  # signer -> {"top1", "n"}
+    worst_signer_top1: float | None = None
+    worst_signer: str = ""
+    top1_signer_ci: tuple[float, float] | None = None
 
 
 @dataclass
@@ -112,6 +118,13 @@ class BenchRecord:
     parity: dict[str, Any] = field(default_factory=dict)
     memory: Memory | None = None
     stream: dict[str, Any] = field(default_factory=dict)
+    # deployment scenarios (bench --scenarios; docs/deployment.md): each empty when not run
+    capacity: dict[str, Any] = field(default_factory=dict)  # live streams served at a deadline
+    server: dict[str, Any] = field(default_factory=dict)  # Poisson requests: highest rate with p99 under a bound
+    offline: dict[str, Any] = field(default_factory=dict)  # best throughput over batch sizes
+    cold_start: dict[str, Any] = field(default_factory=dict)  # fresh process to first prediction, median of runs
+    # the precision and device the runner really ran, read back from its session or compiled model
+    effective_precision: dict[str, Any] = field(default_factory=dict)
     describe: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -132,6 +145,8 @@ class BenchRecord:
             sp["ci"] = list(sp["ci"])
         if d["accuracy"]:
             d["accuracy"]["top1_ci"] = list(d["accuracy"]["top1_ci"])
+            if d["accuracy"]["top1_signer_ci"] is not None:
+                d["accuracy"]["top1_signer_ci"] = list(d["accuracy"]["top1_signer_ci"])
         return d
 
     @classmethod
@@ -143,7 +158,11 @@ class BenchRecord:
             acc = Accuracy(top1=top1, top1_ci=tuple(acc.get("top1_ci") or (top1, top1)), top5=acc.get("top5", float("nan")),
                            macro_f1=acc.get("macro_f1", float("nan")), agreement_top1=acc.get("agreement_top1", float("nan")),
                            n=int(acc.get("n") or d.get("params", {}).get("test_size") or 0),
-                           batch=acc.get("batch"), note=str(acc.get("note") or ""))
+                           batch=acc.get("batch"), note=str(acc.get("note") or ""),
+                           per_signer={str(k): dict(v) for k, v in (acc.get("per_signer") or {}).items()
+                                       if isinstance(v, dict)},
+                           worst_signer_top1=acc.get("worst_signer_top1"), worst_signer=str(acc.get("worst_signer") or ""),
+                           top1_signer_ci=tuple(acc["top1_signer_ci"]) if acc.get("top1_signer_ci") else None)
         mem = d.get("memory")
         if mem:
             mem = Memory(**{f.name: mem.get(f.name) for f in fields(Memory) if f.name in mem})
@@ -163,6 +182,9 @@ class BenchRecord:
             roofline={int(b): dict(v) for b, v in (d.get("roofline") or {}).items()},
             samples={int(b): [[float(x) for x in block] for block in v] for b, v in (d.get("samples") or {}).items()},
             accuracy=acc, parity=dict(d.get("parity") or {}), memory=mem, stream=dict(d.get("stream") or {}),
+            capacity=dict(d.get("capacity") or {}), server=dict(d.get("server") or {}),
+            offline=dict(d.get("offline") or {}), cold_start=dict(d.get("cold_start") or {}),
+            effective_precision=dict(d.get("effective_precision") or {}),
             describe=dict(d.get("describe") or {}), training=dict(d.get("training") or {}),
             calibration=dict(d.get("calibration") or {}), run_id=d.get("run_id"), traceback=d.get("traceback", ""),
         )

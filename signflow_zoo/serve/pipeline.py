@@ -289,6 +289,24 @@ class _Quality:
     last_motion: float  # motion energy of the frame that ended the sign
 
 
+@dataclass
+class PendingSign:
+    """A sign that ended on a frame of :meth:`SignFlowInferencePipeline.process_frame_deferred`, waiting for its
+    model call: ``features``/``mask`` ([seq_len, 469], [seq_len]) are the model's input for it. A server that
+    batches sign ends across streams stacks several of them into one call and hands each stream its row of
+    logits (:meth:`SignFlowInferencePipeline.complete`, :func:`signflow_zoo.serve.batching.infer_pending`)."""
+
+    features: np.ndarray
+    mask: np.ndarray
+    quality: _Quality
+    reason: str
+    motion: float
+    frame_index: int
+    start_frame: int
+    frames: int
+    features_ms: float
+
+
 class SignFlowInferencePipeline:
     """Streaming (``process_frame``) and whole-clip (``process_sequence``) recognition over one backend.
 
@@ -377,6 +395,7 @@ class SignFlowInferencePipeline:
             raise ModelFileError(f"{self._source(runner)}: the model reads {runner.input_dim} features per frame; this "
                                  f"pipeline computes {FEATURE_DIM} ({FEATURE_VERSION})")
         self._lock = threading.RLock()  # this pipeline's stream state (see the class docstring, "Threads")
+        self._defer = False  # inside process_frame_deferred: a sign that ends is returned pending
         self._run_lock = threading.Lock()  # calls into the runner; shared with the pipelines spawn() makes
         self.runner = runner
         self.backend_name = runner.name
@@ -482,6 +501,36 @@ class SignFlowInferencePipeline:
         pred.latency_ms = (time.perf_counter() - t0) * 1e3
         return pred
 
+    def process_frame_deferred(self, payload: Any) -> "Prediction | PendingSign":
+        """:meth:`process_frame` without the model call: a frame that ends a sign returns its :class:`PendingSign`
+        (the stream's state machine has moved on; its decision waits for :meth:`complete`), every other frame
+        its :class:`Prediction`, as :meth:`process_frame`. For servers that batch the model calls of several
+        streams; complete a stream's pending signs in the order they ended (the vote reads them in order)."""
+        t0 = time.perf_counter()
+        row, info = parse_payload(payload)
+        tracking = 1.0 if info.confidence is None else info.confidence
+        with self._lock:
+            self._defer = True
+            try:
+                out: Prediction | PendingSign = self._step(row, tracking)
+            finally:
+                self._defer = False
+        if isinstance(out, Prediction):
+            out.latency_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def complete(self, pending: PendingSign, logits: Any, inference_ms: float | None = None) -> Prediction:
+        """The decision on a :class:`PendingSign` of this pipeline, given its logits (one row, one per label)."""
+        row = np.asarray(logits, dtype=np.float64).reshape(-1)
+        if row.shape != (len(self.labels),):
+            raise BackendError(f"{self._source()}: logits of shape {list(np.shape(logits))} for a pending sign, "
+                               f"expected [{len(self.labels)}] (one per label)")
+        with self._lock:
+            pred = self._decide(row, pending.frames, pending.quality, pending.reason, True, pending.features_ms,
+                                inference_ms)
+        pred.motion, pred.frame_index, pred.start_frame = pending.motion, pending.frame_index, pending.start_frame
+        return pred
+
     def flush(self) -> Prediction | None:
         """End the current recording now (end of stream): its prediction when one was recording and it
         has at least ``min_sign_frames`` frames, else None (a too-short recording is dropped)."""
@@ -571,6 +620,11 @@ class SignFlowInferencePipeline:
         quality = _Quality(visibility=float(np.mean(self._visibility)), motion=float(np.mean(self._motions)),
                            tracking=self._tracking, last_motion=self._last_motion)
         self._end_recording()  # before inference: a failing backend leaves a clean IDLE state
+        if self._defer:  # process_frame_deferred: the model call is the caller's (batched across streams)
+            t1 = time.perf_counter()
+            feats, mask = prepare_clip(window, self.seq_len)
+            return PendingSign(feats, mask, quality, reason, motion, self._frame_index, start, len(window),  # type: ignore[return-value]
+                               (time.perf_counter() - t1) * 1e3)
         pred = self._classify(window, quality, reason, vote=True)
         pred.motion, pred.frame_index, pred.start_frame = motion, self._frame_index, start
         return pred
@@ -662,12 +716,17 @@ class SignFlowInferencePipeline:
         "NONE"-class or calibration rejection twice (again as ``rejected_by_calibration`` and in
         ``rejected_total`` at its filter stage); here every decision counts once.
         """
-        cfg = self.config
         t1 = time.perf_counter()
         feats, mask = prepare_clip(window, self.seq_len)
         t2 = time.perf_counter()
         logits = self._logits(feats[None], mask[None])[0].astype(np.float64)
         t3 = time.perf_counter()
+        return self._decide(logits, len(window), q, reason, vote, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
+    def _decide(self, logits: np.ndarray, frames: int, q: _Quality, reason: str, vote: bool, features_ms: float,
+                inference_ms: float | None) -> Prediction:
+        """The decision on one window's logits (float64, one per label): :meth:`_classify` after the model."""
+        cfg = self.config
         if not np.all(np.isfinite(logits)):
             raise BackendError(f"backend {self.backend_name!r} returned non-finite logits (NaN or inf)")
         z = logits / self.temperature
@@ -739,12 +798,12 @@ class SignFlowInferencePipeline:
             del self._sentence[:-cfg.sentence_max_words]
         return Prediction(
             label=candidate if accepted else NONE_LABEL, confidence=float(confidence), alternatives=alternatives,
-            accepted=accepted, state=self.state, frames=len(window), candidate=candidate, probability=float(p),
+            accepted=accepted, state=self.state, frames=frames, candidate=candidate, probability=float(p),
             margin=margin, threshold=float(threshold), adaptive_threshold=float(adaptive), class_threshold=class_t,
-            flags=flags, rejected_by=rejected_by, votes=votes, reason=reason, features_ms=(t2 - t1) * 1e3,
-            inference_ms=(t3 - t2) * 1e3, sentence=tuple(self._sentence), diagnostics=diagnostics,
+            flags=flags, rejected_by=rejected_by, votes=votes, reason=reason, features_ms=features_ms,
+            inference_ms=inference_ms, sentence=tuple(self._sentence), diagnostics=diagnostics,
         )
 
 
-__all__ = ["PipelineConfig", "PipelineConfigError", "Prediction", "SignFlowInferencePipeline", "plan_backend",
+__all__ = ["PipelineConfig", "PipelineConfigError", "Prediction", "PendingSign", "SignFlowInferencePipeline", "plan_backend",
            "read_model_metadata", "motion_profile", "NONE_LABEL", "RECORDING_LABEL", "MAX_SIGN_FRAMES"]

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .kinds import OpenVinoInt8IR, OpenVinoIR
 from signflow_zoo.api import Availability, Runner
+
+# OpenVINO element types (Type.get_type_name()) -> the precision names of signflow-zoo's parity tolerances
+OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
+# the layers of a compiled model's runtime graph that hold the arithmetic: their runtimePrecision is what ran
+COMPUTE_LAYERS = frozenset({"FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution"})
+
+
+def compiled_precision(compiled: Any) -> dict[str, str]:
+    """What a compiled OpenVINO model really runs, as ``Runner.effective_precision`` returns it.
+
+    Read back from the compiled model, not from what was asked: ``INFERENCE_PRECISION_HINT`` (OpenVINO's CPU
+    plugin computes in bf16 on a CPU with AVX512_BF16 or AMX unless asked for f32, and in f32 where bf16 was asked
+    but the CPU has neither), ``EXECUTION_DEVICES``, and the runtime precision of its matmul and convolution
+    layers: ``int8`` when some run quantized (an int8 IR: FakeQuantize), the rest's precision then in ``how``."""
+    get = compiled.get_property
+    hint = get("INFERENCE_PRECISION_HINT").get_type_name()
+    devices = [str(d) for d in get("EXECUTION_DEVICES")]
+    layers: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in COMPUTE_LAYERS and "runtimePrecision" in info:
+            layers[info["runtimePrecision"].astype(str)] += 1
+    rest = OV_PRECISIONS.get(hint, hint)
+    quantized = layers["i8"] + layers["u8"]
+    ran = ", ".join(f"{n} {p}" for p, n in sorted(layers.items())) or "none found"
+    how = (f"OpenVINO compiled model: INFERENCE_PRECISION_HINT={hint}, EXECUTION_DEVICES={','.join(devices)}; "
+           f"matmul/convolution layers: {ran}")
+    if quantized:
+        how += f"; int8 where quantized ({quantized} of {sum(layers.values())} layers), the rest {rest}"
+    kinds = {d.split(".")[0].split(":")[0].upper() for d in devices}
+    device = "gpu" if kinds == {"GPU"} else "cpu" if kinds <= {"CPU"} else ",".join(sorted(kinds)).lower()
+    return {"precision": "int8" if quantized else rest, "device": device, "how": how}
 
 
 class OpenVinoRunner(Runner):
@@ -51,6 +84,10 @@ class OpenVinoRunner(Runner):
     def infer(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out = self.request.infer({"features": features, "mask": mask}, share_inputs=True, share_outputs=False)
         return np.asarray(out[0], dtype=np.float32)
+
+    def effective_precision(self) -> dict[str, str]:
+        """Read back from the compiled model (:func:`compiled_precision`): what ran, whatever was asked."""
+        return compiled_precision(self.compiled)
 
     def describe(self) -> dict[str, Any]:
         get = self.compiled.get_property

@@ -186,6 +186,12 @@ class OnnxCudaGraphRunner(OrtRunner):
         self.general_calls += 1
         return self.general.run(None, self.feeds(features, mask))[0]
 
+    def effective_precision(self) -> dict[str, str]:
+        """Read back from a live session (the fixed-shape ones hold the same weights) and the graph in memory."""
+        sess = next(iter(self.graphs.values())).session if self.graphs else self.general
+        assert sess is not None  # prepare() opened a session, with a graph or without
+        return self.session_precision(sess, self.model, self.provider)
+
     def describe(self) -> dict[str, Any]:
         sess = next(iter(self.graphs.values())).session if self.graphs else self.general
         assert sess is not None  # prepare() opened a session, with a graph or without

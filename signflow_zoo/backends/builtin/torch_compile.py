@@ -34,6 +34,8 @@ import numpy as np
 
 from signflow_zoo.api import Artifacts, Availability, BackendError, Runner, hookimpl
 
+from signflow_zoo.backends.builtin.torch_eager import torch_precision
+
 CPU_OPT_IN = "SIGNFLOW_ZOO_TORCH_COMPILE_CPU"
 CPU_FINDING = ("on CPU it measured 1.0-1.1x over eager for lightweight at batch 1 and 0.3-0.6x at batch 8, after a "
                "36-46 s compile (2 cores, 2026-11-26)")
@@ -163,6 +165,13 @@ class TorchCompileRunner(Runner):
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()  # the last call's outputs were already copied out
             return self.compiled(x, m).cpu().numpy()
+
+    def effective_precision(self) -> dict[str, str]:
+        """Read back from the compiled model: its parameters' dtype and device, and the autocast it is compiled
+        under (:func:`~signflow_zoo.backends.builtin.torch_eager.torch_precision`): on the CPU, where TF32 does not
+        exist, ``torch-compile`` runs fp32."""
+        out = torch_precision(self.model, self.autocast)
+        return {**out, "how": out["how"] + "; compiled by TorchInductor"}
 
     def describe(self) -> dict[str, Any]:
         torch = self.torch

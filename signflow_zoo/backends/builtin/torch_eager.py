@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from contextlib import nullcontext
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from signflow_zoo.api import Artifacts, Availability, Runner, hookimpl
+
+# torch dtypes -> the project's precision names (signflow_zoo.backends.parity); torch device types -> device kinds
+TORCH_PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int8": "int8",
+                    "qint8": "int8", "quint8": "int8"}
+TORCH_DEVICES = {"cpu": "cpu", "cuda": "gpu", "xpu": "gpu", "mps": "gpu"}
+
+
+def torch_precision(model: Any, autocast: str | None = None) -> dict[str, str]:
+    """What a PyTorch ``model`` really runs, as ``Runner.effective_precision`` returns it: the dtype and device of
+    most of its parameters (by elements); under ``autocast`` (a dtype name such as ``"bfloat16"``) that dtype, in
+    which autocast runs matmuls and convolutions; float32 on a GPU whose matmuls may use TF32 (PyTorch's
+    ``allow_tf32``, compute capability 8.0 or newer) is ``tf32``."""
+    import torch
+
+    dtypes: Counter = Counter()
+    devices: Counter = Counter()
+    for p in model.parameters():
+        dtypes[str(p.dtype).removeprefix("torch.")] += p.numel()
+        devices[p.device] += p.numel()
+    dtype, n = dtypes.most_common(1)[0] if dtypes else ("float32", 0)
+    device = devices.most_common(1)[0][0] if devices else torch.device("cpu")
+    share = "all" if n == sum(dtypes.values()) else f"{100 * n / sum(dtypes.values()):.0f}% of"
+    precision = TORCH_PRECISIONS.get(dtype, dtype)
+    how = f"PyTorch: {share} {sum(dtypes.values()):,} parameters {dtype} on {device}"
+    if autocast:
+        precision = TORCH_PRECISIONS.get(autocast, autocast)
+        how += f"; run under torch.autocast({device.type!r}, {autocast}): matmuls and convolutions in {autocast}"
+    elif device.type == "cuda" and precision == "fp32":
+        matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        if matmul and torch.cuda.get_device_capability(device)[0] >= 8:
+            precision = "tf32"
+        how += f"; TF32 allowed for matmuls {matmul}, for cuDNN convolutions {conv}"
+    return {"precision": precision, "device": TORCH_DEVICES.get(device.type, device.type), "how": how}
 
 
 class TorchEagerRunner(Runner):
@@ -58,6 +92,10 @@ class TorchEagerRunner(Runner):
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
+
+    def effective_precision(self) -> dict[str, str]:
+        """Read back from the loaded model: its parameters' dtype and device (:func:`torch_precision`)."""
+        return torch_precision(self.model)
 
     def describe(self) -> dict:
         torch = self.torch
