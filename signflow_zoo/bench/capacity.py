@@ -25,7 +25,7 @@ sign runs alone as soon as it ends.
 **The search.** A trial at 1 stream gives the server's busy share per stream and a first guess; the number of
 streams doubles (or halves) from the guess until one trial passes and one fails, then bisects to within 3%
 (scouting trials of ``scout_signs`` signs and ``scout_seconds`` of stream time), and the result is confirmed with
-a trial of ``min_signs`` signs and ``min_seconds`` (stepping down 5% three times, then halving, until one passes). Each trial and its verdict are kept in ``trials``.
+a trial of ``min_signs`` signs and ``min_seconds`` (stepping down 5% three times, then 15% at a time, until one passes). Each trial and its verdict are kept in ``trials``.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def search_capacity(runner: Runner, labels: Sequence[str], clips: Sequence, cfg:
         if t.passed:
             confirmed = t
             break
-        n = min(n - 1, int(n * 0.95)) if steps < 3 else n // 2  # 5% steps, then halving: a busy machine ends too
+        n = min(n - 1, int(n * (0.95 if steps < 3 else 0.85)))  # 5% steps, then 15%: the longer trial's queue grew
     best = confirmed
     out: dict[str, Any] = {
         "streams": best.streams if best else 0, "deadline_ms": cfg.deadline_ms,

@@ -94,8 +94,14 @@ def handler(args: argparse.Namespace) -> int:
     if plot is not None:
         # csv/json on stdout stay machine-readable: the path goes to stderr then.
         out = sys.stderr if args.format in ("csv", "json") else sys.stdout
-        print(f"wrote {report.plot_pareto(records, plot, batch_size=args.batch_size)}", file=out)
-        if any(r.get("capacity_streams") is not None for r in records):
+        capacity = any(r.get("capacity_streams") is not None for r in records)
+        try:
+            print(f"wrote {report.plot_pareto(records, plot, batch_size=args.batch_size)}", file=out)
+        except report.ReportError as exc:
+            if not capacity:
+                raise
+            print(f"note: no Pareto plot: {exc}", file=sys.stderr)  # deployment runs only: the capacity plot still
+        if capacity:
             print(f"wrote {report.plot_capacity(records, plot.with_name('streams-per-machine.png'))}", file=out)
     return 0
 
