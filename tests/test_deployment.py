@@ -82,6 +82,7 @@ def test_a_batch_of_streams_gets_each_its_own_logits(tiny_artifacts, clips):
         assert x.probability == pytest.approx(y.probability, abs=1e-4) and x.candidate == y.candidate
 
 
+@pytest.mark.slow
 def test_capacity_falls_as_the_backend_gets_slower(tiny_artifacts, clips):
     cfg = CapacityConfig(**FAST)
     fast = search_capacity(_runner(deployment_backends.Delay2Runner, tiny_artifacts), tiny_artifacts.labels, clips, cfg)
@@ -94,6 +95,7 @@ def test_capacity_falls_as_the_backend_gets_slower(tiny_artifacts, clips):
     assert fast["streams"] > 1.5 * slow["streams"], (fast["streams"], slow["streams"])
 
 
+@pytest.mark.slow
 def test_an_overloaded_trial_stops_early_and_fails(tiny_artifacts, clips):
     r = _runner(deployment_backends.Delay15Runner, tiny_artifacts)
     cfg = CapacityConfig(**FAST)
@@ -103,6 +105,7 @@ def test_an_overloaded_trial_stops_early_and_fails(tiny_artifacts, clips):
     assert t.seconds < 20  # not the ~40 s a full trial of 2000 streams would take
 
 
+@pytest.mark.slow
 def test_dynamic_batching_runs_several_sign_ends_per_call(tiny_artifacts, clips):
     r = _runner(deployment_backends.Delay15Runner, tiny_artifacts)
     cfg = CapacityConfig(**{**FAST, "max_batch_wait_ms": 20.0})
@@ -114,6 +117,7 @@ def test_dynamic_batching_runs_several_sign_ends_per_call(tiny_artifacts, clips)
     assert batched.busy < alone.busy  # fewer 15 ms calls for the same signs
 
 
+@pytest.mark.slow
 def test_server_rate_falls_as_the_backend_gets_slower(tiny_artifacts):
     rng = np.random.default_rng(0)
     reqs = [(rng.standard_normal((1, 64, 469)).astype(np.float32), np.ones((1, 64), bool)) for _ in range(8)]
@@ -163,6 +167,7 @@ def test_cli_rejects_an_unknown_scenario_in_one_line(capsys, isolated_home):
     assert "unknown scenario(s) 'speed'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bench_writes_every_deployment_section_and_report_shows_them(tiny_zoo_file, warm_home, tmp_path, capsys):
     """The harness end to end: capacity (alone and batched), server, offline and cold start per backend, in the
     result file, the flat records (MLflow), the table, the plot; a slow prepare shows in the cold start."""
@@ -189,8 +194,8 @@ def test_bench_writes_every_deployment_section_and_report_shows_them(tiny_zoo_fi
     # the slow prepare (0.6 s) is counted in prepare, not elsewhere
     slow, fast = recs["test-slow-prepare"]["cold_start"], recs["test-delay-15ms"]["cold_start"]
     assert slow["prepare_ms"] >= 1000 * deployment_backends.PREPARE_S > fast["prepare_ms"]
-    # a slower call: fewer streams than the same model without the 15 ms
-    assert recs["test-slow-prepare"]["capacity"]["streams"] > recs["test-delay-15ms"]["capacity"]["streams"]
+    # (that a slower call serves fewer streams is test_capacity_falls_as_the_backend_gets_slower's, with searches
+    # long enough to tell; these are cut to a few seconds)
 
     flat = {f["backend"]: f for f in flat_records(doc)}
     assert flat["test-delay-15ms"]["capacity_streams"] == recs["test-delay-15ms"]["capacity"]["streams"]

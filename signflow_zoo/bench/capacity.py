@@ -246,6 +246,9 @@ def search_capacity(runner: Runner, labels: Sequence[str], clips: Sequence, cfg:
             confirmed = t
             break
         n = min(n - 1, int(n * (0.95 if steps < 3 else 0.85)))  # 5% steps, then 15%: the longer trial's queue grew
+    if confirmed is None and n > 1 and lo >= 1:  # out of steps: one stream at least, if the machine allows it
+        n, t = 1, trial(1, cfg.min_signs)
+        confirmed = t if t.passed else None
     best = confirmed
     out: dict[str, Any] = {
         "streams": best.streams if best else 0, "deadline_ms": cfg.deadline_ms,
@@ -266,8 +269,9 @@ def search_capacity(runner: Runner, labels: Sequence[str], clips: Sequence, cfg:
     elif best is None:
         out["note"] = (f"no confirming trial ({cfg.min_signs} signs) passed, down to {max(1, n)} streams, although "
                        f"shorter ones did up to {lo}: the machine may have been busy with other work; rerun it quieter")
-    elif out["budget_exhausted"]:
-        out["note"] = f"the search stopped at its {cfg.budget_s:g} s budget: {best.streams} streams is a lower bound"
+    elif out["budget_exhausted"] or (best.streams == 1 and lo > 1):
+        out["note"] = (f"the search stopped at its {cfg.budget_s:g} s budget or its confirming steps: {best.streams} "
+                       "streams is a lower bound")
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
