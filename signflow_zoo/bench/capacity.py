@@ -34,7 +34,7 @@ import heapq
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,7 @@ def run_trial(runner: Runner, labels: Sequence[str], streams: StreamSet, n: int,
     """``n`` streams through one serving thread for ``ramp_s`` plus at least ``min_seconds`` of stream time and
     until ``signs`` signs after the ramp are expected (see the module)."""
     t_start = time.perf_counter()
-    pcfg = replace_warmup(pipeline_config or PipelineConfig())
+    pcfg = replace(pipeline_config or PipelineConfig(), warmup=False)  # the runner is warm: the bench ran it
     base = SignFlowInferencePipeline.from_runner(runner, labels, pcfg)
     pipes = [base] + [base.spawn() for _ in range(n - 1)]
     rng = np.random.default_rng(seed)
@@ -187,12 +187,6 @@ def run_trial(runner: Runner, labels: Sequence[str], streams: StreamSet, n: int,
                  busy=busy / now if now > 0 else math.nan,
                  mean_batch=float(np.mean(batches)) if batches else math.nan,
                  seconds=clock() - t_start, stopped=stopped)
-
-
-def replace_warmup(config: PipelineConfig) -> PipelineConfig:
-    from dataclasses import replace
-
-    return replace(config, warmup=False)  # the runner is warm: the bench ran it before
 
 
 def passes(t: Trial, cfg: CapacityConfig) -> bool:

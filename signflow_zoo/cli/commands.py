@@ -19,7 +19,7 @@ from signflow_zoo import __version__
 from signflow_zoo.common import limits
 from signflow_zoo.cli import report as cli_report
 from signflow_zoo.cli import serve as cli_serve
-from signflow_zoo.cli.argtypes import in_range, int_list_in
+from signflow_zoo.cli.argtypes import float_in, in_range, int_list_in
 from signflow_zoo.common.errors import SignFlowError
 from signflow_zoo.common.text import printable
 from signflow_zoo.results.store import EXPERIMENT
@@ -110,20 +110,6 @@ def cmd_import_original(args) -> int:
 
 
 # -- bench / sync ----------------------------------------------------------------------------------
-def _ms(text: str) -> float:
-    """A number of milliseconds (the range is checked with the rest of the bench's configuration)."""
-    import argparse
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"not a finite number of milliseconds: {text!r}")
-    return v
-
-
 def cmd_bench(args) -> int:
     """Python: ``signflow_zoo.run_bench(signflow_zoo.BenchConfig(...))``; the table is ``comparison_table``."""
     from dataclasses import replace
@@ -335,13 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "capacity (live 30 fps signers within --deadline-ms), server (Poisson requests, highest rate "
                         "with p99 within --bound-ms), offline (best throughput over batch sizes), cold-start (fresh "
                         "process to first prediction); default latency (docs/deployment.md)")
-    s.add_argument("--deadline-ms", type=_ms, metavar="MS", default=100.0,
+    s.add_argument("--deadline-ms", type=float_in(1.0, 60_000.0), metavar="MS", default=100.0,
                    help="capacity: sign end to prediction p99 within this (default 100: the limit of an immediate "
                         "response, on top of the 333 ms of stillness that ends a sign)")
-    s.add_argument("--max-batch-wait-ms", type=_ms, metavar="MS", default=10.0,
+    s.add_argument("--max-batch-wait-ms", type=float_in(0.0, 1_000.0), metavar="MS", default=10.0,
                    help="capacity, batched: a sign end waits up to this for others to run as one batch (default 10; "
                         "0: no batched search)")
-    s.add_argument("--bound-ms", type=_ms, metavar="MS", default=100.0,
+    s.add_argument("--bound-ms", type=float_in(1.0, 60_000.0), metavar="MS", default=100.0,
                    help="server: request latency p99 within this (default 100)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (bars draw only on a terminal anyway)")
     s.set_defaults(func=cmd_bench)
