@@ -56,16 +56,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="print only the deployment table (bench --scenarios: streams within the deadline, server rate, "
                         "offline throughput, cold start), in --format; terminal and markdown show it below the main "
                         "table anyway")
+    p.add_argument("--cluster-run", metavar="RUN_ID",
+                   help="only the results of one `bench --cluster` run (its MLflow run id, printed by the command); "
+                        "with --by-host its lost cells are shown too")
+    p.add_argument("--by-host", nargs="?", const="host", choices=("host", "class"),
+                   help="instead of the comparison table: one row per preset and backend, one column per host (or "
+                   "per host class with --by-host class: the newest result of any of its hosts), each cell the "
+                   "within-host speedup over torch-eager with its 95%% interval and the host's own p50 ms at "
+                   "--batch-size; csv/json: one row per cell")
     p.add_argument("--plots", metavar="DIR", help="also write the plots into DIR and print their paths")
     p.add_argument("--batch-size", type=in_range(BATCH_SIZE), default=1,
-                   help=f"batch size for the Pareto plot (default: %(default)s); {BATCH_SIZE.what}")
+                   help=f"batch size for the Pareto plot and --by-host (default: %(default)s); {BATCH_SIZE.what}")
     p.set_defaults(func=handler)
     return p
 
 
 def handler(args: argparse.Namespace) -> int:
     """Python: ``report.collect_records(..., required=True)``, then ``report.comparison_table(records, fmt, wide)``
-    (or ``compare_presets_table``) and ``report.plot_pareto``; ``--compare A B``: ``report.compare_runs(A, B, fmt)``."""
+    (or ``compare_presets_table``, or with ``--by-host``: ``report.by_host_table(records, fmt, by, batch_size)``)
+    and ``report.plot_pareto``; ``--compare A B``: ``report.compare_runs(A, B, fmt)``."""
+    if args.by_host:
+        _check_by_host(args)
     sides, compare = _compare_args(args)
     if sides:
         print(report.compare_runs(sides[0], sides[1], fmt=args.format, threshold=args.threshold,
@@ -77,10 +88,15 @@ def handler(args: argparse.Namespace) -> int:
         check_output_file(plot, "--plots")  # before the store is read
     records = report.collect_records(
         experiment=args.experiment, preset=args.preset, backend=args.backend, host=args.host,
-        since=args.since, latest=not args.all_runs, required=True,
+        since=args.since, latest=not args.all_runs, required=not args.cluster_run, cluster_run=args.cluster_run,
     )
+    lost = report.cluster_run_lost(args.cluster_run) if args.cluster_run else []
+    if not records and not lost:
+        raise report.ReportError(f"cluster run {args.cluster_run} has no results (with these filters) and no lost cells")
     deployment = report.deployment_table(records, fmt=args.format)
-    if args.deployment:
+    if args.by_host:
+        print(report.by_host_table(records, fmt=args.format, by=args.by_host, batch_size=args.batch_size, lost=lost))
+    elif args.deployment:
         if not deployment:
             raise report.ReportError("no deployment results among these runs: run bench with --scenarios, e.g. "
                                      "--scenarios capacity,server,offline,cold-start")
@@ -104,6 +120,16 @@ def handler(args: argparse.Namespace) -> int:
         if capacity:
             print(f"wrote {report.plot_capacity(records, plot.with_name('streams-per-machine.png'))}", file=out)
     return 0
+
+
+def _check_by_host(args: argparse.Namespace) -> None:
+    """--by-host is a table of its own, of the newest run per cell: the flags of other tables do not go with it."""
+    given = [flag for flag, on in (("--compare", args.compare), ("--compare-presets", args.compare_presets),
+                                   ("--deployment", args.deployment), ("--wide", args.wide),
+                                   ("--all-runs", args.all_runs)) if on]
+    if given:
+        raise report.ReportError(f"--by-host does not go with {', '.join(given)}: it prints its own table, of the "
+                                 "newest run per preset, backend and host; run them as separate commands")
 
 
 def _compare_args(args: argparse.Namespace) -> tuple[list[str] | None, tuple[str, str] | None]:

@@ -44,6 +44,7 @@ def collect_records(
     latest: bool = True,
     client: Any = None,
     required: bool = False,
+    cluster_run: str | None = None,
 ) -> list[dict[str, Any]]:
     """Flat records of the bench child runs in ``experiment``, newest first.
 
@@ -51,7 +52,8 @@ def collect_records(
     a host class); ``since`` a datetime, an
     ISO date/time (UTC unless it says otherwise) or a relative age such as ``7d``, ``24h``, ``30m``, ``2w``.
     With ``latest`` only the newest run per (preset, backend, host) is kept. With ``required`` an empty
-    answer is a :class:`ReportError` saying which presets, backends and hosts do have results.
+    answer is a :class:`ReportError` saying which presets, backends and hosts do have results. ``cluster_run``
+    keeps the records of one ``bench --cluster`` run (its MLflow run id).
     """
     presets, backends, hosts = _names(preset), _names(backend), _names(host)
     since_ms = parse_since(since)
@@ -81,6 +83,10 @@ def collect_records(
     for key, values in (("preset", presets), ("backend", backends), ("host", hosts)):
         if values and len(values) == 1 and "'" not in values[0]:  # tags do not support IN; lists are filtered here
             tags[key] = values[0]
+    if cluster_run:
+        if not re.fullmatch(r"[0-9a-zA-Z_-]{1,64}", cluster_run):
+            raise ReportError(f"--cluster-run: {cluster_run!r} is not an MLflow run id")
+        tags[mlflow_store.CLUSTER_RUN_TAG] = cluster_run
     filter_string = mlflow_store.kind_filter(KIND_RECORD, tags)
     if since_ms is not None:
         filter_string += f" and attributes.start_time >= {since_ms}"
@@ -114,6 +120,31 @@ def collect_records(
     return records
 
 
+def lost_cells(tags: dict[str, str]) -> list[dict[str, str]]:
+    """The lost cells a cluster run's tags list (``bench --cluster``; none when the tag is missing or unreadable)."""
+    import json
+
+    try:
+        cells = json.loads(tags.get(mlflow_store.CLUSTER_LOST_TAG) or "[]")
+    except ValueError:
+        return []
+    return [c for c in cells if isinstance(c, dict) and {"host", "preset", "backend"} <= set(c)] \
+        if isinstance(cells, list) else []
+
+
+def cluster_run_lost(run_id: str, client: Any = None) -> list[dict[str, str]]:
+    """The lost cells of cluster run ``run_id`` (for ``report --by-host --cluster-run ID``)."""
+    if client is None:
+        client = mlflow_store.make_client(mlflow_store.tracking_uri())
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - a wrong id or a failing store: say which
+        raise ReportError(f"--cluster-run {run_id}: no such run in the store ({short_error(exc)})") from None
+    if run.data.tags.get(mlflow_store.KIND_TAG) != mlflow_store.KIND_CLUSTER:
+        raise ReportError(f"--cluster-run {run_id}: that run is not a `bench --cluster` run")
+    return lost_cells(run.data.tags)
+
+
 def _nothing_matches(experiment: str, filters: dict[str, list[str]], client: Any) -> str:
     given = [f"{k}={','.join(v)}" for k, v in filters.items() if v]
     msg = f"no bench results in experiment {experiment!r}"
@@ -142,6 +173,8 @@ def flatten_run(run: Any) -> dict[str, Any]:
     rec["run_id"] = run.info.run_id
     if PARENT_TAG in tags:
         rec["parent_run_id"] = tags[PARENT_TAG]
+    if mlflow_store.CLUSTER_RUN_TAG in tags:  # a node's record of `bench --cluster`
+        rec["cluster_run_id"] = tags[mlflow_store.CLUSTER_RUN_TAG]
     return rec
 
 
