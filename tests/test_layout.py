@@ -32,7 +32,8 @@ def test_every_top_level_entry_is_a_layer_or_the_plugin_contract():
         else:
             assert entry.name in PLUGIN_CONTRACT, (
                 f"{entry.name}: a module at the top level; modules live in a subpackage (docs/architecture.md)")
-    assert len([e for e in PACKAGE.iterdir() if not e.name.startswith((".", "__pycache__"))]) <= 14
+    # the five modules of the plugin contract and ten layers: a reader sees the whole package in one listing
+    assert len([e for e in PACKAGE.iterdir() if not e.name.startswith((".", "__pycache__"))]) <= 15
 
 
 def test_no_import_cycles_between_modules():

@@ -235,7 +235,7 @@ class Bench:
     """One ``bench`` invocation. ``registry`` defaults to the process-wide plugin registry."""
 
     def __init__(self, config: BenchConfig, log: Callable[[str], None] | None = None,
-                 registry: PluginRegistry | None = None):
+                 registry: PluginRegistry | None = None, cluster: dict[str, Any] | None = None):
         self.cfg = config.validate()
         self.json_out = config.json_output()  # resolved once, before the bench writes anything into the zoo home
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -254,7 +254,8 @@ class Bench:
         self.doc = BenchDocument(
             invocation_id=invocation, created=created, environment=environment(),
             config={**config.to_dict(), "threads": self.threads, **(self.model_file.config() if self.model_file else {})},
-            tracking={"uploaded": False, "experiment": config.experiment}, result_file=str(self.json_path))
+            tracking={"uploaded": False, "experiment": config.experiment, **({"cluster": dict(cluster)} if cluster else {})},
+            result_file=str(self.json_path))
         self.stability = StabilityMonitor(self.threads, self.doc.stability)  # its session opens at the first read
         self._stability_error = ""
         self._splits = None
@@ -689,10 +690,12 @@ class Bench:
         return out
 
 
-def run_bench(config: BenchConfig, log=None, registry: PluginRegistry | None = None) -> dict[str, Any]:
+def run_bench(config: BenchConfig, log=None, registry: PluginRegistry | None = None,
+              cluster: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one bench (what ``signflow-zoo bench`` does) and return its result document.
 
     The document is also written to ``$SIGNFLOW_ZOO_HOME/results/`` before any tracking, logged to MLflow when
     ``config.track``, and described by ``docs/results.md``; ``log`` receives progress lines (default: stderr).
-    ``registry`` defaults to the process-wide plugin registry (installed plugins included)."""
-    return Bench(config, log, registry).run()
+    ``registry`` defaults to the process-wide plugin registry (installed plugins included). ``cluster``
+    (``{"run_id": ..., "host": ...}``, set by ``bench --cluster`` on each node) links the runs to their cluster run."""
+    return Bench(config, log, registry, cluster).run()

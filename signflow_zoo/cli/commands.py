@@ -133,6 +133,10 @@ def cmd_bench(args) -> int:
                  "min_time": args.min_time,
                  "schedule": args.schedule, "timeout": args.timeout}
     cfg.timing = replace(cfg.timing, **{k: v for k, v in overrides.items() if v is not None})
+    if args.cluster is not None:
+        return _bench_cluster(cfg, args)
+    if args.hosts != "all" or args.no_resume:
+        raise SignFlowError("--hosts and --no-resume go with --cluster ADDRESS (a Ray cluster's nodes)")
     doc = run_bench(cfg)
     flat = flat_records(doc)
     print(comparison_table(flat, fmt="terminal"))
@@ -145,6 +149,16 @@ def cmd_bench(args) -> int:
     for path in doc.get("outputs", []):
         print(f"         {path}")
     return 0
+
+
+def _bench_cluster(cfg, args) -> int:
+    """Python: ``signflow_zoo.cluster.driver.run_cluster_bench(config, address, hosts)``; the table is
+    ``report.by_host_table`` of the cluster run's records. Exit 1 when cells were lost (rerun to fill them)."""
+    from signflow_zoo.cluster.driver import run_cluster_bench
+    from signflow_zoo.cluster.summary import print_summary
+
+    doc = run_cluster_bench(cfg, args.cluster, hosts=args.hosts, resume=not args.no_resume, log=_log)
+    return print_summary(doc, cfg, _log)
 
 
 def cmd_sync(args) -> int:
@@ -330,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bound-ms", type=float_in(1.0, 60_000.0), metavar="MS", default=100.0,
                    help="server: request latency p99 within this (default 100)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (bars draw only on a terminal anyway)")
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the bench on the nodes of a Ray cluster, one task per node holding all its CPUs and GPUs: "
+                        "auto, HOST:PORT (the head's GCS address) or ray://HOST:PORT; needs signflow-zoo[ray] and a "
+                        "tracking server every node reaches (docs/cluster.md)")
+    s.add_argument("--hosts", default="all", metavar="all|NAME,...",
+                   help="with --cluster: the nodes to bench on, by their signflow-zoo-host label, else hostname "
+                        "(default: all)")
+    s.add_argument("--no-resume", action="store_true",
+                   help="with --cluster: start a new cluster run even when the same command left one with lost cells "
+                        "(by default only the missing cells run again)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("sync", help="upload result files that could not be tracked earlier (idempotent)")

@@ -56,6 +56,10 @@ class TrainingDivergedError(SignFlowError):
         super().__init__(message)
 
 
+class ClusterError(SignFlowError):
+    """``bench --cluster``: Ray is missing, the cluster cannot be reached, or a host name or address is wrong."""
+
+
 class ReportError(SignFlowError, ValueError):
     """A report was asked for that the records cannot answer, or a report option is malformed."""
 

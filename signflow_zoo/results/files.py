@@ -27,8 +27,8 @@ from typing import Any, Sequence
 from signflow_zoo.common.cachefiles import atomic_write_text, exclusive, is_locked, lock_path
 from signflow_zoo.common.documents import DocumentError, loads_json
 from signflow_zoo.common.errors import TrackingError
-from signflow_zoo.results.store import (COMPLETE_TAG, EXPERIMENT, INVOCATION_ID_TAG, KIND_INVOCATION, KIND_RECORD, KIND_TAG,
-                           RESULT_ID_TAG, kind_filter)
+from signflow_zoo.results.store import (CLUSTER_RUN_TAG, COMPLETE_TAG, EXPERIMENT, INVOCATION_ID_TAG, KIND_INVOCATION,
+                                       KIND_RECORD, KIND_TAG, PARENT_TAG, RESULT_ID_TAG, kind_filter)
 from signflow_zoo.results.records import BenchDocument
 from signflow_zoo.results.tracking import Tracker, short_error, store_key, tracking_uri
 
@@ -346,12 +346,22 @@ def _parent_run(doc: dict[str, Any], tracker: Tracker) -> str:
         parent = runs[0].info.run_id
     else:
         tags = {KIND_TAG: KIND_INVOCATION, INVOCATION_ID_TAG: doc["invocation_id"],
-                **doc.get("environment", {})}
+                **doc.get("environment", {}), **_cluster_tags(doc)}
+        cluster = _cluster_tags(doc).get(CLUSTER_RUN_TAG)
+        if cluster:  # nested under the cluster run in the MLflow UI
+            tags[PARENT_TAG] = cluster
         parent = tracker.create_run(f"bench-{doc['created']}", tags)
         _require(tracker)
     tracker.log_batch(parent, params={f"config.{k}": v for k, v in doc.get("config", {}).items()})
     _require(tracker)
     return parent
+
+
+def _cluster_tags(doc: dict[str, Any]) -> dict[str, str]:
+    """The tag linking a node's runs to their cluster run (``bench --cluster``; ``tracking.cluster.run_id``)."""
+    cluster = (doc.get("tracking") or {}).get("cluster")
+    run_id = cluster.get("run_id") if isinstance(cluster, dict) else None
+    return {CLUSTER_RUN_TAG: run_id} if isinstance(run_id, str) and run_id else {}
 
 
 def _record_run(doc: dict[str, Any], rec: dict[str, Any], parent: str, tracker: Tracker) -> None:
@@ -369,7 +379,7 @@ def _record_run(doc: dict[str, Any], rec: dict[str, Any], parent: str, tracker: 
     params, metrics = split_flat(flatten(rec, doc))
     tags = {KIND_TAG: KIND_RECORD, RESULT_ID_TAG: rec["result_id"],
             INVOCATION_ID_TAG: doc["invocation_id"], "preset": rec["preset"],
-            "backend": rec["backend"], "host": env.get("host", ""), "status": rec["status"]}
+            "backend": rec["backend"], "host": env.get("host", ""), "status": rec["status"], **_cluster_tags(doc)}
     run_id = tracker.create_run(f"{rec['preset']}/{rec['backend']}", tags, parent_id=parent)
     _require(tracker)
     tracker.log_batch(run_id, params=params, metrics=metrics,
