@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,11 @@ import pytest
 from conftest import TINY_DATA, TINY_ZOO
 from test_bench import _free_port, _start_mlflow_server
 
-# before Ray is imported (it reads this then); the driver children inherit it
+# before Ray is imported (it reads these then); the driver children inherit them. Every node and socket on 127.0.0.1,
+# and no usage report to Ray's server (it would reach another address, even to say that reporting is off)
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_USAGE_STATS_REPORT_URL"] = "http://127.0.0.1:9/"
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (CI installs it)")
 
 pytestmark = pytest.mark.slow
@@ -38,10 +42,15 @@ def cluster_env(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cluster")
     port = _free_port()
-    server = _start_mlflow_server(root, port)
     (root / "tiny-zoo.toml").write_text(TINY_ZOO)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "labels": {HOST_LABEL: "alpha"}, "env_vars": {"SIGNFLOW_ZOO_HOME": str(root / "home-alpha")}})
+    head = {"num_cpus": 1, "labels": {HOST_LABEL: "alpha"}, "env_vars": {"SIGNFLOW_ZOO_HOME": str(root / "home-alpha")},
+            "include_dashboard": False}
+    with ThreadPoolExecutor(1) as pool:  # the server starts while the cluster does
+        starting = pool.submit(_start_mlflow_server, root, port)
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args=head)
+        finally:
+            server = starting.result()
     assert cluster.address.startswith("127.0.0.1:"), cluster.address  # no test may reach another address
     env = {"root": root, "uri": f"http://127.0.0.1:{port}", "cluster": cluster, "address": cluster.address,
            "nodes": {"beta": _add_beta(cluster, root)}}
@@ -56,7 +65,7 @@ def cluster_env(tmp_path_factory):
 def _add_beta(cluster, root: Path):
     node = cluster.add_node(num_cpus=1, labels={HOST_LABEL: "beta"},
                             env_vars={"SIGNFLOW_ZOO_HOME": str(root / "home-beta")})
-    cluster.wait_for_nodes()
+    cluster.wait_for_nodes(timeout=120)  # a replaced beta: after the cluster has marked the old one dead
     return node
 
 
@@ -115,7 +124,8 @@ def test_every_host_benches_once_trained_weights_and_one_table(cluster_env, monk
     env = {**cluster_env, "experiment": "cluster-all"}
     # credentials in the URI (the server has no login and ignores them): they reach the nodes, never the output
     # onnx-cuda too: no GPU on these nodes, so its cells are unavailable with the reason, as in a local bench
-    res = _run(env, "--hosts", "all", "--backends", BACKENDS + ",onnx-cuda",
+    # --epochs 3: weights of their own (no other test trains them), so "trained here" holds in any test order
+    res = _run(env, "--hosts", "all", "--backends", BACKENDS + ",onnx-cuda", "--epochs", "3",
                uri=env["uri"].replace("http://", "http://zoo:s3cret-pw@"))
     assert res.returncode == 0, res.stderr[-4000:]
     doc = _document(res.stdout)
@@ -130,10 +140,16 @@ def test_every_host_benches_once_trained_weights_and_one_table(cluster_env, monk
         ("beta", "onnx-cpu"), ("beta", "onnx-cuda"), ("beta", "torch-eager")]
     assert all(r.get("reason") for r in recs if r["backend"] == "onnx-cuda")
     assert all(r.get("host_class") and r["cluster_run_id"] == doc["cluster_run_id"] for r in recs)
-    # trained once, on one node; the other pulled the registered weights (its own zoo home had none)
-    assert [w["source"] for w in doc["weights"]] == ["trained"]
+    # trained once, on one node (one registered version of these weights); the other pulled it (its home had none)
+    (weights,) = doc["weights"]
+    assert weights["source"] == "trained" and weights["trained_on"] == "alpha"
+    from mlflow import MlflowClient
+
+    versions = [v for v in MlflowClient(env["uri"]).search_model_versions("name = 'signflow-zoo-tiny'")
+                if v.tags.get("signflow_zoo.cache_key") == weights["key"]]
+    assert [v.version for v in versions] == [str(weights["version"])]
     beta_lines = [ln for ln in res.stderr.splitlines() if "signflow-zoo:beta" in ln]
-    assert any("pulled signflow-zoo-tiny version 1" in ln for ln in beta_lines), res.stderr[-3000:]
+    assert any(f"pulled signflow-zoo-tiny version {weights['version']}" in ln for ln in beta_lines), res.stderr[-3000:]
     assert not any("training" in ln for ln in beta_lines)
     assert "\x1b[" not in res.stderr  # no colour codes in a pipe
     assert "s3cret-pw" not in res.stdout + res.stderr and "tracked in MLflow (http://zoo:***@127.0.0.1" in res.stderr
@@ -142,10 +158,7 @@ def test_every_host_benches_once_trained_weights_and_one_table(cluster_env, monk
     shown = _report(env, monkeypatch, capsys, "--by-host")
     header = next(ln for ln in shown.splitlines() if ln.startswith("preset"))
     assert "alpha" in header and "beta" in header
-    # the same command again, now complete: a new cluster run (a new measurement), not a resumed one
-    again = _run(env, "--hosts", "beta", "--backends", BACKENDS + ",onnx-cuda")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert _document(again.stdout)["cluster_run_id"] != doc["cluster_run_id"]
+    # (the same command again, now complete, opens a new cluster run: test_a_cluster_run_is_resumed_...)
 
 
 def test_a_node_killed_mid_run_leaves_its_cells_lost_and_a_rerun_fills_only_them(cluster_env, monkeypatch, capsys):
@@ -205,3 +218,27 @@ def test_ctrl_c_cancels_the_tasks_and_keeps_the_cells_for_a_rerun(cluster_env):
     doc = json.loads(docs[-1].read_text())
     assert doc["state"] == "incomplete"
     assert {c["status"] for c in doc["cells"]} == {"lost"} and "cancelled" in doc["cells"][0]["reason"]
+    time.sleep(3)  # a task that outlived its cancel would have logged its records by now
+    assert _records(env, doc["cluster_run_id"]) == []
+    # (the same command again fills the cells, as after a lost node: the test above)
+
+
+def test_a_cluster_run_is_resumed_unless_complete_or_its_driver_is_alive(cluster_env, monkeypatch):
+    """The store side of resuming (no Ray): a live driver's run is not shared, a dead one's is taken over, a complete
+    one is not reopened, and --no-resume always opens a new one."""
+    from signflow_zoo.cluster.runs import HEARTBEAT_TAG, ClusterRuns
+    from signflow_zoo.common.errors import ClusterError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cluster_env["uri"])
+    runs = ClusterRuns("cluster-runs")
+    first = runs.open("k1", ["a", "b"], {"presets": "tiny"})
+    assert not first.resumed
+    with pytest.raises(ClusterError, match=r"is running now .*--no-resume"):
+        runs.open("k1", ["a"], {})
+    runs.tracker.client.set_tag(first.run_id, HEARTBEAT_TAG, "0")  # its driver died long ago
+    taken = runs.open("k1", ["a"], {})
+    assert taken.run_id == first.run_id and taken.resumed and taken.previous_hosts == ["a", "b"]
+    other = runs.open("k1", ["a"], {}, resume=False)
+    assert other.run_id != first.run_id and not other.resumed
+    runs.finish(other.run_id, {"state": "complete", "cells": [], "unchecked_hosts": []}, None)
+    assert runs.open("k1", ["a"], {}).run_id not in (first.run_id, other.run_id)  # newest complete: a new run

@@ -122,3 +122,41 @@ def test_an_unreachable_cluster_is_one_clear_line_not_minutes_of_retries(monkeyp
     bench = ClusterBench(BenchConfig(), f"127.0.0.1:{_free_port()}", log=lambda msg: None)
     with pytest.raises(ClusterError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:\d+ \(Connection refused\)"):
         bench.connect()
+
+
+def test_a_resumed_run_keeps_the_missing_cells_of_hosts_not_selected_now(monkeypatch):
+    from signflow_zoo.cluster.driver import ClusterBench
+    from signflow_zoo.cluster.nodes import Node
+    from signflow_zoo.cluster.runs import ClusterRun
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # never contacted here
+    a = Node("n1", "a", "label", 2, 0, "10.0.0.1", "a")
+    earlier = [{"host": "b", "preset": "tiny", "backend": "onnx-cpu", "status": "lost", "reason": "node lost", "ran": False},
+               {"host": "b", "preset": "tiny", "backend": "x", "status": "unavailable", "reason": "not installed",
+                "ran": True}]
+
+    def document(previous_hosts, done):
+        bench = ClusterBench(BenchConfig(presets="tiny"), "127.0.0.1:6379", hosts="a", log=lambda msg: None)
+        bench.cells = {("a", "tiny", "onnx-cpu"): {"status": "ok", "run_id": "r-a"}}
+        bench.done = done
+        run = ClusterRun("run", "key", resumed=True, previous_cells=earlier, previous_hosts=previous_hosts)
+        return bench.document(run, [a], {}, [], "now")
+
+    doc = document(["a", "b"], {})  # --hosts a: b's lost cell is still missing, so the run is not complete
+    cells = {(c["host"], c["backend"]): c for c in doc["cells"]}
+    assert doc["state"] == "incomplete" and not cells["b", "onnx-cpu"]["ran"]
+    assert "not selected now" in cells["b", "onnx-cpu"]["reason"] and cells["b", "x"]["ran"]
+    # b's cell was filled by another attempt in the meantime (the store has it): complete
+    doc = document(["a", "b"], {("b", "tiny", "onnx-cpu"): {"status": "ok", "run_id": "r-b"}})
+    assert doc["state"] == "complete" and doc["unchecked_hosts"] == []
+    # a host an earlier attempt selected, whose cells no document recorded (its driver died): not complete
+    doc = document(["a", "b", "c"], {("b", "tiny", "onnx-cpu"): {"status": "ok", "run_id": "r-b"}})
+    assert doc["state"] == "incomplete" and doc["unchecked_hosts"] == ["c"]
+
+
+def test_retrain_and_model_files_are_refused_on_a_cluster(monkeypatch):
+    from signflow_zoo.cluster.driver import ClusterBench
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(ClusterError, match="--retrain with --cluster"):
+        ClusterBench(BenchConfig(retrain=True), "auto")

@@ -20,8 +20,9 @@ import os
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from signflow_zoo.bench.harness import BenchConfig
 from signflow_zoo.cluster import task as node_task
@@ -59,6 +60,21 @@ def _tracking_env() -> dict[str, str]:
     return env
 
 
+@contextmanager
+def _ray_logging() -> Iterator[None]:
+    """How the nodes' forwarded log lines read while the command runs: every node's line kept (Ray merges identical
+    lines of different workers by default, and a node's lines do not name it), no colour codes in a file or a pipe."""
+    wanted = {"RAY_DEDUP_LOGS": "0", **({} if sys.stderr.isatty() else {"RAY_COLOR_PREFIX": "0"})}
+    unset = [k for k in wanted if k not in os.environ]  # a user's own setting is kept, and left as it was
+    for k in unset:
+        os.environ[k] = wanted[k]
+    try:
+        yield
+    finally:
+        for k in unset:
+            os.environ.pop(k, None)
+
+
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """A TCP connection to ``HOST:PORT`` (or Ray Client's ``ray://HOST:PORT``) opens, or a :class:`ClusterError`."""
     import socket
@@ -87,10 +103,12 @@ def _zoo_text(zoo_file: str | None) -> str | None:
 
 
 def _why_lost(exc: BaseException) -> str:
+    import ray.exceptions as rex
+
     name = type(exc).__name__
     text = redact(str(exc)).strip().splitlines()
     first = next((ln for ln in text if ln.strip()), "")
-    if name == "TaskCancelledError":
+    if isinstance(exc, rex.TaskCancelledError):
         return "cancelled (Ctrl-C)"
     return f"node lost mid-run ({name}: {first[:200]})" if first else f"node lost mid-run ({name})"
 
@@ -104,7 +122,11 @@ def _fault(exc: BaseException, step: str) -> tuple[str, str]:
 
 
 def _is_lost(exc: BaseException) -> bool:
-    return type(exc).__name__ in LOST_ERRORS + ("TaskCancelledError",) or isinstance(exc, KeyboardInterrupt)
+    """The node or its worker went away, or the task was cancelled (Ray's exception classes, subclasses included)."""
+    import ray.exceptions as rex
+
+    kinds = tuple(getattr(rex, name) for name in LOST_ERRORS + ("TaskCancelledError",) if hasattr(rex, name))
+    return isinstance(exc, kinds + (KeyboardInterrupt,))
 
 
 def _task_error(exc: BaseException) -> str:
@@ -128,10 +150,18 @@ class ClusterBench:
                                "the cluster, or the file on one machine")
         if not config.track:
             raise ClusterError("--no-track with --cluster: the nodes' results meet in the tracking store; drop --no-track")
+        if config.retrain:
+            raise ClusterError("--retrain with --cluster: the nodes would keep their cached copies of the old weights; "
+                               "retrain on one machine (`signflow-zoo train --preset P` registers a new version) and "
+                               "clear the nodes' checkpoint caches, or change --epochs/--seed (a new cache key)")
         self.tracking_env = _tracking_env()
         self.zoo_text = _zoo_text(config.zoo_file)
         self.json_out = config.json_output()
-        self.ray = import_ray()
+        self.ray: Any = None  # imported when connecting: the store's errors come first
+        self.runs: ClusterRuns | None = None
+        self.run_id = ""
+        self.done: dict[tuple[str, str, str], dict[str, str]] = {}  # the cells with a record in the store
+        self.docs: list[dict[str, Any]] = []  # the result documents the nodes sent back
         self.cells: dict[tuple[str, str, str], dict[str, Any]] = {}
         # host -> (status, reason) of its cells that did not run: "lost" (node died, cancelled) or "failed" (its
         # task raised, e.g. no registered weights); a rerun of the same command runs them
@@ -139,11 +169,9 @@ class ClusterBench:
 
     # -- connecting -------------------------------------------------------------------------------
     def connect(self) -> list[Node]:
-        ray = self.ray
+        ray = self.ray = import_ray()
         self.log(f"connecting to the Ray cluster at {self.address} ...")
         _check_reachable(self.address)  # Ray itself retries an unreachable GCS for minutes
-        if not sys.stderr.isatty():  # the nodes' log lines, forwarded: no colour codes in a file or a pipe
-            os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         try:
             ray.init(address=self.address, logging_level="warning", log_to_driver=True, namespace="signflow-zoo")
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the user's address or cluster to fix
@@ -161,7 +189,9 @@ class ClusterBench:
     def _pinned(self, fn, node: Node, cpus: float, gpus: float = 0.0):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        return self.ray.remote(fn).options(
+        # max_calls=1: a fresh worker process per task, gone after it: nothing it set (the store's credentials in its
+        # environment, the bench's forkserver, torch's thread count) outlives the task
+        return self.ray.remote(max_calls=1)(fn).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False, name=f"signflow-zoo:{node.name}",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
 
@@ -232,7 +262,8 @@ class ClusterBench:
                      "registered) ...")
             ref = self._pinned(node_task.ensure_weights, node, node.cpus, node.gpus).remote(job)
             try:
-                got = self._get(ref)
+                self._wait([ref], f"weights on {node.name}")
+                got = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001
                 if not _is_lost(exc):
                     raise ClusterError(f"the weights could not be made on {node.name}: {_task_error(exc)}") from None
@@ -245,50 +276,47 @@ class ClusterBench:
             return got
         raise ClusterError("no node could make the weights: " + "; ".join(f"{k}: {v[1]}" for k, v in self.faults.items()))
 
-    def _get(self, ref):
-        """``ray.get`` that Ctrl-C interrupts: the task is cancelled, and the interrupt goes on."""
+    def _wait(self, refs: list, what: str) -> list:
+        """Until one of ``refs`` is ready (returned), saying every 30 s what still runs and refreshing the cluster run's
+        heartbeat (so that the same command started elsewhere does not take it over). Ctrl-C cancels them all."""
+        started = time.monotonic()
         try:
-            return self.ray.get(ref)
+            while True:
+                ready, _ = self.ray.wait(refs, num_returns=1, timeout=30)
+                if self.runs is not None and self.run_id:
+                    self.runs.heartbeat(self.run_id)
+                if ready:
+                    return ready
+                self.log(f"still running: {what} ({time.monotonic() - started:.0f} s)")
         except KeyboardInterrupt:
-            self.ray.cancel(ref, force=True)
+            for ref in refs:
+                self.ray.cancel(ref, force=True)
             raise
 
-    def dispatch(self, nodes: list[Node], plans: dict[str, list], run: ClusterRun) -> list[dict[str, Any]]:
-        """One task per node with cells to run; returns the result documents the nodes sent back."""
+    def dispatch(self, nodes: list[Node], plans: dict[str, list], run: ClusterRun) -> None:
+        """One task per node with cells to run; the result documents the nodes send back go to ``self.docs``."""
         ray = self.ray
         refs = {}
         for node in nodes:
             if plans.get(node.name) and node.name not in self.faults:
                 job = self._job(node, run, plans[node.name])
                 refs[self._pinned(node_task.bench_node, node, node.cpus, node.gpus).remote(job)] = node.name
-        docs: list[dict[str, Any]] = []
         pending = list(refs)
-        started = time.monotonic()
-        try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=30)
-                for ref in ready:
-                    name = refs[ref]
-                    try:
-                        got = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - one node's failure is its cells'
-                        self.faults[name] = _fault(exc, "bench")
-                        self.log(f"{name}: {self.faults[name][0]}: {self.faults[name][1]}")
-                        continue
-                    docs.extend(got)
-                    self.log(f"{name}: done ({len(got)} bench run(s))")
-                if not ready and pending:
-                    waiting = ", ".join(sorted(refs[r] for r in pending))
-                    self.log(f"still running on {waiting} ({time.monotonic() - started:.0f} s)")
-        except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-                self.faults.setdefault(refs[ref], ("lost", "cancelled (Ctrl-C)"))
-            raise
-        return docs
+        while pending:
+            for ref in self._wait(pending, "bench on " + ", ".join(sorted(refs[r] for r in pending))):
+                pending.remove(ref)
+                name = refs[ref]
+                try:
+                    got = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - one node's failure is its cells'
+                    self.faults[name] = _fault(exc, "bench")
+                    self.log(f"{name}: {self.faults[name][0]}: {self.faults[name][1]}")
+                    continue
+                self.docs.extend(got)
+                self.log(f"{name}: done ({len(got)} bench run(s))")
 
     # -- the record -------------------------------------------------------------------------------
-    def settle(self, runs: ClusterRuns, run: ClusterRun, docs: list[dict[str, Any]]) -> None:
+    def settle(self, runs: ClusterRuns, run: ClusterRun) -> None:
         """Every cell's final status: the store's done cells, what the nodes sent back but could not log, and the
         rest lost (with the node's reason) or failed."""
         try:
@@ -296,7 +324,8 @@ class ClusterBench:
         except Exception as exc:  # noqa: BLE001 - the nodes' own documents still say what ran
             self.log(f"warning: reading the cluster's cells back failed ({redact(str(exc))}); using the nodes' reports")
             done = {}
-        sent = {(d["environment"].get("host", ""), r["preset"], r["backend"]): r for d in docs for r in d["records"]}
+        sent = {(d["environment"].get("host", ""), r["preset"], r["backend"]): r for d in self.docs for r in d["records"]}
+        self.done = done
         for cell, info in self.cells.items():
             if info["status"] != "pending":
                 continue
@@ -312,66 +341,88 @@ class ClusterBench:
 
     def document(self, run: ClusterRun, nodes: list[Node], facts: dict, weights: list, created: str) -> dict[str, Any]:
         selected = {n.name for n in nodes}
-        for c in run.lost_before:  # cells an earlier attempt lost on hosts not selected this time: still missing
-            if c.get("host") not in selected:
-                self.cells[(c["host"], c["preset"], c["backend"])] = {
-                    "status": "lost", "reason": f"{c.get('reason', '')} (an earlier attempt; not selected now)",
-                    "node_fault": True}
+        for c in run.previous_cells:  # an earlier attempt's cells of hosts not selected this time
+            cell = (c["host"], c["preset"], c["backend"])
+            if c["host"] in selected or cell in self.cells:
+                continue
+            if cell in self.done:
+                self.cells[cell] = {**self.done[cell], "reason": "", "earlier": True}
+            else:
+                self.cells[cell] = {"status": c.get("status", "lost"), "earlier": True,
+                                    "reason": f"{c.get('reason', '')} (an earlier attempt; host not selected now)",
+                                    "node_fault": not c.get("ran", False)}
+        unknown = sorted(set(run.previous_hosts) - selected - {c[0] for c in self.cells})
+        if unknown:
+            self.log(f"note: this cluster run also had hosts {', '.join(unknown)}, not selected now, whose cells no "
+                     "earlier attempt recorded: it stays incomplete until they are run (--hosts all)")
         cells = [{"host": h, "preset": p, "backend": b, "status": i["status"], "reason": i.get("reason", ""),
                   "run_id": i.get("run_id", ""), "earlier_run": bool(i.get("earlier")), "ran": not i.get("node_fault")}
                  for (h, p, b), i in sorted(self.cells.items())]
         # complete: every cell has a result (in the store, or kept for sync) or a reason it cannot run on its host
-        state = "complete" if all(c["ran"] and c["status"] != "pending" for c in cells) else "incomplete"
+        state = "complete" if not unknown and all(c["ran"] and c["status"] != "pending" for c in cells) else "incomplete"
         return {"schema": CLUSTER_SCHEMA, "cluster_run_id": run.run_id, "key": run.key, "resumed": run.resumed,
                 "created": created, "finished": now_iso(), "address": self.address, "state": state,
                 "hosts": [{"name": n.name, "named_by": n.named_by, "node_id": n.node_id, "cpus": n.cpus, "gpus": n.gpus,
                            "address": n.address, **{k: v for k, v in (facts.get(n.name) or {}).items()
                                                     if k in ("host_class", "hostname", "cpu", "gpu")}}
                           for n in nodes],
-                "config": self.cfg.to_dict(), "weights": weights, "cells": cells}
+                "unchecked_hosts": unknown, "config": self.cfg.to_dict(), "weights": weights, "cells": cells}
 
     def run(self) -> dict[str, Any]:
         created = now_iso()
         home = zoo_home()
-        runs = ClusterRuns(self.cfg.experiment)  # the store first: without it no node's result would meet the others
-        try:
-            nodes = self.connect()
-            facts = self.probe(nodes)
-            run = runs.open(command_key(self.cfg), [n.name for n in nodes], self.cfg.to_dict(), resume=self.resume)
-            self.log(f"cluster run {run.run_id}" + (f" (resumed: {len(run.done)} cell(s) already done)" if run.resumed
-                                                      else ""))
-            plans = self.plan(nodes, facts, run)
-            todo = sum(len(b) for plan in plans.values() for _, b in plan)
-            self.log(f"{todo} cell(s) to run on {sum(1 for p in plans.values() if p)} host(s)")
-            docs: list[dict[str, Any]] = []
-            weights: list[dict[str, Any]] = []
-            interrupted = False
+        self.runs = runs = ClusterRuns(self.cfg.experiment)  # first: without it no node's result meets the others
+        with _ray_logging():
             try:
-                weights = self.weights(nodes, plans, run)
-                docs = self.dispatch(nodes, plans, run)
-            except KeyboardInterrupt:
-                interrupted = True
-                for host in plans:
-                    self.faults.setdefault(host, ("lost", "cancelled (Ctrl-C)"))
-            self._keep_unsynced(docs, home)
-            self.settle(runs, run, docs)
-            doc = self.document(run, nodes, facts, weights, created)
-            path = home / "results" / "cluster" / f"cluster-{created.replace(':', '').replace('-', '')}-{run.run_id[:12]}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, doc)
-            doc["result_file"] = str(path)
-            runs.finish(run.run_id, doc, str(path))
-            if self.json_out is not None:
-                write_json_atomic(self.json_out, doc)
-            if interrupted:
-                raise KeyboardInterrupt
-            return doc
-        finally:
-            self.ray.shutdown()
+                nodes = self.connect()
+                facts = self.probe(nodes)
+                run = runs.open(command_key(self.cfg), [n.name for n in nodes], self.cfg.to_dict(), resume=self.resume)
+                self.run_id = run.run_id
+                self.log(f"cluster run {run.run_id}" + (f" (resumed: {len(run.done)} cell(s) already done)"
+                                                          if run.resumed else ""))
+                plans = self.plan(nodes, facts, run)
+                todo = sum(len(b) for plan in plans.values() for _, b in plan)
+                self.log(f"{todo} cell(s) to run on {sum(1 for p in plans.values() if p)} host(s)")
+                weights: list[dict[str, Any]] = []
+                stopped: BaseException | None = None
+                try:
+                    weights = self.weights(nodes, plans, run)
+                    self.dispatch(nodes, plans, run)
+                except KeyboardInterrupt as exc:
+                    stopped = exc
+                    for host in plans:
+                        self.faults.setdefault(host, ("lost", "cancelled (Ctrl-C)"))
+                except Exception as exc:  # noqa: BLE001 - recorded in the document and the run, then raised
+                    stopped = exc
+                    why = str(exc) if isinstance(exc, ClusterError) else f"{type(exc).__name__}: {redact(str(exc))}"
+                    for host in plans:
+                        self.faults.setdefault(host, ("failed", f"the command stopped: {why}"))
+                self._keep_unsynced(home)
+                self.settle(runs, run)
+                doc = self.document(run, nodes, facts, weights, created)
+                stamp = created.replace(":", "").replace("-", "")
+                path = home / "results" / "cluster" / f"cluster-{stamp}-{run.run_id[:12]}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, doc)
+                doc["result_file"] = str(path)
+                runs.finish(run.run_id, doc, str(path))
+                if self.json_out is not None:
+                    write_json_atomic(self.json_out, doc)
+                if isinstance(stopped, KeyboardInterrupt):
+                    raise stopped
+                if stopped is not None:
+                    reason = str(stopped) if isinstance(stopped, ClusterError) else \
+                        f"{type(stopped).__name__}: {redact(str(stopped))}"
+                    raise ClusterError(f"{reason}; the cells so far are in {path} and cluster run {run.run_id}: run the "
+                                       "same command again to run the missing ones") from None
+                return doc
+            finally:
+                if self.ray is not None:
+                    self.ray.shutdown()
 
-    def _keep_unsynced(self, docs: list[dict[str, Any]], home: Path) -> None:
+    def _keep_unsynced(self, home: Path) -> None:
         """A node's result document that did not reach the store is saved here too, where ``sync`` finds it."""
-        for d in docs:
+        for d in self.docs:
             if (d.get("tracking") or {}).get("uploaded"):
                 continue
             target = home / "results" / Path(str(d.get("result_file") or f"bench-{uuid.uuid4().hex}.json")).name

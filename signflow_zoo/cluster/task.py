@@ -16,9 +16,12 @@ from typing import Any, Iterator
 
 from signflow_zoo.bench.harness import BenchConfig
 
-# the variables a node's bench reads its tracking store from (credentials of an HTTP server included)
+# the variables a node's bench reads its tracking store from (credentials of an HTTP server included), and those of
+# an artifact store the clients write to directly (a server started without --serve-artifacts), when the driver has them
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+                "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_S3_ENDPOINT_URL",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY")
 HOST_ENV = "SIGNFLOW_ZOO_HOST"  # signflow_zoo.common.environment.HOST_ENV_VAR: the node's name in every record
 
 
@@ -56,7 +59,12 @@ class NodeJob:
 
 @contextmanager
 def node_environment(job: NodeJob) -> Iterator[None]:
-    """The node's name and the tracking store, set for the task's duration and restored after."""
+    """The node's name and the tracking store, set for the task's duration and restored after (the task's worker
+    process ends with it anyway: the driver asks for one per task). An error leaving the task carries its message
+    redacted (Ray keeps task errors in its logs and event tables) and no chained exception."""
+    from signflow_zoo.common.errors import ClusterError
+    from signflow_zoo.results.store import redact
+
     wanted = {HOST_ENV: job.name, **job.tracking_env}
     keys = set(wanted) | set(TRACKING_ENV)
     before = {k: os.environ.get(k) for k in keys}
@@ -64,7 +72,10 @@ def node_environment(job: NodeJob) -> Iterator[None]:
         for k in TRACKING_ENV:
             os.environ.pop(k, None)
         os.environ.update(wanted)
-        yield
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - redacted while the store's credentials are known to redact()
+            raise ClusterError(redact(f"{type(exc).__name__}: {exc}")) from None
     finally:
         for k, v in before.items():
             if v is None:
@@ -113,7 +124,8 @@ def ensure_weights(job: NodeJob) -> list[dict[str, Any]]:
     out = []
     with node_environment(job):
         presets = ",".join(p for p, _ in job.plan)
-        bench = Bench(job.bench_config(presets=presets, backends="all", from_registry=False), log=log)
+        # --from-registry: pulled or an error, never trained here either
+        bench = Bench(job.bench_config(presets=presets, backends="all"), log=log)
         tracker = bench.weights.tracker()
         if not tracker.active:
             raise CheckpointError(f"{job.name}: the Model Registry is not reachable ({tracker.reason})")
@@ -130,7 +142,7 @@ def ensure_weights(job: NodeJob) -> list[dict[str, Any]]:
                     raise CheckpointError(f"{job.name}: registering the weights of {entry.name} failed ({tracker.reason}); "
                                           "the other nodes could not pull them")
                 version = mlflow_models.find_version(tracker, entry.name, key)
-            source = "registry" if had is not None else ("cache" if was_cached else "trained")
+            source = "cache" if was_cached else "registry" if had is not None else "trained"  # obtain()'s order
             out.append({"preset": entry.name, "source": source, "trained_on": job.name if source == "trained" else "",
                         "version": getattr(version, "version", None), "key": key})
     return out
@@ -146,7 +158,8 @@ def bench_node(job: NodeJob) -> list[dict[str, Any]]:
     docs = []
     with node_environment(job):
         for preset, backends in job.plan:
-            cfg = job.bench_config(presets=preset, backends=",".join(backends), from_registry=not job.config.no_train)
+            cfg = job.bench_config(presets=preset, backends=",".join(backends), from_registry=not job.config.no_train,
+                                   retrain=False)
             log(f"bench {preset} on {', '.join(backends)} ({job.threads} threads)")
             docs.append(run_bench(cfg, log=log, cluster={"run_id": job.cluster_run_id, "host": job.name}))
     return docs

@@ -41,9 +41,10 @@ def by_host_table(records: Iterable[dict[str, Any]], fmt: str = "terminal", by: 
 
     ``by``: ``"host"`` (a column per host name) or ``"class"`` (a column per host class, each cell from the newest
     record of any host of that class). ``lost``: cells that did not run, dicts with ``host`` (the column: a host
-    name, or a class with ``by="class"``), ``preset``, ``backend`` and ``reason``; a cell that has a record shows
-    the record. terminal/markdown: the grid, with a line per column and the notes under it. csv/json: one row per
-    cell that has a record or is lost, with :data:`LONG_COLUMNS`.
+    name, or a class with ``by="class"``), ``preset``, ``backend``, ``reason`` and optionally ``status`` (default
+    ``lost``; ``bench --cluster`` also passes cells ``failed`` on their node and backends ``unavailable`` because not
+    installed there); a cell that has a record shows the record. terminal/markdown: the grid, with a line per column
+    and the notes under it. csv/json: one row per cell that has a record or is lost, with :data:`LONG_COLUMNS`.
     """
     _check_fmt(fmt)
     if by not in BY:
@@ -141,7 +142,8 @@ def _cell_text(rec: dict[str, Any] | None, lost: dict[str, Any] | None, refs: di
     """``1.93x [1.85, 2.01] · 2.07 ms`` (``1x · ...`` for the reference), a status with its note number, or
     empty."""
     if rec is None:
-        return "" if lost is None else _with_note("lost", " ".join(str(lost.get("reason") or "").split()), footnotes)
+        return "" if lost is None else _with_note(str(lost.get("status") or "lost"),
+                                                  " ".join(str(lost.get("reason") or "").split()), footnotes)
     if rec.get("status") != "ok":
         return _with_note(str(rec.get("status") or "?"), _reason(rec), footnotes)
     p50 = number(rec, f"latency_p50_ms_b{b}")
@@ -197,7 +199,8 @@ def _long_row(cell: Cell, by: str, rec: dict[str, Any] | None, lost: dict[str, A
             row.update(host=col, host_class=host_classes.get(col) or None)
         else:
             row.update(host=None, host_class=col)
-        row.update(status="lost", reason=" ".join(str((lost or {}).get("reason") or "").split()), lost=True)
+        row.update(status=str((lost or {}).get("status") or "lost"),
+                   reason=" ".join(str((lost or {}).get("reason") or "").split()), lost=True)
         return row
     ref = reference_of(rec, refs)
     speedup, _ = _speedup(rec, ref, b)
