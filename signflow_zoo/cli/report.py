@@ -90,7 +90,8 @@ def handler(args: argparse.Namespace) -> int:
         experiment=args.experiment, preset=args.preset, backend=args.backend, host=args.host,
         since=args.since, latest=not args.all_runs, required=not args.cluster_run, cluster_run=args.cluster_run,
     )
-    lost = _lost_for(report.cluster_run_lost(args.cluster_run), records, args) if args.cluster_run else []
+    lost = report.cluster_run_lost(args.cluster_run, preset=args.preset, backend=args.backend, host=args.host,
+                                   records=records) if args.cluster_run else []
     if not records and not lost:
         raise report.ReportError(f"cluster run {args.cluster_run} has no results (with these filters) and no lost cells")
     deployment = report.deployment_table(records, fmt=args.format)
@@ -120,23 +121,6 @@ def handler(args: argparse.Namespace) -> int:
         if capacity:
             print(f"wrote {report.plot_capacity(records, plot.with_name('streams-per-machine.png'))}", file=out)
     return 0
-
-
-def _lost_for(lost: list[dict], records: list[dict], args: argparse.Namespace) -> list[dict]:
-    """A cluster run's cells without a record, filtered as the records are (--preset, --backend, --host) and, with
-    --by-host class, keyed by their host's class (known from that host's other records; else its name)."""
-    def names(value: str | None) -> set[str]:
-        return {v.strip() for v in (value or "").split(",") if v.strip()}
-
-    classes = {r.get("host"): r.get("host_class") for r in records if r.get("host_class")}
-    presets, backends, hosts = names(args.preset), names(args.backend), names(args.host)
-    out = []
-    for c in lost:
-        if (presets and c["preset"] not in presets) or (backends and c["backend"] not in backends) or \
-                (hosts and c["host"] not in hosts and classes.get(c["host"]) not in hosts):
-            continue
-        out.append({**c, "host": classes.get(c["host"], c["host"])} if args.by_host == "class" else c)
-    return out
 
 
 def _check_by_host(args: argparse.Namespace) -> None:

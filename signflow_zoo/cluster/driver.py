@@ -385,6 +385,7 @@ class ClusterBench:
                 self.log(f"{todo} cell(s) to run on {sum(1 for p in plans.values() if p)} host(s)")
                 weights: list[dict[str, Any]] = []
                 stopped: BaseException | None = None
+                why = ""  # what stopped the command, when an error did
                 try:
                     weights = self.weights(nodes, plans, run)
                     self.dispatch(nodes, plans, run)
@@ -411,9 +412,7 @@ class ClusterBench:
                 if isinstance(stopped, KeyboardInterrupt):
                     raise stopped
                 if stopped is not None:
-                    reason = str(stopped) if isinstance(stopped, ClusterError) else \
-                        f"{type(stopped).__name__}: {redact(str(stopped))}"
-                    raise ClusterError(f"{reason}; the cells so far are in {path} and cluster run {run.run_id}: run the "
+                    raise ClusterError(f"{why}; the cells so far are in {path} and cluster run {run.run_id}: run the "
                                        "same command again to run the missing ones") from None
                 return doc
             finally:

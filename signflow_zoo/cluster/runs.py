@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,13 +148,11 @@ class ClusterRuns:
         # the cells without a record in the store: lost or failed on their node, or a backend not installed there
         lost = [{k: c[k] for k in ("host", "preset", "backend", "status", "reason", "ran")} for c in doc["cells"]
                 if not c.get("run_id")]
-        counts: dict[str, float] = {}
-        for c in doc["cells"]:
-            counts[f"cells_{c['status'].replace('-', '_')}"] = counts.get(f"cells_{c['status'].replace('-', '_')}", 0) + 1
+        counts = Counter(f"cells_{c['status'].replace('-', '_')}" for c in doc["cells"])
         while len(json.dumps(lost)) > 4900:  # MLflow's tag limit: the first ones that fit (the document has all)
             lost.pop()
         hosts = sorted({c["host"] for c in doc["cells"]} | set(doc.get("unchecked_hosts") or ()))
-        tr.log_batch(run_id, metrics=counts, tags={LOST_TAG: json.dumps(lost), "hosts": ",".join(hosts)})
+        tr.log_batch(run_id, metrics=dict(counts), tags={LOST_TAG: json.dumps(lost), "hosts": ",".join(hosts)})
         if path:
             tr.log_artifact(run_id, path)
         if tr.active:

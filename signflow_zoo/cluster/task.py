@@ -84,11 +84,9 @@ def node_environment(job: NodeJob) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _log(name: str):
-    """Progress lines to the task's stderr, which Ray forwards to the driver as ``(signflow-zoo:NAME pid=...)``."""
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-    return log
+def _log(msg: str) -> None:
+    """A progress line to the task's stderr, which Ray forwards to the driver as ``(signflow-zoo:NAME pid=...) msg``."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def probe(name: str) -> dict[str, Any]:
@@ -120,7 +118,7 @@ def ensure_weights(job: NodeJob) -> list[dict[str, Any]]:
     from signflow_zoo.bench.harness import Bench
     from signflow_zoo.common.errors import CheckpointError
 
-    log = _log(job.name)
+    log = _log
     out = []
     with node_environment(job):
         presets = ",".join(p for p, _ in job.plan)
@@ -154,7 +152,7 @@ def bench_node(job: NodeJob) -> list[dict[str, Any]]:
     Returns the result documents."""
     from signflow_zoo.bench.harness import run_bench
 
-    log = _log(job.name)
+    log = _log
     docs = []
     with node_environment(job):
         for preset, backends in job.plan:

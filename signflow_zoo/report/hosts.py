@@ -40,8 +40,8 @@ def by_host_table(records: Iterable[dict[str, Any]], fmt: str = "terminal", by: 
     """The by-host table of flat bench records at batch ``batch_size``.
 
     ``by``: ``"host"`` (a column per host name) or ``"class"`` (a column per host class, each cell from the newest
-    record of any host of that class). ``lost``: cells that did not run, dicts with ``host`` (the column: a host
-    name, or a class with ``by="class"``), ``preset``, ``backend``, ``reason`` and optionally ``status`` (default
+    record of any host of that class). ``lost``: cells that did not run, dicts with ``host`` (a host name; with
+    ``by="class"`` the column is that host's class, known from its records, else the name as given), ``preset``, ``backend``, ``reason`` and optionally ``status`` (default
     ``lost``; ``bench --cluster`` also passes cells ``failed`` on their node and backends ``unavailable`` because not
     installed there); a cell that has a record shows the record. terminal/markdown: the grid, with a line per column
     and the notes under it. csv/json: one row per cell that has a record or is lost, with :data:`LONG_COLUMNS`.
@@ -51,7 +51,7 @@ def by_host_table(records: Iterable[dict[str, Any]], fmt: str = "terminal", by: 
         raise ReportError(f"by must be one of {', '.join(BY)}, got {by!r}")
     records = list(records)
     chosen = _newest_per_cell(records, by)
-    missing = _lost_cells(lost, chosen)
+    missing = _lost_cells(lost, chosen, _classes_of_hosts(records) if by == "class" else {})
     if not chosen and not missing:
         raise ReportError("no bench records to put side by side by host: run `signflow-zoo bench` on each host "
                           "(or `bench --cluster`) first, or widen --preset/--backend/--host/--since")
@@ -89,9 +89,14 @@ def _newest_per_cell(records: list[dict[str, Any]], by: str) -> dict[Cell, dict[
     return chosen
 
 
-def _lost_cells(lost: Iterable[dict[str, Any]], chosen: dict[Cell, dict[str, Any]]) -> dict[Cell, dict[str, Any]]:
-    """The lost cells by (preset, backend, column), but those with a record: a result is shown, not its loss."""
-    cells = {_cell_of(c, str(c.get("host") or "?")): c for c in lost}
+def _lost_cells(lost: Iterable[dict[str, Any]], chosen: dict[Cell, dict[str, Any]],
+                classes: dict[str, str]) -> dict[Cell, dict[str, Any]]:
+    """The lost cells by (preset, backend, column), but those with a record: a result is shown, not its loss.
+    ``classes`` (``by="class"``): host name -> its class, the column of that host's lost cells."""
+    cells = {}
+    for c in lost:
+        host = str(c.get("host") or "?")
+        cells[_cell_of(c, classes.get(host) or host)] = c
     return {cell: c for cell, c in cells.items() if cell not in chosen}
 
 

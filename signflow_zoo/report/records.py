@@ -13,6 +13,7 @@ an empty cell, plots skip the point.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import date, datetime, timedelta, timezone
@@ -122,8 +123,6 @@ def collect_records(
 
 def lost_cells(tags: dict[str, str]) -> list[dict[str, str]]:
     """The lost cells a cluster run's tags list (``bench --cluster``; none when the tag is missing or unreadable)."""
-    import json
-
     try:
         cells = json.loads(tags.get(mlflow_store.CLUSTER_LOST_TAG) or "[]")
     except ValueError:
@@ -132,8 +131,19 @@ def lost_cells(tags: dict[str, str]) -> list[dict[str, str]]:
         if isinstance(cells, list) else []
 
 
-def cluster_run_lost(run_id: str, client: Any = None) -> list[dict[str, str]]:
-    """The lost cells of cluster run ``run_id`` (for ``report --by-host --cluster-run ID``)."""
+def cluster_run_lost(run_id: str, client: Any = None, preset: str | Iterable[str] | None = None,
+                     backend: str | Iterable[str] | None = None, host: str | Iterable[str] | None = None,
+                     records: Iterable[dict[str, Any]] = ()) -> list[dict[str, str]]:
+    """The cells of cluster run ``run_id`` without a record (for ``report --by-host --cluster-run ID``), filtered as
+    :func:`collect_records` filters (``host`` also matches a host class, known from that host's ``records``)."""
+    presets, backends, hosts = _names(preset), _names(backend), _names(host)
+    classes = {r.get("host"): r.get("host_class") for r in records}
+    return [c for c in _cluster_run_cells(run_id, client)
+            if (not presets or c["preset"] in presets) and (not backends or c["backend"] in backends)
+            and (not hosts or c["host"] in hosts or classes.get(c["host"]) in hosts)]
+
+
+def _cluster_run_cells(run_id: str, client: Any) -> list[dict[str, str]]:
     if client is None:
         client = mlflow_store.make_client(mlflow_store.tracking_uri())
     try:
